@@ -1,0 +1,2 @@
+//! `hutchctl`: the admin and user CLI.
+fn main() {}

@@ -1,0 +1,2 @@
+//! `hutchd`: the Hutch daemon.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The mechanism that confines one plugin process.
