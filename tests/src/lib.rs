@@ -29,6 +29,9 @@ pub const REQUIRE_PRIVILEGED: &str = "HUTCH_REQUIRE_PRIVILEGED_TESTS";
 /// plugin's unique marker, so leftover processes can be found on the host.
 pub const MARKER_ENV: &str = "HUTCH_PROBE_MARKER";
 
+/// Variable carrying [`PluginDir::daemon_secret`] in hutchd's environment.
+pub const DAEMON_SECRET_ENV: &str = "HUTCH_TEST_DAEMON_SECRET";
+
 /// Prefix of every temp dir these helpers create.
 pub const TEMP_PREFIX: &str = "hutch-t-";
 
@@ -159,6 +162,12 @@ impl PluginDir {
         })
     }
 
+    /// A secret put into `hutchd`'s own environment for this run (as
+    /// `HUTCH_TEST_DAEMON_SECRET`): no plugin may ever read it.
+    pub fn daemon_secret(&self) -> String {
+        format!("daemon-secret-{}", self.marker)
+    }
+
     /// Host path of the plugin dir.
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -243,6 +252,7 @@ impl PluginDir {
             .arg("--report")
             .arg(&report);
         cmd.args(flags).arg("--").args(args);
+        cmd.env(DAEMON_SECRET_ENV, self.daemon_secret());
         let started = Instant::now();
         let out = run_with_deadline(cmd, Duration::from_secs(90))?;
         let elapsed = started.elapsed();

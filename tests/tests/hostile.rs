@@ -175,11 +175,21 @@ fn proc_environ_of_host_process() -> Result {
     }
     let bait = HostSleeper::start(Path::new(PROBE))?;
     let pid = bait.pid().to_string();
-    let r = attack(
-        "proc_environ_of_host_process",
-        &["proc-environ", &pid, &bait.marker],
-    )?;
+    let p = plugin("proc_environ_of_host_process")?;
+    // The host bait's environment, and hutchd's own (which a forked init
+    // would carry).
+    let r = p.run(&["proc-environ", &pid, &bait.marker, &p.daemon_secret()])?;
+    r.assert_clean();
     r.blocked();
+    Ok(())
+}
+
+#[test]
+fn proc_mem_of_init() -> Result {
+    if !privileged("proc_mem_of_init") {
+        return Ok(());
+    }
+    attack("proc_mem_of_init", &["proc-init-mem"])?.blocked();
     Ok(())
 }
 

@@ -283,29 +283,85 @@ fn kill_pid(pid: i32) -> Attack {
     })
 }
 
-/// Read `/proc/PID/environ` (and `/proc/1/environ`) of a host process holding
-/// MARKER in its environment. Stopped by: the pid namespace and fresh `/proc`
-/// (ENOENT); the uid (EACCES).
-fn proc_environ(pid: i32, marker: &str) -> Attack {
+/// Read `/proc/PID/environ`, `/proc/1/environ` and every visible
+/// `/proc/*/environ` looking for any of MARKERS (a host process's
+/// environment, or the daemon's, which a forked-not-exec'd init inherits).
+/// Stopped by: the pid namespace and fresh `/proc` (ENOENT); the uid and a
+/// non-dumpable init (EACCES).
+fn proc_environ(pid: i32, markers: &[String]) -> Attack {
+    let me = std::process::id() as i32;
     let mut first_err = None;
     let mut notes = Vec::new();
-    for p in [pid, 1] {
+    let mut pids = vec![pid, 1];
+    pids.extend(
+        proc_pids()
+            .into_iter()
+            .filter(|p| *p != me && *p != pid && *p != 1),
+    );
+    for p in pids {
         match fs::read(format!("/proc/{p}/environ")) {
-            Ok(b) if contains(&b, marker) => {
+            Ok(b) if markers.iter().any(|m| contains(&b, m)) => {
                 return Ok(Found::new(
                     true,
                     None,
-                    format!("read host environ via /proc/{p}/environ"),
+                    format!("read an outside environment via /proc/{p}/environ"),
                 ));
             }
             Ok(b) => notes.push(format!("/proc/{p}/environ: {} bytes, no marker", b.len())),
             Err(e) => {
-                first_err = first_err.or(io_errno(&e));
+                if p == pid || p == 1 {
+                    first_err = first_err.or(io_errno(&e));
+                }
                 notes.push(format!("/proc/{p}/environ: {e}"));
             }
         }
     }
     Ok(Found::new(false, first_err, notes.join("; ")))
+}
+
+/// Read memory of pid 1 when it is not us (Hutch's init, a forked copy of
+/// the daemon) through `/proc/1/mem`. Stopped by: init being non-dumpable
+/// (EACCES/EPERM); seccomp has no say (plain open/read).
+fn proc_init_mem() -> Attack {
+    if std::process::id() == 1 {
+        return Ok(Found::new(
+            false,
+            None,
+            "we are pid 1: nothing outside to read",
+        ));
+    }
+    let maps = match fs::read_to_string("/proc/1/maps") {
+        Ok(m) => m,
+        Err(e) => {
+            return Ok(Found::new(
+                false,
+                io_errno(&e),
+                format!("/proc/1/maps: {e}"),
+            ));
+        }
+    };
+    let Some(start) = maps.lines().find_map(|l| {
+        let (range, rest) = l.split_once(' ')?;
+        if !rest.starts_with('r') {
+            return None;
+        }
+        u64::from_str_radix(range.split_once('-')?.0, 16).ok()
+    }) else {
+        return Ok(Found::new(
+            false,
+            None,
+            "no readable mapping listed in /proc/1/maps",
+        ));
+    };
+    use std::os::unix::fs::FileExt;
+    let res = fs::File::open("/proc/1/mem").and_then(|f| {
+        let mut buf = [0u8; 64];
+        f.read_at(&mut buf, start)
+    });
+    Ok(match res {
+        Ok(n) => Found::new(true, None, format!("read {n} bytes of pid 1 at {start:#x}")),
+        Err(e) => Found::new(false, io_errno(&e), format!("/proc/1/mem: {e}")),
+    })
 }
 
 /// `PTRACE_TRACEME`. Stopped by: seccomp (ptrace not allowed; EPERM + denial).
@@ -1271,7 +1327,11 @@ fn run(attack: &str, a: &[String]) -> Attack {
         "control-read" => control_read(arg(a, 0, "PATH")?),
         "list-procs" => list_procs(arg(a, 0, "MARKER")?),
         "kill-pid" => kill_pid(num(a, 0, "PID", None)?),
-        "proc-environ" => proc_environ(num(a, 0, "PID", None)?, arg(a, 1, "MARKER")?),
+        "proc-environ" => {
+            arg(a, 1, "MARKER")?;
+            proc_environ(num(a, 0, "PID", None)?, &a[1..])
+        }
+        "proc-init-mem" => proc_init_mem(),
         "ptrace-traceme" => ptrace_traceme(),
         "ptrace-attach" => ptrace_attach(num(a, 0, "PID", None)?),
         "unshare" => unshare_ns(),
