@@ -45,6 +45,7 @@ pub mod channel;
 pub mod error;
 pub mod host;
 pub mod identity;
+pub mod landlock;
 pub mod launcher;
 pub mod mounts;
 pub mod namespaces;
