@@ -167,6 +167,20 @@ fn profile_has_no_duplicates_and_no_hard_denied_entry() {
     }
 }
 
+#[test]
+fn docs_name_every_hard_denied_and_restricted_syscall() -> TestResult {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/seccomp.md");
+    let doc = std::fs::read_to_string(path)?;
+    let restricted = PROFILE.iter().filter(|e| e.1 != Rule::Always).map(|e| e.0);
+    for name in HARD_DENIED.iter().map(|e| e.0).chain(restricted) {
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "docs/seccomp.md does not mention `{name}`"
+        );
+    }
+    Ok(())
+}
+
 // --- additions --------------------------------------------------------------------------
 
 fn with_additions(names: &[&str]) -> Result<CompiledFilters, SeccompError> {
@@ -497,6 +511,7 @@ fn i386_int80_is_killed() -> TestResult {
     // Control: without the filter, int 0x80 getpid works on this kernel (IA32 emulation on).
     let (r, st) = in_child(|out| out[0] = int80_getpid())?;
     let emulation = matches!(st, WaitStatus::Exited(_, 0)) && r[0] > 0;
+    println!("ia32 emulation without the filter: {emulation} ({st:?})");
     let f = plain()?;
     let (r, st) = in_child(|out| {
         apply_or_exit(&f);
@@ -588,6 +603,7 @@ fn monitor_reports_ptrace_and_aggregates_a_spinning_denial() -> TestResult {
     let Some(f) = notifying()? else {
         return Ok(());
     };
+    let started = std::time::Instant::now();
     let (r, st, denials) = with_monitor(&f, |out| {
         out[0] = sys(libc::SYS_ptrace, libc::PTRACE_TRACEME as u64, 0, 0);
         let mut eperm = 0;
@@ -601,6 +617,10 @@ fn monitor_reports_ptrace_and_aggregates_a_spinning_denial() -> TestResult {
         out[3] = sys(libc::SYS_getpid, 0, 0, 0);
         out[4] = sys(libc::SYS_clone3, 0, 88, 0);
     })?;
+    println!(
+        "10002 notified denials in {:?} (child run included)",
+        started.elapsed()
+    );
     assert_exited_ok(st);
     assert_eq!(r[0], EPERM, "ptrace answered EPERM by the monitor");
     assert_eq!(r[1], 10_000, "every syslog answered EPERM");
@@ -722,14 +742,19 @@ sub = subprocess.run(["/bin/sh", "-c", "echo sub"], capture_output=True, check=T
 with tempfile.TemporaryDirectory() as d:
     db = sqlite3.connect(os.path.join(d, "x.db")); db.execute("create table t(x)"); db.commit(); db.close()
 a, b = socket.socketpair(); a.send(b"y"); got = b.recv(1).decode()
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+c = socket.create_connection(l.getsockname()); s, _ = l.accept(); c.send(b"z"); got += s.recv(1).decode()
 asyncio.run(asyncio.sleep(0))
-print(json.dumps({"h": res[0], "sub": sub, "sock": got}))
+import multiprocessing
+with multiprocessing.Pool(2) as pool:
+    sq = sum(pool.map(abs, [-1, -2, 3]))
+print(json.dumps({"h": res[0], "sub": sub, "sock": got, "pool": sq}))
 "#;
     let (st, out, denials) = run_program(&["/usr/bin/python3", "-c", script])?;
     assert_exited_ok(st);
     assert_eq!(
         out.trim(),
-        r#"{"h": "ba7816bf", "sub": "sub", "sock": "y"}"#
+        r#"{"h": "ba7816bf", "sub": "sub", "sock": "yz", "pool": 6}"#
     );
     assert!(
         denials.is_empty(),
@@ -767,6 +792,23 @@ fn numpy_runs_under_the_profile() -> TestResult {
     assert!(
         denials.is_empty(),
         "numpy needed denied syscalls: {denials:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_rust_binary_runs_under_the_profile() -> TestResult {
+    // This very test binary: libtest spawns a thread per test (clone3 -> ENOSYS -> clone) and
+    // the chosen test uses socketpair, pipes, SCM_RIGHTS and fcntl.
+    let exe = std::env::current_exe()?;
+    let exe = exe.to_str().ok_or("test binary path is not UTF-8")?;
+    let name = "seccomp::tests::listener_passes_over_a_socketpair";
+    let (st, out, denials) = run_program(&[exe, "--exact", name, "--test-threads=2"])?;
+    assert_exited_ok(st);
+    assert!(out.contains("1 passed"), "{out}");
+    assert!(
+        denials.is_empty(),
+        "the Rust binary needed denied syscalls: {denials:?}"
     );
     Ok(())
 }
