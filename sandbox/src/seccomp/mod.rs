@@ -182,6 +182,15 @@ pub fn syscall_number(name: &str) -> Option<i64> {
 /// [`SeccompError::ArgumentRestricted`] for a bad addition; [`SeccompError::UnsupportedArch`]
 /// off x86_64; [`SeccompError::Compile`] / [`SeccompError::Patch`] if BPF generation fails.
 pub fn compile(config: &SeccompConfig) -> Result<CompiledFilters, SeccompError> {
+    compile_with(config, user_notif_available())
+}
+
+/// [`compile`] with the kernel's user-notification support given (so the fallback can be
+/// tested on a kernel that has it).
+fn compile_with(
+    config: &SeccompConfig,
+    kernel_has_user_notif: bool,
+) -> Result<CompiledFilters, SeccompError> {
     if std::env::consts::ARCH != "x86_64" {
         return Err(SeccompError::UnsupportedArch {
             arch: std::env::consts::ARCH,
@@ -230,7 +239,7 @@ pub fn compile(config: &SeccompConfig) -> Result<CompiledFilters, SeccompError> 
         source,
     })?;
 
-    let notify = config.notify && user_notif_available();
+    let notify = config.notify && kernel_has_user_notif;
     if config.notify && !notify {
         tracing::warn!(
             "kernel lacks seccomp user notification; denials are plain EPERM, unreported"

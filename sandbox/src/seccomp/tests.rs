@@ -299,6 +299,30 @@ fn notify_patch_replaces_exactly_the_default_action() -> TestResult {
 }
 
 #[test]
+fn without_kernel_support_notify_falls_back_to_plain_eperm() -> TestResult {
+    let config = SeccompConfig {
+        additions: vec![],
+        notify: true,
+    };
+    let f = compile_with(&config, false)?;
+    assert!(!f.notify(), "reports notify=false");
+    assert_eq!(f.allowlist_program(), plain()?.allowlist_program());
+    assert!(!rets(f.allowlist_program()).contains(&libc::SECCOMP_RET_USER_NOTIF));
+    let (r, st) = in_child(|out| {
+        out[0] = match f.apply() {
+            Ok(None) => 0,
+            Ok(Some(_)) => 1,
+            Err(_) => exit_now(99),
+        };
+        out[1] = sys(libc::SYS_ptrace, libc::PTRACE_TRACEME as u64, 0, 0);
+    })?;
+    assert_exited_ok(st);
+    assert_eq!(r[0], 0, "no listener without notification");
+    assert_eq!(r[1], EPERM, "still denied");
+    Ok(())
+}
+
+#[test]
 fn notify_patch_refuses_programs_it_does_not_understand() {
     let ret = |k| sock_filter {
         code: BPF_RET_K,
