@@ -71,8 +71,9 @@ impl Default for LandlockConfig {
     }
 }
 
-/// How much of what was asked is enforced.
+/// How much of what was asked is enforced (serialized `fully_enforced`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Enforcement {
     /// Everything requested is enforced by this kernel.
     FullyEnforced,

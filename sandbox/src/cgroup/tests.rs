@@ -682,3 +682,58 @@ fn real_v2_cgroup_kill_on_the_unified_mount() -> TestResult {
     assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
     Ok(())
 }
+
+/// Not a test: prints create / attach / remove latencies on this host,
+/// back-to-back and after 50 ms idle gaps (the v1 `cgroup.procs` RCU stall).
+/// `cargo test -p hutch-sandbox --lib cgroup_timings -- --ignored --nocapture`
+#[test]
+#[ignore = "timing table, run by hand"]
+fn cgroup_timings() -> TestResult {
+    if !privileged("cgroup_timings") {
+        return Ok(());
+    }
+    let mgr = real_manager("timing")?;
+    let limits = CgroupLimits {
+        memory_max: Some(64 << 20),
+        swap_max: Some(0),
+        pids_max: Some(64),
+        cpu_max: Some(1.0),
+    };
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>10}",
+        "regime", "create ms", "attach ms", "kill+rm ms", "p95 att ms"
+    );
+    for (regime, gap) in [("back-to-back", 0u64), ("50ms idle", 50)] {
+        let (mut c, mut a, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..30 {
+            std::thread::sleep(Duration::from_millis(gap));
+            let mut child = spawn_waiting("sleep 1000")?;
+            let t0 = Instant::now();
+            let cg = mgr.0.create(&format!("t{i}"), &limits)?;
+            let t1 = Instant::now();
+            cg.attach(pid_of(&child))?;
+            let t2 = Instant::now();
+            go(&mut child)?;
+            cg.remove()?;
+            let t3 = Instant::now();
+            c.push((t1 - t0).as_secs_f64() * 1e3);
+            a.push((t2 - t1).as_secs_f64() * 1e3);
+            r.push((t3 - t2).as_secs_f64() * 1e3);
+        }
+        let mut a95 = a.clone();
+        a95.sort_by(f64::total_cmp);
+        let p95 = a95[a95.len() * 95 / 100];
+        println!(
+            "{regime:<14} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            median(&mut c),
+            median(&mut a),
+            median(&mut r),
+            p95
+        );
+    }
+    Ok(())
+}
