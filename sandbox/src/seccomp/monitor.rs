@@ -16,6 +16,9 @@ use super::{SeccompError, sys, syscalls};
 pub const MAX_DISTINCT: usize = 64;
 /// The name of the bucket for syscalls beyond [`MAX_DISTINCT`].
 pub const OTHER: &str = "(other)";
+/// After a stop request, at most this many pending notifications are still answered, so that
+/// stopping the monitor of a plugin that is still alive and spinning on a denied call ends.
+const DRAIN_BUDGET: u32 = 1024;
 
 /// One denied syscall, aggregated over a plugin run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +70,8 @@ impl DenialMonitor {
 
     /// Stop the monitor and return what was denied, most frequent first. Call it after the
     /// plugin (every process in its sandbox) has exited: pending notifications are answered
-    /// first, and after the monitor stops, denied syscalls fail with `ENOSYS` instead.
+    /// first (at most 1024 of them, so this returns even if the plugin is still spinning), and
+    /// after the monitor stops, denied syscalls fail with `ENOSYS` instead.
     pub fn finish(mut self) -> Vec<Denial> {
         self.stop_and_join()
     }
@@ -97,6 +101,7 @@ impl Drop for DenialMonitor {
 fn run(listener: OwnedFd, stop: OwnedFd, label: String) -> Vec<Denial> {
     let mut counts = Counts::new(label);
     let mut stopping = false;
+    let mut drain_budget = DRAIN_BUDGET;
     loop {
         let mut fds = [
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
@@ -118,6 +123,12 @@ fn run(listener: OwnedFd, stop: OwnedFd, label: String) -> Vec<Denial> {
         let listener_ev = fds[0].revents().unwrap_or(PollFlags::empty());
         let stop_ev = fds[1].revents().unwrap_or(PollFlags::empty());
         if listener_ev.contains(PollFlags::POLLIN) {
+            if stopping {
+                if drain_budget == 0 {
+                    break;
+                }
+                drain_budget -= 1;
+            }
             if let Err(e) = answer_one(listener.as_fd(), &mut counts) {
                 tracing::error!(plugin = %counts.label, "seccomp notification: {e}");
                 break;

@@ -668,6 +668,63 @@ fn monitor_reports_ptrace_and_aggregates_a_spinning_denial() -> TestResult {
 }
 
 #[test]
+fn finish_returns_while_the_plugin_still_spins() -> TestResult {
+    let Some(f) = notifying()? else {
+        return Ok(());
+    };
+    let (parent_sock, child_sock) = UnixStream::pair()?;
+    let (rd, wr) = nix::unistd::pipe()?;
+    // SAFETY: the child makes raw syscalls only and `_exit`s; it never returns into the harness.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            drop(rd);
+            let Some(listener) = apply_or_exit(&f) else {
+                exit_now(98)
+            };
+            if send_listener(child_sock.as_fd(), listener).is_err() {
+                exit_now(97);
+            }
+            // Spin on a denied call until the monitor is gone (then the kernel answers ENOSYS).
+            let mut eperm: i64 = 0;
+            let last = loop {
+                match sys(libc::SYS_syslog, 10, 0, 0) {
+                    EPERM => eperm += 1,
+                    other => break other,
+                }
+            };
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&eperm.to_ne_bytes());
+            b[8..].copy_from_slice(&last.to_ne_bytes());
+            let _ = nix::unistd::write(&wr, &b);
+            exit_now(0)
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let monitor = DenialMonitor::spawn(recv_listener(parent_sock.as_fd())?, "spin".into())?;
+            let denials = monitor.finish();
+            let mut buf = Vec::new();
+            std::fs::File::from(rd).read_to_end(&mut buf)?;
+            let status = waitpid(child, None)?;
+            assert_exited_ok(status);
+            assert_eq!(buf.len(), 16, "child report");
+            let eperm = i64::from_ne_bytes(buf[..8].try_into()?);
+            let last = i64::from_ne_bytes(buf[8..].try_into()?);
+            assert_eq!(
+                last,
+                -(libc::ENOSYS as i64),
+                "denied calls fail once the monitor is gone"
+            );
+            let counted = count_of(&denials, "syslog").unwrap_or(0);
+            assert_eq!(
+                counted as i64, eperm,
+                "every EPERM the child got was counted"
+            );
+            Ok(())
+        }
+    }
+}
+
+#[test]
 fn listener_passes_over_a_socketpair() -> TestResult {
     let (a, b) = UnixStream::pair()?;
     let (rd, _wr) = nix::unistd::pipe()?;
