@@ -737,3 +737,100 @@ fn cgroup_timings() -> TestResult {
     }
     Ok(())
 }
+
+/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2, 88 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Fork (clone3 without CLONE_VM) straight into the cgroup of `fd`; the child
+/// only ever calls `pause`, so nothing fork-unsafe runs in it.
+fn clone_into_cgroup(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: u64::try_from(fd.as_raw_fd()).unwrap_or(u64::MAX),
+        ..CloneArgs::default()
+    };
+    // SAFETY: args is a valid, fully initialised clone_args of the size passed; without CLONE_VM the child gets a copy of our memory like fork.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc == 0 {
+        loop {
+            // SAFETY: pause is async-signal-safe and touches no memory; the child waits for SIGKILL.
+            unsafe { libc::pause() };
+        }
+    }
+    Errno::result(rc).map(|p| i32::try_from(p).unwrap_or(-1))
+}
+
+#[test]
+fn real_v2_dir_fd_works_with_clone_into_cgroup() -> TestResult {
+    if !privileged("real_v2_dir_fd_works_with_clone_into_cgroup") {
+        return Ok(());
+    }
+    let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|m| m.join("cgroup.subtree_control").exists());
+    let Some(mount) = mount else {
+        eprintln!("SKIP real_v2_dir_fd_works_with_clone_into_cgroup: no cgroup2 mount");
+        return Ok(());
+    };
+    let parent = unique_parent("clone3");
+    let mgr = ManagerGuard(CgroupManager::new(CgroupConfig {
+        parent: parent.clone(),
+        mounts: Some(CgroupHierarchies::V2 { mount }),
+        placement: Placement::HierarchyRoot,
+        ..CgroupConfig::default()
+    })?);
+    let cg = mgr.0.create("born-here", &CgroupLimits::default())?;
+    let fd = cg.v2_dir_fd()?.ok_or("no v2 fd on v2")?;
+    let pid = clone_into_cgroup(std::os::fd::AsFd::as_fd(&fd))?;
+    // Reap on every path, by this pid only.
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(self.0), None);
+        }
+    }
+    let reap = Reap(pid);
+    assert_eq!(cg.pids(), vec![pid]);
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    assert!(
+        membership
+            .lines()
+            .any(|l| l == format!("0::/{parent}/born-here")),
+        "{membership}"
+    );
+    cg.kill_all()?;
+    let status = nix::sys::wait::waitpid(Pid::from_raw(pid), None)?;
+    assert_eq!(
+        status,
+        nix::sys::wait::WaitStatus::Signaled(Pid::from_raw(pid), Signal::SIGKILL, false)
+    );
+    std::mem::forget(reap);
+    cg.remove()?;
+    Ok(())
+}
