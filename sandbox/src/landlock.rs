@@ -71,6 +71,16 @@ impl Default for LandlockConfig {
     }
 }
 
+impl From<&crate::spec::LandlockPolicy> for LandlockConfig {
+    fn from(p: &crate::spec::LandlockPolicy) -> Self {
+        Self {
+            min_abi: p.min_abi,
+            deny_tcp: p.deny_tcp,
+            scope: p.scope,
+        }
+    }
+}
+
 /// How much of what was asked is enforced (serialized `fully_enforced`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +107,29 @@ pub struct LandlockStatus {
     pub scoped: bool,
     /// Overall.
     pub status: Enforcement,
+}
+
+impl Enforcement {
+    /// `fully_enforced`, `partially_enforced` or `not_enforced`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::FullyEnforced => "fully_enforced",
+            Enforcement::PartiallyEnforced => "partially_enforced",
+            Enforcement::NotEnforced => "not_enforced",
+        }
+    }
+}
+
+impl From<LandlockStatus> for crate::outcome::LandlockReport {
+    fn from(s: LandlockStatus) -> Self {
+        Self {
+            abi: s.abi,
+            fs: s.fs,
+            net: s.net,
+            scoped: s.scoped,
+            status: s.status.as_str().to_owned(),
+        }
+    }
 }
 
 /// Landlock errors: which operation, which path, which errno.
@@ -385,6 +418,17 @@ mod tests {
         };
         assert_eq!(plan(5, &fs_only).status, Enforcement::FullyEnforced);
         assert_eq!(plan(4, &fs_only).status, Enforcement::PartiallyEnforced);
+    }
+
+    #[test]
+    fn status_converts_to_the_outcome_report_with_serde_names() -> TestResult {
+        let st = plan(7, &full());
+        let report = crate::outcome::LandlockReport::from(st);
+        assert_eq!(report.status, "fully_enforced");
+        assert_eq!(serde_json::to_string(&st.status)?, "\"fully_enforced\"");
+        let cfg = LandlockConfig::from(&crate::spec::LandlockPolicy::default());
+        assert_eq!(cfg, full());
+        Ok(())
     }
 
     #[test]
