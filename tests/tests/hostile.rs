@@ -139,7 +139,11 @@ fn see_host_processes() -> Result {
         return Ok(());
     }
     let mut bait = HostSleeper::start(Path::new(PROBE))?;
-    let r = attack("see_host_processes", &["list-procs", &bait.marker])?;
+    let mut p = plugin("see_host_processes")?;
+    p.env
+        .push(("HUTCH_BAIT_MARKERS".into(), bait.marker.clone()));
+    let r = p.run(&["list-procs"])?;
+    r.assert_clean();
     let p = r.blocked();
     let visible = p
         .extra
@@ -175,10 +179,12 @@ fn proc_environ_of_host_process() -> Result {
     }
     let bait = HostSleeper::start(Path::new(PROBE))?;
     let pid = bait.pid().to_string();
-    let p = plugin("proc_environ_of_host_process")?;
+    let mut p = plugin("proc_environ_of_host_process")?;
     // The host bait's environment, and hutchd's own (which a forked init
     // would carry).
-    let r = p.run(&["proc-environ", &pid, &bait.marker, &p.daemon_secret()])?;
+    let markers = format!("{},{}", bait.marker, p.daemon_secret());
+    p.env.push(("HUTCH_BAIT_MARKERS".into(), markers));
+    let r = p.run(&["proc-environ", &pid])?;
     r.assert_clean();
     r.blocked();
     Ok(())

@@ -246,15 +246,16 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-/// See host processes: any visible process whose cmdline or environ holds
-/// MARKER (a host sleeper the test started). Stopped by: the pid namespace
+/// See host processes: any visible process (not us) whose cmdline or environ
+/// holds a marker (a host sleeper the test started). Stopped by: the pid namespace
 /// and the fresh `/proc`.
-fn list_procs(marker: &str) -> Attack {
+fn list_procs(markers: &[String]) -> Attack {
+    let me = std::process::id() as i32;
     let pids = proc_pids();
-    for pid in &pids {
+    for pid in pids.iter().filter(|p| **p != me) {
         for f in ["cmdline", "environ"] {
             if let Ok(b) = fs::read(format!("/proc/{pid}/{f}"))
-                && contains(&b, marker)
+                && markers.iter().any(|m| contains(&b, m))
             {
                 return Ok(Found::new(
                     true,
@@ -1311,6 +1312,20 @@ fn ignore_sigterm(secs: f64) -> Attack {
 
 // ---------------------------------------------------------------- main
 
+/// Bait markers: the arguments plus `HUTCH_BAIT_MARKERS` (comma-separated).
+/// Tests pass them in the environment: arguments also show up in the argv of
+/// the daemon, which a forked (not exec'd) sandbox init inherits.
+fn markers(a: &[String]) -> Result<Vec<String>, Usage> {
+    let mut m: Vec<String> = a.to_vec();
+    if let Ok(env) = std::env::var("HUTCH_BAIT_MARKERS") {
+        m.extend(env.split(',').filter(|s| !s.is_empty()).map(str::to_owned));
+    }
+    if m.is_empty() {
+        return Err(Usage("no MARKER argument and no HUTCH_BAIT_MARKERS".into()));
+    }
+    Ok(m)
+}
+
 fn run(attack: &str, a: &[String]) -> Attack {
     let paths = |default: &[&str]| -> Vec<String> {
         if a.is_empty() {
@@ -1325,12 +1340,9 @@ fn run(attack: &str, a: &[String]) -> Attack {
         "write-path" => write_paths(&paths(&["/", "/plugin", "/usr", "/etc"])),
         "control-tmp-write" => control_tmp_write(),
         "control-read" => control_read(arg(a, 0, "PATH")?),
-        "list-procs" => list_procs(arg(a, 0, "MARKER")?),
+        "list-procs" => list_procs(&markers(a)?),
         "kill-pid" => kill_pid(num(a, 0, "PID", None)?),
-        "proc-environ" => {
-            arg(a, 1, "MARKER")?;
-            proc_environ(num(a, 0, "PID", None)?, &a[1..])
-        }
+        "proc-environ" => proc_environ(num(a, 0, "PID", None)?, &markers(&a[1..])?),
         "proc-init-mem" => proc_init_mem(),
         "ptrace-traceme" => ptrace_traceme(),
         "ptrace-attach" => ptrace_attach(num(a, 0, "PID", None)?),
