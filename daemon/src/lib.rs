@@ -8,3 +8,6 @@
 //! **Must not**: re-implement what the other crates own: confinement is
 //! `hutch-sandbox`, authorization and audit are `hutch-api`, the wire format is
 //! `hutch-plugin-protocol`.
+
+pub mod manifest;
+pub mod try_cmd;
