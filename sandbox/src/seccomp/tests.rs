@@ -898,3 +898,79 @@ fn a_rust_binary_runs_under_the_profile() -> TestResult {
     );
     Ok(())
 }
+
+/// A Go program: goroutines, a loopback HTTP server and client, os/exec, temp files.
+const GO_PROGRAM: &str = r#"package main
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"sync"
+)
+
+func main() {
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) { defer wg.Done(); sha256.Sum256([]byte{byte(i)}) }(i)
+	}
+	wg.Wait()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "pong") }))
+	resp, err := http.Get("http://" + l.Addr().String() + "/")
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	out, err := exec.Command("/bin/sh", "-c", "echo sub").Output()
+	if err != nil {
+		panic(err)
+	}
+	f, err := os.CreateTemp("", "go")
+	if err != nil {
+		panic(err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	fmt.Printf("%s %s", body, out)
+}
+"#;
+
+#[test]
+fn a_go_binary_runs_under_the_profile() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("main.go"), GO_PROGRAM)?;
+    std::fs::write(dir.path().join("go.mod"), "module probe\n\ngo 1.19\n")?;
+    let bin = dir.path().join("probe");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(dir.path())
+        .status();
+    match built {
+        Ok(s) if s.success() => {}
+        Ok(s) => return Err(format!("go build failed: {s}").into()),
+        Err(e) => {
+            println!("SKIP a_go_binary_runs_under_the_profile: no Go toolchain ({e})");
+            return Ok(());
+        }
+    }
+    let bin = bin.to_str().ok_or("temp path is not UTF-8")?;
+    let (st, out, denials) = run_program(&[bin])?;
+    assert_exited_ok(st);
+    assert_eq!(out, "pong sub\n");
+    assert!(
+        denials.is_empty(),
+        "the Go binary needed denied syscalls: {denials:?}"
+    );
+    Ok(())
+}
