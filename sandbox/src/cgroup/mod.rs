@@ -226,24 +226,9 @@ fn check_component(name: &str) -> Result<(), CgroupError> {
     {
         return bad("only ASCII letters, digits and - _ . @ are allowed");
     }
-    // Names like "memory.max" or "cgroup.procs" would shadow control files.
-    if [
-        "cgroup.",
-        "memory.",
-        "pids.",
-        "cpu.",
-        "cpuacct.",
-        "freezer.",
-        "io.",
-        "notify_on_release",
-        "tasks",
-        "release_agent",
-    ]
-    .iter()
-    .any(|p| name.starts_with(p))
-    {
-        return bad("must not look like a cgroup control file");
-    }
+    // A name equal to a control file ("memory.max") cannot be created: the
+    // kernel answers EEXIST, and `create` reports it as `Exists`. Dotted
+    // plugin ids ("io.github.x") are fine.
     Ok(())
 }
 
