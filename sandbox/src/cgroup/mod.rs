@@ -807,25 +807,34 @@ impl SandboxCgroup {
         if self.pids().is_empty() {
             return Ok(());
         }
-        let freezer = self.cg.controller_of::<FreezerController>();
+        // A leftover from a crash mid-create may lack the freezer directory.
+        let freezer = self
+            .cg
+            .controller_of::<FreezerController>()
+            .filter(|f| f.path().is_dir());
         if let Some(f) = freezer {
             f.freeze().map_err(|e| crate_err("freeze", f.path(), &e))?;
             self.wait_frozen(f);
         }
+        let mut failed = None;
         for pid in self.pids() {
             match kill(Pid::from_raw(pid), Signal::SIGKILL) {
                 Ok(()) | Err(Errno::ESRCH) => {}
                 Err(e) => {
-                    return Err(CgroupError::Io {
+                    failed.get_or_insert(CgroupError::Io {
                         op: format!("kill -9 {pid} in"),
-                        path: first,
+                        path: first.clone(),
                         errno: e,
                     });
                 }
             }
         }
+        // Thaw on every path: a frozen sandbox must never be left behind.
         if let Some(f) = freezer {
             f.thaw().map_err(|e| crate_err("thaw", f.path(), &e))?;
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         self.wait_empty()
     }

@@ -616,16 +616,28 @@ fn real_sweep_stale_removes_a_leftover_with_its_process() -> TestResult {
     let mut child = spawn_waiting("sleep 1000")?;
     cg.attach(pid_of(&child))?;
     go(&mut child)?;
-    let dirs = cg.dirs().to_vec();
+    let mut dirs = cg.dirs().to_vec();
     std::mem::forget(cg); // as if the daemon crashed
+    // A crash mid-create: only the memory directory exists, with a process.
+    let partial = mgr.0.parent_dirs()[0].join("partial-2");
+    assert!(partial.starts_with("/sys/fs/cgroup/memory"), "{partial:?}");
+    std::fs::create_dir(&partial)?;
+    dirs.push(partial.clone());
+    let mut child2 = spawn_waiting("sleep 1000")?;
+    std::fs::write(partial.join("cgroup.procs"), pid_of(&child2).to_string())?;
+    go(&mut child2)?;
 
     let again = CgroupManager::new(CgroupConfig {
         parent: parent.clone(),
         placement: Placement::HierarchyRoot,
         ..CgroupConfig::default()
     })?;
-    assert_eq!(again.sweep_stale()?, vec!["stale-1".to_owned()]);
+    assert_eq!(
+        again.sweep_stale()?,
+        vec!["partial-2".to_owned(), "stale-1".to_owned()]
+    );
     assert_eq!(child.0.wait()?.signal(), Some(9));
+    assert_eq!(child2.0.wait()?.signal(), Some(9));
     assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
     assert!(again.sweep_stale()?.is_empty());
     Ok(())
