@@ -16,7 +16,7 @@
 //!   cpuacct, freezer, and cpu when a CPU limit is set.
 //!
 //! File I/O on controllers goes through `cgroups-rs` (its `fs` module) with a
-//! hierarchy of our own ([`hierarchy`]) whose roots are parameters, so the
+//! hierarchy of our own (`hierarchy.rs`) whose roots are parameters, so the
 //! logic runs against temp dirs in unit tests.
 
 mod hierarchy;
