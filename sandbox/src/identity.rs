@@ -92,6 +92,24 @@ pub fn clear_capabilities() -> Result<(), StepError> {
     Ok(())
 }
 
+/// Step (init only): keep `CAP_KILL` in the effective and permitted sets
+/// (to forward signals to the plugin, which runs under another uid) and
+/// nothing else; inheritable and ambient empty.
+///
+/// # Errors
+/// A set could not be changed.
+pub fn keep_only_kill_capability() -> Result<(), StepError> {
+    let kill: caps::CapsHashSet = [Capability::CAP_KILL].into_iter().collect();
+    caps::clear(None, CapSet::Ambient)
+        .map_err(|e| StepError::other("clear ambient capabilities", e.to_string()))?;
+    caps::clear(None, CapSet::Inheritable)
+        .map_err(|e| StepError::other("clear inheritable capabilities", e.to_string()))?;
+    caps::set(None, CapSet::Effective, &kill)
+        .map_err(|e| StepError::other("set effective capabilities", e.to_string()))?;
+    caps::set(None, CapSet::Permitted, &kill)
+        .map_err(|e| StepError::other("set permitted capabilities", e.to_string()))
+}
+
 /// Whether `cap` is in the effective set (for tests and the init process).
 pub fn has_effective(cap: Capability) -> bool {
     caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false)

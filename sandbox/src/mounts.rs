@@ -643,14 +643,23 @@ pub fn write_etc(plan: &MountPlan) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Step: a new `/proc` for the new pid namespace. Must run in a process of
-/// that namespace (the kernel takes the mounting process's pid namespace).
+/// Step: a new `/proc` for the new pid namespace, `hidepid=invisible` so the
+/// plugin sees only its own processes (not the root-owned init). Must run in
+/// a process of that namespace (the kernel takes the mounting process's pid
+/// namespace).
 ///
 /// # Errors
 /// The mount failed.
 pub fn mount_proc() -> Result<(), StepError> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("proc"), "proc", Some("proc"), flags, None::<&str>).step("mount proc on", "/proc")
+    mount(
+        Some("proc"),
+        "proc",
+        Some("proc"),
+        flags,
+        Some("hidepid=invisible"),
+    )
+    .step("mount proc on", "/proc")
 }
 
 /// Step: make the `/dev` tmpfs read-only now that its files exist.

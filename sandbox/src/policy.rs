@@ -6,11 +6,14 @@
 //! (it needs `landlock_*` syscalls and opens the rule paths), seccomp last.
 
 use std::os::fd::{OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use crate::error::StepError;
+use crate::landlock::{self, LandlockConfig, LandlockRules};
+use crate::mounts::{DEVICES, SYSTEM_TREES};
 use crate::outcome::LandlockReport;
 use crate::seccomp::{self, CompiledFilters, SeccompConfig};
-use crate::spec::SandboxSpec;
+use crate::spec::{API_SOCKET_PATH, SandboxSpec};
 
 /// Why a policy could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,36 @@ pub enum PolicyError {
 #[derive(Debug)]
 pub struct Prepared {
     seccomp: CompiledFilters,
+    landlock_rules: LandlockRules,
+    landlock_config: LandlockConfig,
+}
+
+/// The Landlock rules matching the mount tree: system trees and `/plugin`
+/// read+execute; `/etc`, `/proc` and the manifest's `read_only` paths read
+/// only; `/tmp`, `/data`, the devices and the API socket's directory read
+/// and write (never execute).
+pub fn landlock_rules(spec: &SandboxSpec) -> LandlockRules {
+    let mut read_exec: Vec<PathBuf> = SYSTEM_TREES
+        .iter()
+        .filter(|t| Path::new(t).exists())
+        .map(PathBuf::from)
+        .collect();
+    read_exec.push(PathBuf::from("/plugin"));
+    let mut read_only = vec![PathBuf::from("/etc"), PathBuf::from("/proc")];
+    read_only.extend(spec.read_only.iter().cloned());
+    let mut read_write = vec![PathBuf::from("/tmp")];
+    read_write.extend(DEVICES.iter().map(|d| PathBuf::from(format!("/dev/{d}"))));
+    if spec.data_dir.is_some() {
+        read_write.push(PathBuf::from("/data"));
+    }
+    if let Some(dir) = spec.api_socket.as_ref().and(Path::new(API_SOCKET_PATH).parent()) {
+        read_write.push(dir.to_owned());
+    }
+    LandlockRules {
+        read_exec,
+        read_only,
+        read_write,
+    }
 }
 
 impl Prepared {
@@ -38,6 +71,8 @@ impl Prepared {
         };
         Ok(Self {
             seccomp: seccomp::compile(&config)?,
+            landlock_rules: landlock_rules(spec),
+            landlock_config: LandlockConfig::from(&spec.landlock),
         })
     }
 
@@ -47,12 +82,15 @@ impl Prepared {
     }
 }
 
-/// Step: Landlock. Not wired yet: reports `None`.
+/// Step: Landlock, restricted to the in-sandbox paths (after `pivot_root`).
 ///
 /// # Errors
-/// Landlock could not be enforced at the configured minimum ABI.
-pub fn apply_landlock(_p: &Prepared) -> Result<Option<LandlockReport>, StepError> {
-    Ok(None)
+/// Landlock could not be enforced at the configured minimum ABI, or a rule
+/// path could not be opened.
+pub fn apply_landlock(p: &Prepared) -> Result<Option<LandlockReport>, StepError> {
+    landlock::restrict_self(&p.landlock_rules, &p.landlock_config)
+        .map(|status| Some(status.into()))
+        .map_err(|e| StepError::other("landlock", e.to_string()))
 }
 
 /// Step: seccomp, the last one before `execve`. Returns the user

@@ -9,11 +9,14 @@
 //!   launcher (exit code = init's code, or 128+N if init was killed).
 //! - **init** (pid 1 of the new pid namespace): builds the mount tree, sets
 //!   hostname and `lo`, waits for the cgroup attach, enters a cgroup
-//!   namespace, switches to the plugin's uid with no capabilities, forks the
-//!   plugin, then reaps zombies and forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT/
-//!   SIGUSR1/SIGUSR2 until the plugin exits, reports its status and exits
-//!   (the kernel then kills whatever the plugin left behind).
-//! - **plugin** (pid 2): new session, stdio, closes every other descriptor,
+//!   namespace, empties the capability bounding set, forks the plugin, then
+//!   keeps only `CAP_KILL` (it stays uid 0, so the plugin can neither signal
+//!   nor trace it, and `/proc` is mounted `hidepid=invisible`, so the plugin
+//!   does not even see it), reaps zombies and forwards SIGTERM/SIGINT/
+//!   SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 until the plugin exits, reports its
+//!   status and exits (the kernel then kills whatever the plugin left).
+//! - **plugin** (pid 2): per-plugin uid/gid, no capabilities,
+//!   `no_new_privs`, new session, stdio, closes every other descriptor,
 //!   Landlock, seccomp, `execve`.
 
 use std::ffi::CString;
@@ -342,9 +345,6 @@ fn init_steps(
     wait_for_attach(chan)?;
     namespaces::unshare_cgroup_namespace()?;
     identity::drop_bounding_set()?;
-    identity::switch_ids(p.uid, p.gid)?;
-    identity::clear_capabilities()?;
-    identity::set_no_new_privs()?;
     identity::set_not_dumpable()?;
     let forwarded = block_init_signals()?;
     // SAFETY: init is single-threaded (forked from the single-threaded stub).
@@ -352,6 +352,8 @@ fn init_steps(
         ForkResult::Child => plugin_main(p, chan, io),
         ForkResult::Parent { child } => {
             identity::close_fds_except(&[chan.as_raw_fd()])?;
+            identity::keep_only_kill_capability()?;
+            identity::set_no_new_privs()?;
             init_loop(chan, child, &forwarded)
         }
     }
@@ -459,6 +461,9 @@ fn plugin_steps(
     chan: &ChildChannel,
     io: ChildIo,
 ) -> Result<std::convert::Infallible, StepError> {
+    identity::switch_ids(p.uid, p.gid)?;
+    identity::clear_capabilities()?;
+    identity::set_no_new_privs()?;
     identity::reset_signals()?;
     identity::new_session()?;
     identity::setup_stdio(io.stdout, io.stderr)?;
