@@ -686,7 +686,9 @@ fn real_v2_cgroup_kill_on_the_unified_mount() -> TestResult {
 }
 
 /// Not a test: prints create / attach / remove latencies on this host,
-/// back-to-back and after 50 ms idle gaps (the v1 `cgroup.procs` RCU stall).
+/// back-to-back and after 50 ms idle gaps (the `cgroup.procs` RCU stall), for
+/// v1 attach, v2 attach (the cgroup2 mount) and v2 `clone3(CLONE_INTO_CGROUP)`
+/// (whose "attach" column is the whole clone3, i.e. fork cost included).
 /// `cargo test -p hutch-sandbox --lib cgroup_timings -- --ignored --nocapture`
 #[test]
 #[ignore = "timing table, run by hand"]
@@ -694,48 +696,84 @@ fn cgroup_timings() -> TestResult {
     if !privileged("cgroup_timings") {
         return Ok(());
     }
-    let mgr = real_manager("timing")?;
-    let limits = CgroupLimits {
+    let v1 = real_manager("timing")?;
+    let v2 = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|m| m.join("cgroup.subtree_control").exists())
+        .map(|mount| {
+            CgroupManager::new(CgroupConfig {
+                parent: unique_parent("timing2"),
+                mounts: Some(CgroupHierarchies::V2 { mount }),
+                placement: Placement::HierarchyRoot,
+                ..CgroupConfig::default()
+            })
+            .map(ManagerGuard)
+        })
+        .transpose()?;
+    let v1_limits = CgroupLimits {
         memory_max: Some(64 << 20),
         swap_max: Some(0),
         pids_max: Some(64),
         cpu_max: Some(1.0),
     };
-    let median = |v: &mut Vec<f64>| {
+    let pct = |v: &[f64], p: usize| {
+        let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        v[(v.len() * p / 100).min(v.len() - 1)]
     };
     println!(
-        "{:<14} {:>10} {:>10} {:>10} {:>10}",
-        "regime", "create ms", "attach ms", "kill+rm ms", "p95 att ms"
+        "{:<12} {:<13} {:>9} {:>9} {:>9} {:>10}",
+        "mode", "regime", "create", "attach", "att p95", "kill+rm"
     );
-    for (regime, gap) in [("back-to-back", 0u64), ("50ms idle", 50)] {
-        let (mut c, mut a, mut r) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..30 {
-            std::thread::sleep(Duration::from_millis(gap));
-            let mut child = spawn_waiting("sleep 1000")?;
-            let t0 = Instant::now();
-            let cg = mgr.0.create(&format!("t{i}"), &limits)?;
-            let t1 = Instant::now();
-            cg.attach(pid_of(&child))?;
-            let t2 = Instant::now();
-            go(&mut child)?;
-            cg.remove()?;
-            let t3 = Instant::now();
-            c.push((t1 - t0).as_secs_f64() * 1e3);
-            a.push((t2 - t1).as_secs_f64() * 1e3);
-            r.push((t3 - t2).as_secs_f64() * 1e3);
+    let mut modes: Vec<(&str, &CgroupManager, CgroupLimits, bool)> =
+        vec![("v1 attach", &v1.0, v1_limits, false)];
+    if let Some(v2) = &v2 {
+        modes.push(("v2 attach", &v2.0, CgroupLimits::default(), false));
+        modes.push(("v2 clone3", &v2.0, CgroupLimits::default(), true));
+    }
+    for (mode, mgr, limits, clone3) in modes {
+        for (regime, gap) in [("back-to-back", 0u64), ("50ms idle", 50)] {
+            let (mut c, mut a, mut r) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..30 {
+                std::thread::sleep(Duration::from_millis(gap));
+                let mut child = if clone3 {
+                    None
+                } else {
+                    Some(spawn_waiting("sleep 1000")?)
+                };
+                let t0 = Instant::now();
+                let cg = mgr.create(&format!("t{i}"), &limits)?;
+                let t1 = Instant::now();
+                let mut cloned = None;
+                match &child {
+                    Some(ch) => cg.attach(pid_of(ch))?,
+                    None => {
+                        let fd = cg.v2_dir_fd()?.ok_or("no v2 fd")?;
+                        cloned = Some(clone_into_cgroup(std::os::fd::AsFd::as_fd(&fd))?);
+                    }
+                }
+                let t2 = Instant::now();
+                if let Some(ch) = child.as_mut() {
+                    go(ch)?;
+                }
+                cg.remove()?;
+                let t3 = Instant::now();
+                if let Some(pid) = cloned {
+                    nix::sys::wait::waitpid(Pid::from_raw(pid), None)?;
+                }
+                c.push((t1 - t0).as_secs_f64() * 1e3);
+                a.push((t2 - t1).as_secs_f64() * 1e3);
+                r.push((t3 - t2).as_secs_f64() * 1e3);
+            }
+            println!(
+                "{mode:<12} {regime:<13} {:>9.2} {:>9.2} {:>9.2} {:>10.2}",
+                pct(&c, 50),
+                pct(&a, 50),
+                pct(&a, 95),
+                pct(&r, 50)
+            );
         }
-        let mut a95 = a.clone();
-        a95.sort_by(f64::total_cmp);
-        let p95 = a95[a95.len() * 95 / 100];
-        println!(
-            "{regime:<14} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
-            median(&mut c),
-            median(&mut a),
-            median(&mut r),
-            p95
-        );
     }
     Ok(())
 }
