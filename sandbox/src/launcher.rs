@@ -316,6 +316,8 @@ struct Running {
     kill_at: Option<Instant>,
     grace: Duration,
     outcome: Outcome,
+    /// The plugin's ids, for user-namespace maps.
+    ids: (u32, u32),
     /// A cgroup attach failure; reported only if the child reported nothing
     /// (an early setup failure makes the attach fail with ESRCH too).
     attach_error: Option<String>,
@@ -568,6 +570,7 @@ impl Server {
                 grace: spec.stop_grace,
                 outcome: Outcome::default(),
                 attach_error: None,
+                ids: (spec.uid, spec.gid),
             },
         );
     }
@@ -602,6 +605,21 @@ impl Server {
             }
             Ok(Some((ChildMsg::Failed(e), _))) => {
                 r.outcome.setup_error.get_or_insert(e.to_string());
+            }
+            Ok(Some((ChildMsg::NeedIdMaps, _))) => {
+                let (uid, gid) = r.ids;
+                let reply = match crate::namespaces::write_id_maps(
+                    std::path::Path::new("/proc"),
+                    r.stub.as_raw(),
+                    uid,
+                    gid,
+                ) {
+                    Ok(()) => LauncherMsg::IdMapsWritten,
+                    Err(e) => LauncherMsg::IdMapsFailed(e),
+                };
+                if chan.send(&reply, &[]).is_err() {
+                    kill_now(r);
+                }
             }
             Ok(Some((
                 ChildMsg::Executing {

@@ -1,7 +1,6 @@
 //! Namespace steps: which namespaces a sandbox gets and the user-namespace maps.
 
-use std::fs::File;
-use std::io::Write;
+use std::path::Path;
 
 use nix::sched::{CloneFlags, unshare};
 
@@ -16,49 +15,23 @@ pub const SANDBOX_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
     .union(CloneFlags::CLONE_NEWIPC)
     .union(CloneFlags::CLONE_NEWUTS);
 
-/// Files to write a user namespace's maps through, opened before `unshare`
-/// while the process still has `CAP_SETUID`/`CAP_SETGID` in the parent user
-/// namespace (the kernel checks the opener's credentials).
-#[derive(Debug)]
-pub struct IdMapFiles {
-    uid_map: File,
-    gid_map: File,
-    setgroups: File,
-}
-
-impl IdMapFiles {
-    /// Open `/proc/self/{uid_map,gid_map,setgroups}` for writing.
-    ///
-    /// # Errors
-    /// One of the files could not be opened.
-    pub fn open() -> Result<Self, StepError> {
-        let open = |p: &str| File::options().write(true).open(p).step("open", p);
-        Ok(Self {
-            uid_map: open("/proc/self/uid_map")?,
-            gid_map: open("/proc/self/gid_map")?,
-            setgroups: open("/proc/self/setgroups")?,
-        })
-    }
-
-    /// Map root and the plugin's uid/gid to themselves (identity maps, so
-    /// file ownership on the host is unchanged).
-    ///
-    /// # Errors
-    /// A write was refused.
-    pub fn write(mut self, uid: u32, gid: u32) -> Result<(), StepError> {
-        self.setgroups
-            .write_all(b"allow")
-            .step("write", "/proc/self/setgroups")?;
-        let uids = format!("0 0 1\n{uid} {uid} 1\n");
-        self.uid_map
-            .write_all(uids.as_bytes())
-            .step("write", "/proc/self/uid_map")?;
-        let gids = format!("0 0 1\n{gid} {gid} 1\n");
-        self.gid_map
-            .write_all(gids.as_bytes())
-            .step("write", "/proc/self/gid_map")?;
-        Ok(())
-    }
+/// Write the user-namespace maps of process `pid` (run by the launcher, in
+/// the parent user namespace: the kernel only accepts maps naming other ids
+/// from a writer with `CAP_SETUID`/`CAP_SETGID` there). Root and the
+/// plugin's uid/gid map to themselves, so host file ownership is unchanged;
+/// every other id is unmapped.
+///
+/// # Errors
+/// A write was refused.
+pub fn write_id_maps(proc_root: &Path, pid: i32, uid: u32, gid: u32) -> Result<(), StepError> {
+    let dir = proc_root.join(pid.to_string());
+    let write = |name: &str, data: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, data.as_bytes()).step("write", path.display())
+    };
+    write("setgroups", "allow".into())?;
+    write("uid_map", format!("0 0 1\n{uid} {uid} 1\n"))?;
+    write("gid_map", format!("0 0 1\n{gid} {gid} 1\n"))
 }
 
 /// Step: unshare the sandbox namespaces (plus a user namespace if asked).

@@ -39,6 +39,9 @@ use crate::{identity, namespaces, net, policy};
 /// Messages from the sandbox's processes to the launcher.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ChildMsg {
+    /// The stub entered a new user namespace; the launcher must write its
+    /// uid/gid maps (answered with [`LauncherMsg::IdMapsWritten`]).
+    NeedIdMaps,
     /// The stub forked init; its pid in the launcher's pid namespace.
     InitForked {
         /// Host pid of init.
@@ -68,6 +71,10 @@ pub enum ChildMsg {
 pub enum LauncherMsg {
     /// Init is in the sandbox's cgroup (or there is none); go on.
     Attached,
+    /// The stub's user-namespace maps are written.
+    IdMapsWritten,
+    /// Writing the maps failed.
+    IdMapsFailed(StepError),
 }
 
 /// The launcher's end of a sandbox's setup channel.
@@ -261,14 +268,16 @@ fn stub_steps(
     keep.extend(p.policy.fds());
     identity::close_fds_except(&keep)?;
     identity::die_with_parent(launcher)?;
-    let maps = if p.user_namespace {
-        Some(namespaces::IdMapFiles::open()?)
-    } else {
-        None
-    };
     namespaces::unshare_sandbox_namespaces(p.user_namespace)?;
-    if let Some(maps) = maps {
-        maps.write(p.uid, p.gid)?;
+    if p.user_namespace {
+        // Only a process in the parent user namespace may write our maps.
+        chan.send(&ChildMsg::NeedIdMaps, &[])
+            .map_err(|e| StepError::other("ask for id maps", e.to_string()))?;
+        match chan.recv() {
+            Ok(Some((LauncherMsg::IdMapsWritten, _))) => {}
+            Ok(Some((LauncherMsg::IdMapsFailed(e), _))) => return Err(e),
+            _ => return Err(StepError::other("wait for id maps", "launcher went away")),
+        }
     }
     // Lifeline: init learns reliably whether the stub died before init's
     // PR_SET_PDEATHSIG took effect (getppid() is 0 across pid namespaces).
@@ -381,6 +390,10 @@ fn wait_for_attach(chan: &ChildChannel) -> Result<(), StepError> {
         Ok(None) => Err(StepError::other(
             "wait for cgroup attach",
             "launcher went away",
+        )),
+        Ok(Some((other, _))) => Err(StepError::other(
+            "wait for cgroup attach",
+            format!("unexpected {other:?}"),
         )),
         Err(e) => Err(StepError::other("wait for cgroup attach", e.to_string())),
     }

@@ -265,3 +265,22 @@ fn double_forked_child_dies_with_the_sandbox_and_nothing_is_left() {
         .count();
     assert_eq!(mountinfo_before, mountinfo_after);
 }
+
+#[test]
+fn optional_user_namespace_maps_the_plugin_uid() {
+    if !privileged("optional_user_namespace_maps_the_plugin_uid") {
+        return;
+    }
+    let dir = plugin_dir();
+    let mut spec = sh(
+        "test.userns",
+        dir.path(),
+        "id -u; cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'",
+    );
+    spec.user_namespace = true;
+    let (o, out, err) = run(&spec);
+    assert_eq!(o.exit_code, Some(0), "{o:?} {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], UID.to_string());
+    assert!(lines.contains(&format!("{UID} {UID} 1").as_str()), "{out}");
+}
