@@ -27,7 +27,7 @@ pub const REQUIRE_PRIVILEGED: &str = "HUTCH_REQUIRE_PRIVILEGED_TESTS";
 
 /// Environment variable (set in every test plugin's manifest) carrying the
 /// plugin's unique marker, so leftover processes can be found on the host.
-pub const MARKER_ENV: &str = "HUTCH_PROBE_MARKER";
+pub const MARKER_ENV: &str = "PROBE_MARKER";
 
 /// Variable carrying [`PluginDir::daemon_secret`] in hutchd's environment.
 pub const DAEMON_SECRET_ENV: &str = "HUTCH_TEST_DAEMON_SECRET";
@@ -106,7 +106,7 @@ pub struct PluginDir {
     work: tempfile::TempDir,
     /// Manifest `id` (unique: contains the test name and a counter).
     pub id: String,
-    /// Unique marker, set as `HUTCH_PROBE_MARKER` in the manifest's `env`.
+    /// Unique marker, set as `PROBE_MARKER` in the manifest's `env`.
     pub marker: String,
     /// Manifest `exec`.
     pub exec: String,
@@ -118,6 +118,8 @@ pub struct PluginDir {
     pub resources: Vec<(String, String)>,
     /// `[filesystem] read_only`.
     pub read_only: Vec<String>,
+    /// `[filesystem] persistent_data`.
+    pub persistent_data: bool,
 }
 
 impl PluginDir {
@@ -159,6 +161,7 @@ impl PluginDir {
             env: Vec::new(),
             resources: Vec::new(),
             read_only: Vec::new(),
+            persistent_data: false,
         })
     }
 
@@ -222,9 +225,10 @@ impl PluginDir {
                 let _ = writeln!(m, "{k} = {v}");
             }
         }
-        if !self.read_only.is_empty() {
+        if !self.read_only.is_empty() || self.persistent_data {
             let r: Vec<String> = self.read_only.iter().map(|s| toml_str(s)).collect();
             let _ = writeln!(m, "\n[filesystem]\nread_only = [{}]", r.join(", "));
+            let _ = writeln!(m, "persistent_data = {}", self.persistent_data);
         }
         m
     }
@@ -280,6 +284,56 @@ impl PluginDir {
             id: self.id.clone(),
             marker: self.marker.clone(),
             plugin_dir: self.dir.path().to_path_buf(),
+        })
+    }
+}
+
+/// A `hutchd try` running in the background; SIGKILLed and reaped on drop.
+pub struct TryChild {
+    /// The hutchd process.
+    pub child: Child,
+}
+
+impl TryChild {
+    /// hutchd's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for TryChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PluginDir {
+    fn command(&self, flags: &[&str], args: &[&str]) -> io::Result<(Command, PathBuf)> {
+        std::fs::write(self.dir.path().join("hutch-plugin.toml"), self.manifest())?;
+        let report = self.work.path().join("report.json");
+        let _ = std::fs::remove_file(&report);
+        let mut cmd = Command::new(hutchd_path());
+        cmd.arg("try")
+            .arg(self.dir.path())
+            .arg("--report")
+            .arg(&report);
+        cmd.args(flags).arg("--").args(args);
+        cmd.env(DAEMON_SECRET_ENV, self.daemon_secret());
+        Ok((cmd, report))
+    }
+
+    /// Start `hutchd try` in the background (stdio to /dev/null).
+    ///
+    /// # Errors
+    /// Writing the manifest or spawning failed.
+    pub fn spawn(&self, flags: &[&str], args: &[&str]) -> io::Result<TryChild> {
+        let (mut cmd, _) = self.command(flags, args)?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Ok(TryChild {
+            child: cmd.spawn()?,
         })
     }
 }

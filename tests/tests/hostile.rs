@@ -141,7 +141,7 @@ fn see_host_processes() -> Result {
     let mut bait = HostSleeper::start(Path::new(PROBE))?;
     let mut p = plugin("see_host_processes")?;
     p.env
-        .push(("HUTCH_BAIT_MARKERS".into(), bait.marker.clone()));
+        .push(("PROBE_BAIT_MARKERS".into(), bait.marker.clone()));
     let r = p.run(&["list-procs"])?;
     r.assert_clean();
     let p = r.blocked();
@@ -183,7 +183,7 @@ fn proc_environ_of_host_process() -> Result {
     // The host bait's environment, and hutchd's own (which a forked init
     // would carry).
     let markers = format!("{},{}", bait.marker, p.daemon_secret());
-    p.env.push(("HUTCH_BAIT_MARKERS".into(), markers));
+    p.env.push(("PROBE_BAIT_MARKERS".into(), markers));
     let r = p.run(&["proc-environ", &pid])?;
     r.assert_clean();
     r.blocked();
@@ -828,13 +828,112 @@ print(json.dumps({"sha": hashlib.sha256(b"hutch").hexdigest(), "sub": out, "py":
     Ok(())
 }
 
+#[test]
+fn control_data_is_writable_and_persistent() -> Result {
+    if !privileged("control_data_is_writable_and_persistent") {
+        return Ok(());
+    }
+    let mut p = plugin("control_data_is_writable_and_persistent")?;
+    p.persistent_data = true;
+    let state = p.work().join("state");
+    std::fs::create_dir(&state)?;
+    let r = p.run_with(
+        &["--state", &state.to_string_lossy()],
+        &["control-write", "/data", "kept.txt"],
+    )?;
+    r.assert_clean();
+    let line = r
+        .probe()
+        .unwrap_or_else(|| panic!("no probe line\n{}", r.context()));
+    assert!(
+        line.succeeded,
+        "/data not writable: {}\n{}",
+        line.detail,
+        r.context()
+    );
+    let kept = state.join("data").join(&p.id).join("kept.txt");
+    assert_eq!(
+        std::fs::read(&kept).ok().as_deref(),
+        Some(&b"ok"[..]),
+        "{} not on the host",
+        kept.display()
+    );
+    Ok(())
+}
+
 // ------------------------------------------------------------ leftovers
+
+/// Kill or terminate `hutchd try` itself while the plugin runs: the launcher
+/// must take the sandbox down with it.
+fn daemon_goes_away(test: &str, sig: nix::sys::signal::Signal) -> Result {
+    if !privileged(test) {
+        return Ok(());
+    }
+    let p = plugin(test)?;
+    let mut child = p.spawn(&[], &["ignore-sigterm", "120"])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while hutch_tests::processes_with(&p.marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.pid()), sig)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let procs = hutch_tests::processes_with(&p.marker);
+        let cgroups = hutch_tests::cgroups_matching(&p.id);
+        let mounts = hutch_tests::mounts_referencing(p.path());
+        let exited = child.child.try_wait()?.is_some();
+        if procs.is_empty() && cgroups.is_empty() && mounts.is_empty() && exited {
+            return Ok(());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after {sig:?} to hutchd: hutchd exited {exited}, left processes {procs:?}, cgroups {cgroups:?}, \
+             mounts {mounts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hutchd_killed_mid_run_leaves_nothing() -> Result {
+    daemon_goes_away(
+        "hutchd_killed_mid_run_leaves_nothing",
+        nix::sys::signal::Signal::SIGKILL,
+    )
+}
+
+#[test]
+fn hutchd_terminated_mid_run_stops_the_plugin() -> Result {
+    daemon_goes_away(
+        "hutchd_terminated_mid_run_stops_the_plugin",
+        nix::sys::signal::Signal::SIGTERM,
+    )
+}
+
+fn try_scratch_dirs() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("hutch-try"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 #[test]
 fn nothing_left_behind_after_failing_and_killed_plugins() -> Result {
     if !privileged("nothing_left_behind_after_failing_and_killed_plugins") {
         return Ok(());
     }
+    let scratch_before = try_scratch_dirs();
     let mut paths = Vec::new();
     let mut ids = Vec::new();
     let mut markers = Vec::new();
@@ -860,6 +959,13 @@ fn nothing_left_behind_after_failing_and_killed_plugins() -> Result {
             plugin("leftover_usage_error")?,
             vec![],
             vec!["no-such-attack".into()],
+        ));
+        let mut data = plugin("leftover_throwaway_data")?;
+        data.persistent_data = true;
+        runs.push((
+            data,
+            vec![],
+            vec!["control-write".into(), "/data".into(), "x".into()],
         ));
         for (p, flags, args) in &runs {
             paths.push(p.path().to_path_buf());
@@ -891,5 +997,10 @@ fn nothing_left_behind_after_failing_and_killed_plugins() -> Result {
             "process with {m}"
         );
     }
+    let new: Vec<_> = try_scratch_dirs()
+        .into_iter()
+        .filter(|p| !scratch_before.contains(p))
+        .collect();
+    assert!(new.is_empty(), "hutchd try left scratch dirs: {new:?}");
     Ok(())
 }

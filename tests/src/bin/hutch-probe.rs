@@ -208,11 +208,17 @@ fn write_paths(dirs: &[String]) -> Attack {
     Ok(Found::new(false, first_err, notes.join("; ")))
 }
 
-/// Positive control: `/tmp` is writable and reads back.
-fn control_tmp_write() -> Attack {
-    let path = format!("/tmp/hutch-probe-ctl-{}", std::process::id());
+/// Positive control: DIR (default `/tmp`) is writable and reads back; with
+/// KEEP the file `DIR/KEEP` is left there (to check persistence from outside).
+fn control_write(dir: &str, keep: Option<&str>) -> Attack {
+    let path = match keep {
+        Some(name) => format!("{dir}/{name}"),
+        None => format!("{dir}/hutch-probe-ctl-{}", std::process::id()),
+    };
     let res = fs::write(&path, b"ok").and_then(|()| fs::read(&path));
-    let _ = fs::remove_file(&path);
+    if keep.is_none() {
+        let _ = fs::remove_file(&path);
+    }
     Ok(match res {
         Ok(b) if b == b"ok" => Found::new(true, None, format!("wrote and read back {path}")),
         Ok(_) => Found::new(false, None, "read back different content"),
@@ -1312,16 +1318,16 @@ fn ignore_sigterm(secs: f64) -> Attack {
 
 // ---------------------------------------------------------------- main
 
-/// Bait markers: the arguments plus `HUTCH_BAIT_MARKERS` (comma-separated).
+/// Bait markers: the arguments plus `PROBE_BAIT_MARKERS` (comma-separated).
 /// Tests pass them in the environment: arguments also show up in the argv of
 /// the daemon, which a forked (not exec'd) sandbox init inherits.
 fn markers(a: &[String]) -> Result<Vec<String>, Usage> {
     let mut m: Vec<String> = a.to_vec();
-    if let Ok(env) = std::env::var("HUTCH_BAIT_MARKERS") {
+    if let Ok(env) = std::env::var("PROBE_BAIT_MARKERS") {
         m.extend(env.split(',').filter(|s| !s.is_empty()).map(str::to_owned));
     }
     if m.is_empty() {
-        return Err(Usage("no MARKER argument and no HUTCH_BAIT_MARKERS".into()));
+        return Err(Usage("no MARKER argument and no PROBE_BAIT_MARKERS".into()));
     }
     Ok(m)
 }
@@ -1338,7 +1344,8 @@ fn run(attack: &str, a: &[String]) -> Attack {
         "read-shadow" => read_paths(&["/etc/shadow".to_owned()]),
         "read-path" => read_paths(&paths(&["/etc/shadow"])),
         "write-path" => write_paths(&paths(&["/", "/plugin", "/usr", "/etc"])),
-        "control-tmp-write" => control_tmp_write(),
+        "control-tmp-write" => control_write("/tmp", None),
+        "control-write" => control_write(arg(a, 0, "DIR")?, a.get(1).map(String::as_str)),
         "control-read" => control_read(arg(a, 0, "PATH")?),
         "list-procs" => list_procs(&markers(a)?),
         "kill-pid" => kill_pid(num(a, 0, "PID", None)?),
