@@ -94,11 +94,19 @@ pub(crate) fn assemble(
         SeccompFilter::new(BTreeMap::new(), default.clone(), on_match.clone(), arch)
             .and_then(BpfProgram::try_from)
             .map_err(compile_err)?;
-    if empty.len() != ARCH_CHECK_LEN + 1 {
-        return Err(shape("seccompiler's empty filter is not arch check + RET"));
-    }
     let match_ret = u32::from(on_match.clone());
     let default_ret = stmt(RET_K, u32::from(default.clone()));
+    let kill = stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS);
+    if empty.len() != ARCH_CHECK_LEN + 1
+        || empty[0] != stmt(LD_W_ABS, 4) // seccomp_data.arch
+        || (empty[1].code, empty[1].jt, empty[1].jf) != (JEQ_K, 1, 0)
+        || empty[2] != kill
+        || empty[3] != default_ret
+    {
+        return Err(shape(
+            "seccompiler's empty filter is not arch check + RET default",
+        ));
+    }
 
     let mut segments: Vec<(u32, Leaf)> = Vec::new();
     let mut next: u32 = 0; // the first number not covered by a segment yet
