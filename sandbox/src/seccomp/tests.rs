@@ -151,6 +151,10 @@ fn every_table_entry_is_a_real_x86_64_syscall() -> TestResult {
         checked > 300,
         "parsed only {checked} syscalls from {header}"
     );
+    assert!(
+        syscalls::X86_64.windows(2).all(|w| w[0].1 < w[1].1),
+        "the table is sorted by number without duplicates"
+    );
     Ok(())
 }
 
