@@ -11,6 +11,7 @@
 //! hutch-spawn-bench` (`HUTCH_BENCH_N=…` sets the back-to-back sample count;
 //! the gap regime uses half). Not a test: it asserts nothing.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -60,36 +61,56 @@ fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
     }
 }
 
-fn measure(name: &'static str, n: usize, mut run: Runner<'_>) -> Row {
-    let mut row = Row {
-        name,
-        b2b: Vec::new(),
-        gap: Vec::new(),
-        note: None,
-    };
-    for _ in 0..WARMUP {
-        if let Err(e) = run() {
-            row.note = Some(format!("failed: {e}"));
-            return row;
+/// Run every runner `n` times back-to-back, then `n / 2` times each with a
+/// 50 ms idle gap before the spawn, interleaving the runners (one spawn of
+/// each per round) so that load changes on a shared machine hit all rows
+/// alike and the ratios stay fair.
+fn measure(
+    n: usize,
+    runners: &mut [(&'static str, Option<Runner<'_>>, Option<String>)],
+) -> Vec<Row> {
+    let mut rows: Vec<Row> = runners
+        .iter()
+        .map(|(name, _, note)| Row {
+            name,
+            b2b: Vec::new(),
+            gap: Vec::new(),
+            note: note.clone(),
+        })
+        .collect();
+    for (row, (_, run, _)) in rows.iter_mut().zip(runners.iter_mut()) {
+        if let Some(r) = run {
+            for _ in 0..WARMUP {
+                if let Err(e) = r() {
+                    row.note = Some(format!("failed in warm-up: {e}"));
+                    *run = None;
+                    break;
+                }
+            }
         }
     }
     for i in 0..n + n / 2 {
         let gap = i >= n;
-        if gap {
-            std::thread::sleep(GAP);
-        }
-        match run() {
-            Ok(d) if gap => row.gap.push(d),
-            Ok(d) => row.b2b.push(d),
-            Err(e) => {
-                row.note = Some(format!("failed after {i} runs: {e}"));
-                break;
+        for (row, (_, run, _)) in rows.iter_mut().zip(runners.iter_mut()) {
+            let Some(r) = run else { continue };
+            if gap {
+                std::thread::sleep(GAP);
+            }
+            match r() {
+                Ok(d) if gap => row.gap.push(d),
+                Ok(d) => row.b2b.push(d),
+                Err(e) => {
+                    row.note = Some(format!("failed after {i} rounds: {e}"));
+                    *run = None;
+                }
             }
         }
     }
-    row.b2b.sort();
-    row.gap.sort();
-    row
+    for r in &mut rows {
+        r.b2b.sort();
+        r.gap.sort();
+    }
+    rows
 }
 
 fn plain() -> Runner<'static> {
@@ -107,7 +128,7 @@ fn plain() -> Runner<'static> {
     })
 }
 
-fn hutch<'a>(launcher: &'a mut Launcher, plugin_dir: &Path, cgroup: bool) -> Runner<'a> {
+fn hutch<'a>(launcher: &'a RefCell<Launcher>, plugin_dir: &Path, cgroup: bool) -> Runner<'a> {
     let mut spec = SandboxSpec::new(
         if cgroup {
             "bench.spawn-full"
@@ -132,6 +153,7 @@ fn hutch<'a>(launcher: &'a mut Launcher, plugin_dir: &Path, cgroup: bool) -> Run
     Box::new(move || {
         let t = Instant::now();
         let out = launcher
+            .borrow_mut()
             .run(&spec, &mut std::io::sink(), &mut std::io::sink())
             .map_err(|e| e.to_string())?;
         let d = t.elapsed();
@@ -223,7 +245,7 @@ fn bwrap(bin: PathBuf, plugin_dir: &Path) -> Runner<'static> {
 fn main() -> ExitCode {
     // The launcher must be forked before anything else (single-threaded).
     let root = nix::unistd::geteuid().is_root();
-    let mut launcher = if root {
+    let launcher = if root {
         match Launcher::start() {
             Ok(l) => Some(l),
             Err(e) => {
@@ -250,49 +272,37 @@ fn main() -> ExitCode {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     );
 
-    let mut rows = vec![measure("plain fork+exec", n, plain())];
-    match launcher.as_mut() {
-        Some(l) => {
-            rows.push(measure(
-                "hutch full sandbox",
-                n,
-                hutch(l, plugin.path(), true),
-            ));
-            rows.push(measure(
-                "hutch without cgroup",
-                n,
-                hutch(l, plugin.path(), false),
-            ));
+    let launcher = launcher.map(RefCell::new);
+    let hutch_note = (!root || launcher.is_none()).then(|| {
+        if root {
+            "skipped: launcher failed to start".to_owned()
+        } else {
+            "skipped: needs root".to_owned()
         }
-        None => {
-            let note = Some(if root {
-                "launcher failed to start".into()
-            } else {
-                "skipped: needs root".to_owned()
-            });
-            rows.push(Row {
-                name: "hutch full sandbox",
-                b2b: vec![],
-                gap: vec![],
-                note: note.clone(),
-            });
-            rows.push(Row {
-                name: "hutch without cgroup",
-                b2b: vec![],
-                gap: vec![],
-                note,
-            });
-        }
-    }
-    match bwrap_path() {
-        Some(b) => rows.push(measure("bwrap", n, bwrap(b, plugin.path()))),
-        None => rows.push(Row {
-            name: "bwrap",
-            b2b: vec![],
-            gap: vec![],
-            note: Some("skipped: bwrap not installed (apt-get install bubblewrap)".into()),
-        }),
-    }
+    });
+    let bwrap_bin = bwrap_path();
+    let mut runners: Vec<(&'static str, Option<Runner<'_>>, Option<String>)> = vec![
+        ("plain fork+exec", Some(plain()), None),
+        (
+            "hutch full sandbox",
+            launcher.as_ref().map(|l| hutch(l, plugin.path(), true)),
+            hutch_note.clone(),
+        ),
+        (
+            "hutch without cgroup",
+            launcher.as_ref().map(|l| hutch(l, plugin.path(), false)),
+            hutch_note,
+        ),
+        (
+            "bwrap",
+            bwrap_bin.map(|b| bwrap(b, plugin.path())),
+            bwrap_path()
+                .is_none()
+                .then(|| "skipped: bwrap not installed (apt-get install bubblewrap)".to_owned()),
+        ),
+    ];
+    let rows = measure(n, &mut runners);
+    drop(runners);
 
     let bw = rows
         .iter()
