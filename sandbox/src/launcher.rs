@@ -23,7 +23,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{ForkResult, Pid, fork};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{CgroupConfig, CgroupLimits, CgroupManager, SandboxCgroup};
+use crate::cgroup::{CgroupConfig, CgroupLimits, CgroupManager, Placement, SandboxCgroup};
 use crate::channel::{self, Channel, ChannelError};
 use crate::outcome::{LandlockReport, Outcome};
 use crate::seccomp::DenialMonitor;
@@ -316,6 +316,8 @@ struct Running {
     kill_at: Option<Instant>,
     grace: Duration,
     outcome: Outcome,
+    /// The sandbox's mount namespace, closed after the exit is reported.
+    mount_ns: Option<std::fs::File>,
     /// The plugin's ids, for user-namespace maps.
     ids: (u32, u32),
     /// A cgroup attach failure; reported only if the child reported nothing
@@ -327,7 +329,7 @@ struct Server {
     ctrl: Channel<Event, Request>,
     ctrl_open: bool,
     running: HashMap<u64, Running>,
-    managers: HashMap<(String, PathBuf), CgroupManager>,
+    managers: HashMap<(String, PathBuf, bool), CgroupManager>,
 }
 
 fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
@@ -364,6 +366,15 @@ fn wait4_nohang(pid: Pid) -> Result<Option<(libc::c_int, libc::rusage)>, Errno> 
         libc::wait4(pid.as_raw(), &mut status, libc::WNOHANG, &mut usage)
     })?;
     Ok((rc != 0).then_some((status, usage)))
+}
+
+/// A debug trace point of a spawn: microseconds since the request.
+fn mark(id: u64, started: Instant, what: &str) {
+    tracing::debug!(
+        sandbox = id,
+        us = started.elapsed().as_micros() as u64,
+        "{what}"
+    );
 }
 
 fn sanitize(name: &str) -> String {
@@ -472,11 +483,20 @@ impl Server {
     }
 
     fn manager(&mut self, placement: &CgroupPlacement) -> Result<&CgroupManager, String> {
-        let key = (placement.parent.clone(), placement.root.clone());
+        let key = (
+            placement.parent.clone(),
+            placement.root.clone(),
+            placement.own_cgroup,
+        );
         if !self.managers.contains_key(&key) {
             let config = CgroupConfig {
                 parent: placement.parent.clone(),
                 cgroup_root: placement.root.clone(),
+                placement: if placement.own_cgroup {
+                    Placement::OwnCgroup
+                } else {
+                    Placement::HierarchyRoot
+                },
                 ..CgroupConfig::default()
             };
             let m = CgroupManager::new(config).map_err(|e| e.to_string())?;
@@ -508,6 +528,7 @@ impl Server {
             Ok(p) => p,
             Err(e) => return self.fail_spawn(id, started, e.to_string()),
         };
+        mark(id, started, "prepared");
         let cgroup = match &spec.cgroup {
             None => None,
             Some(placement) => {
@@ -527,10 +548,12 @@ impl Server {
                 }
             }
         };
+        mark(id, started, "cgroup created");
         let forked = match spawn::fork_sandbox(&prepared) {
             Ok(f) => f,
             Err(e) => return self.fail_spawn(id, started, e.to_string()),
         };
+        mark(id, started, "forked");
         drop(prepared);
         let Forked {
             stub,
@@ -546,6 +569,21 @@ impl Server {
                 return self.fail_spawn(id, started, format!("pidfd_open: {e:?}"));
             }
         };
+        // Attach the stub now. On a v1 host the first cgroup.procs write
+        // after an idle period waits for an RCU grace period (10-15 ms);
+        // this one overlaps the stub's unshare and init's mount setup, and
+        // leaves the lock warm for init's own attach (see on_child_message).
+        let attach_error = match &cgroup {
+            Some(cg) => cg
+                .attach(stub.as_raw())
+                .err()
+                .map(|e| format!("cgroup attach: {e}")),
+            None => None,
+        };
+        if attach_error.is_some() {
+            let _ = kill(stub, Signal::SIGKILL);
+        }
+        mark(id, started, "stub attached");
         self.send(
             &Event::Spawned { id },
             &[stdout.as_raw_fd(), stderr.as_raw_fd()],
@@ -569,7 +607,8 @@ impl Server {
                 kill_at: None,
                 grace: spec.stop_grace,
                 outcome: Outcome::default(),
-                attach_error: None,
+                attach_error,
+                mount_ns: None,
                 ids: (spec.uid, spec.gid),
             },
         );
@@ -584,13 +623,20 @@ impl Server {
         let mut started: Option<(Event, Vec<OwnedFd>)> = None;
         match msg {
             Ok(Some((ChildMsg::InitForked { pid }, _))) => {
+                mark(id, r.started, "init forked");
                 let init = Pid::from_raw(pid);
                 r.init = Some(init);
                 r.init_pidfd = pidfd_open(init).ok();
+                // Hold the sandbox's mount namespace, so its teardown (an
+                // RCU grace period) happens after the exit is reported.
+                r.mount_ns = std::fs::File::open(format!("/proc/{}/ns/mnt", r.stub)).ok();
+                // Init may have been forked before the stub's attach took
+                // effect: attach it too (fast now), then let it go on.
                 let attached = match &r.cgroup {
                     Some(cg) => cg.attach(pid).map_err(|e| e.to_string()),
                     None => Ok(()),
                 };
+                mark(id, r.started, "init attached");
                 match attached {
                     Ok(()) => {
                         if chan.send(&LauncherMsg::Attached, &[]).is_err() {
@@ -628,6 +674,7 @@ impl Server {
                 },
                 fds,
             ))) => {
+                mark(id, r.started, "executing");
                 r.outcome.landlock = landlock.clone();
                 r.outcome.seccomp_notify = seccomp_notify;
                 let init_pid = r.init.map(Pid::as_raw).unwrap_or(0);
@@ -675,6 +722,7 @@ impl Server {
         let Some(mut r) = self.running.remove(&id) else {
             return;
         };
+        mark(id, r.started, "stub exited");
         // Every writer of the setup channel is dead by now (init's exit waits
         // for its whole pid namespace): drain what is left.
         if let Some(chan) = r.chan.take() {
@@ -713,7 +761,8 @@ impl Server {
         let rusage_ns =
             |t: libc::timeval| (t.tv_sec as u64) * 1_000_000_000 + (t.tv_usec as u64) * 1000;
         o.cpu_time_ns = rusage_ns(usage.ru_utime) + rusage_ns(usage.ru_stime);
-        if let Some(cg) = r.cgroup.take() {
+        let cgroup = r.cgroup.take();
+        if let Some(cg) = &cgroup {
             match cg.stats() {
                 Ok(stats) => {
                     o.oom_killed = stats.oom_kills > 0;
@@ -725,12 +774,18 @@ impl Server {
                 }
                 Err(e) => tracing::warn!(sandbox = id, error = %e, "cgroup stats"),
             }
-            if let Err(e) = cg.remove() {
-                tracing::error!(sandbox = id, error = %e, "cgroup removal");
-            }
         }
+        // The outcome is final (every process of the pid namespace is gone):
+        // report it first, then remove the now empty cgroup. The launcher
+        // exits only after this, so `Launcher`'s drop still waits for it.
         let outcome = Box::new(std::mem::take(&mut r.outcome));
         self.send(&Event::Exited { id, outcome }, &[]);
+        mark(id, r.started, "exit reported");
+        drop(r.mount_ns.take());
+        if let Some(Err(e)) = cgroup.map(SandboxCgroup::remove) {
+            tracing::error!(sandbox = id, error = %e, "cgroup removal");
+        }
+        mark(id, r.started, "cleaned up");
     }
 
     fn on_timers(&mut self) {

@@ -87,6 +87,10 @@ pub struct CgroupPlacement {
     pub parent: String,
     /// Root of the cgroup filesystem (default `/sys/fs/cgroup`).
     pub root: PathBuf,
+    /// Put `parent` under the caller's own cgroup (a systemd unit with
+    /// `Delegate=yes`: the daemon) instead of at the root of each hierarchy
+    /// (default: the root, right for `hutchd try` from a login shell).
+    pub own_cgroup: bool,
 }
 
 impl Default for CgroupPlacement {
@@ -94,6 +98,7 @@ impl Default for CgroupPlacement {
         Self {
             parent: "hutch".into(),
             root: PathBuf::from("/sys/fs/cgroup"),
+            own_cgroup: false,
         }
     }
 }

@@ -284,3 +284,31 @@ fn optional_user_namespace_maps_the_plugin_uid() {
     assert_eq!(lines[0], UID.to_string());
     assert!(lines.contains(&format!("{UID} {UID} 1").as_str()), "{out}");
 }
+
+#[test]
+fn oom_and_pids_limit_are_reported() {
+    if !privileged("oom_and_pids_limit_are_reported") {
+        return;
+    }
+    let dir = plugin_dir();
+    // tmpfs pages count against the cgroup too.
+    let mut spec = sh(
+        "test.oom",
+        dir.path(),
+        "head -c 200000000 /dev/zero > /tmp/fill; echo survived",
+    );
+    spec.limits.memory_max = Some(32 << 20);
+    spec.limits.swap_max = Some(0);
+    spec.limits.tmp_size = 512 << 20;
+    let (o, out, _) = run(&spec);
+    assert!(o.oom_killed, "{o:?} {out}");
+    assert!(o.peak_memory_bytes.is_some_and(|p| p >= 16 << 20), "{o:?}");
+    let mut spec = sh(
+        "test.pids",
+        dir.path(),
+        "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 & done; wait",
+    );
+    spec.limits.pids_max = Some(4);
+    let (o, ..) = run(&spec);
+    assert!(o.pids_limit_hit, "{o:?}");
+}
