@@ -15,13 +15,13 @@
 //! - **allowlist**: match action `ALLOW`, default action `ERRNO(EPERM)`, or `USER_NOTIF` when
 //!   notification is on (seccompiler has no `USER_NOTIF` action: the program is compiled with
 //!   `ERRNO(EPERM)` as a placeholder and its default-action `RET` instructions are patched, see
-//!   [`patch_default_action`]). Numbers are matched exactly against native x86_64 numbers, so
+//!   `patch_default_action`). Numbers are matched exactly against native x86_64 numbers, so
 //!   x32 calls (bit `0x40000000` set) fall to the default action; seccompiler's architecture
 //!   check kills the process on any other architecture (i386 `int 0x80`). seccompiler compiles
 //!   the architecture check and each syscall's argument rules; `dispatch` arranges them behind
 //!   a binary search on the syscall number instead of seccompiler's linear chain (installing
 //!   the linear 1500-instruction chain costs ~1 ms, the tree ~0.1 ms).
-//! - **enosys**: `clone3` (every [`Rule::Enosys`](profile::Rule::Enosys) entry) returns `ENOSYS`,
+//! - **enosys**: `clone3` (every [`profile::Rule::Enosys`] entry) returns `ENOSYS`,
 //!   everything else `ALLOW`. The kernel runs every filter and keeps the most severe action;
 //!   `ERRNO` outranks `ALLOW`, so `clone3` fails with `ENOSYS` and glibc falls back to `clone`.
 //!
