@@ -330,6 +330,7 @@ struct Server {
     ctrl_open: bool,
     running: HashMap<u64, Running>,
     managers: HashMap<(String, PathBuf, bool), CgroupManager>,
+    seccomp_cache: crate::policy::SeccompCache,
 }
 
 fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
@@ -342,6 +343,7 @@ fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
         ctrl_open: true,
         running: HashMap::new(),
         managers: HashMap::new(),
+        seccomp_cache: crate::policy::SeccompCache::default(),
     };
     while server.ctrl_open || !server.running.is_empty() {
         server.turn()?;
@@ -524,7 +526,7 @@ impl Server {
 
     fn spawn(&mut self, id: u64, spec: &SandboxSpec) {
         let started = Instant::now();
-        let prepared = match Prepared::new(spec) {
+        let prepared = match Prepared::with_cache(spec, &mut self.seccomp_cache) {
             Ok(p) => p,
             Err(e) => return self.fail_spawn(id, started, e.to_string()),
         };

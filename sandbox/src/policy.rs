@@ -49,7 +49,11 @@ pub fn landlock_rules(spec: &SandboxSpec) -> LandlockRules {
     if spec.data_dir.is_some() {
         read_write.push(PathBuf::from("/data"));
     }
-    if let Some(dir) = spec.api_socket.as_ref().and(Path::new(API_SOCKET_PATH).parent()) {
+    if let Some(dir) = spec
+        .api_socket
+        .as_ref()
+        .and(Path::new(API_SOCKET_PATH).parent())
+    {
         read_write.push(dir.to_owned());
     }
     LandlockRules {
@@ -59,18 +63,45 @@ pub fn landlock_rules(spec: &SandboxSpec) -> LandlockRules {
     }
 }
 
+/// Compiled seccomp filters by configuration: the launcher compiles each
+/// distinct profile (default + approved additions) once.
+#[derive(Debug, Default)]
+pub struct SeccompCache {
+    compiled: std::collections::HashMap<(Vec<String>, bool), CompiledFilters>,
+}
+
+impl SeccompCache {
+    /// The filters for `config`, compiled on first use.
+    ///
+    /// # Errors
+    /// The profile with these additions does not compile.
+    pub fn get(&mut self, config: &SeccompConfig) -> Result<CompiledFilters, PolicyError> {
+        let key = (config.additions.clone(), config.notify);
+        if let Some(f) = self.compiled.get(&key) {
+            return Ok(f.clone());
+        }
+        let f = seccomp::compile(config)?;
+        if self.compiled.len() >= 64 {
+            self.compiled.clear();
+        }
+        self.compiled.insert(key, f.clone());
+        Ok(f)
+    }
+}
+
 impl Prepared {
-    /// Compile the seccomp filters and list the Landlock rules.
+    /// Compile the seccomp filters (through `cache`) and list the Landlock
+    /// rules.
     ///
     /// # Errors
     /// The seccomp profile does not compile.
-    pub fn new(spec: &SandboxSpec) -> Result<Self, PolicyError> {
+    pub fn new(spec: &SandboxSpec, cache: &mut SeccompCache) -> Result<Self, PolicyError> {
         let config = SeccompConfig {
             additions: spec.seccomp.additions.clone(),
             notify: spec.seccomp.notify,
         };
         Ok(Self {
-            seccomp: seccomp::compile(&config)?,
+            seccomp: cache.get(&config)?,
             landlock_rules: landlock_rules(spec),
             landlock_config: LandlockConfig::from(&spec.landlock),
         })

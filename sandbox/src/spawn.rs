@@ -141,6 +141,17 @@ impl Prepared {
     /// A path is refused, a string holds NUL, uid/gid is 0, or the seccomp
     /// profile does not compile.
     pub fn new(spec: &SandboxSpec) -> Result<Self, SpawnError> {
+        Self::with_cache(spec, &mut policy::SeccompCache::default())
+    }
+
+    /// [`Prepared::new`], reusing seccomp filters compiled earlier.
+    ///
+    /// # Errors
+    /// See [`Prepared::new`].
+    pub fn with_cache(
+        spec: &SandboxSpec,
+        cache: &mut policy::SeccompCache,
+    ) -> Result<Self, SpawnError> {
         if spec.uid == 0 || spec.gid == 0 {
             return Err(SpawnError::Spec {
                 field: "uid",
@@ -177,7 +188,7 @@ impl Prepared {
             exec,
             argv,
             envp,
-            policy: policy::Prepared::new(spec)?,
+            policy: policy::Prepared::new(spec, cache)?,
         })
     }
 }
