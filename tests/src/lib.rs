@@ -564,14 +564,24 @@ impl TryRun {
         p
     }
 
-    /// The report lists a denial of `syscall`.
+    /// The report lists a denial of `syscall`, and stderr tells it.
     ///
     /// # Panics
-    /// When seccomp notification is on and the denial is missing.
+    /// When the denial is missing, or the report says notification was not
+    /// used although this kernel offers it.
     pub fn assert_denial(&self, syscall: &str) {
         let r = self.report();
         if !r.seccomp_notify {
-            eprintln!("NOTE: seccomp_notify is false; cannot check the denial of {syscall}");
+            // A sandbox without seccomp looks exactly like this.
+            assert!(
+                !kernel_has_seccomp_user_notif(),
+                "report.seccomp_notify is false on a kernel with user notification: was the \
+                 filter installed at all?\n{}",
+                self.context()
+            );
+            eprintln!(
+                "NOTE: no seccomp user notification on this kernel; cannot check the denial of {syscall}"
+            );
             return;
         }
         assert!(
@@ -631,6 +641,13 @@ impl TryRun {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Whether this kernel offers `SECCOMP_RET_USER_NOTIF` (from
+/// `/proc/sys/kernel/seccomp/actions_avail`).
+pub fn kernel_has_seccomp_user_notif() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+        .is_ok_and(|s| s.split_whitespace().any(|a| a == "user_notif"))
 }
 
 /// Pids of host processes (not us) whose cmdline or environ contains `marker`.

@@ -371,6 +371,19 @@ fn proc_init_mem() -> Attack {
     })
 }
 
+/// Signal 0 to pid 1 when that is Hutch's init (same pid namespace, outside
+/// the plugin's Landlock domain). Stopped by: init staying uid 0 (EPERM) and
+/// Landlock signal scoping (ABI >= 6, EPERM); either alone suffices.
+fn signal_init() -> Attack {
+    if std::process::id() == 1 {
+        return Ok(Found::new(false, None, "we are pid 1: no init to signal"));
+    }
+    Ok(match signal::kill(Pid::from_raw(1), None) {
+        Ok(()) => Found::new(true, None, "kill(1, 0) returned 0: init is signalable"),
+        Err(e) => Found::new(false, Some(e), format!("kill(1, 0): {}", errno_name(e))),
+    })
+}
+
 /// `PTRACE_TRACEME`. Stopped by: seccomp (ptrace not allowed; EPERM + denial).
 fn ptrace_traceme() -> Attack {
     Ok(match nix::sys::ptrace::traceme() {
@@ -608,6 +621,29 @@ fn tcp_connect(port: u16) -> Attack {
             Err(e) => Found::new(false, io_errno(&e), format!("connect {addr}: {e}")),
         },
     )
+}
+
+/// Bind a TCP listener (inside the sandbox's own netns) and connect to it.
+/// Stopped by: Landlock TCP bind/connect rules (ABI >= 4, EACCES); nothing
+/// else (the netns has a working `lo`).
+fn tcp_bind() -> Attack {
+    Ok(match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => {
+            let connected = l
+                .local_addr()
+                .and_then(std::net::TcpStream::connect)
+                .is_ok();
+            Found::new(
+                true,
+                None,
+                format!(
+                    "bound {:?}; connect to it: {connected}",
+                    l.local_addr().ok()
+                ),
+            )
+        }
+        Err(e) => Found::new(false, io_errno(&e), format!("bind 127.0.0.1:0: {e}")),
+    })
 }
 
 /// UDP datagram to a host loopback echo listener. Stopped by: the network
@@ -1352,6 +1388,8 @@ fn run(attack: &str, a: &[String]) -> Attack {
         "proc-environ" => proc_environ(num(a, 0, "PID", None)?, &markers(&a[1..])?),
         "proc-init-mem" => proc_init_mem(),
         "ptrace-traceme" => ptrace_traceme(),
+        "signal-init" => signal_init(),
+        "tcp-bind" => tcp_bind(),
         "ptrace-attach" => ptrace_attach(num(a, 0, "PID", None)?),
         "unshare" => unshare_ns(),
         "clone-ns" => clone_ns(),
