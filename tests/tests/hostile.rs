@@ -173,6 +173,15 @@ fn kill_host_process() -> Result {
 }
 
 #[test]
+fn signal_everyone() -> Result {
+    if !privileged("signal_everyone") {
+        return Ok(());
+    }
+    attack("signal_everyone", &["kill-everyone"])?.blocked_with(&["ESRCH"]);
+    Ok(())
+}
+
+#[test]
 fn proc_environ_of_host_process() -> Result {
     if !privileged("proc_environ_of_host_process") {
         return Ok(());
@@ -420,6 +429,51 @@ fn netlink_socket() -> Result {
 #[test]
 fn keyctl() -> Result {
     seccomp_case("keyctl", &["keyctl"], "keyctl")
+}
+
+#[test]
+fn add_key_and_request_key() -> Result {
+    if !privileged("add_key_and_request_key") {
+        return Ok(());
+    }
+    let r = attack("add_key_and_request_key", &["add-key"])?;
+    r.seccomp_denied("add_key");
+    r.assert_denial("request_key");
+    Ok(())
+}
+
+#[test]
+fn process_vm_readv_of_init() -> Result {
+    seccomp_case(
+        "process_vm_readv_of_init",
+        &["process-vm", "1"],
+        "process_vm_readv",
+    )
+}
+
+#[test]
+fn setns() -> Result {
+    seccomp_case("setns", &["setns"], "setns")
+}
+
+#[test]
+fn iopl_and_ioperm() -> Result {
+    if !privileged("iopl_and_ioperm") {
+        return Ok(());
+    }
+    let r = attack("iopl_and_ioperm", &["iopl"])?;
+    r.seccomp_denied("iopl");
+    r.assert_denial("ioperm");
+    Ok(())
+}
+
+#[test]
+fn mknod_dev_mem() -> Result {
+    if !privileged("mknod_dev_mem") {
+        return Ok(());
+    }
+    attack("mknod_dev_mem", &["mknod-mem"])?.blocked_with(&["EPERM", "EACCES"]);
+    Ok(())
 }
 
 #[test]
@@ -901,6 +955,75 @@ fn control_data_is_writable_and_persistent() -> Result {
         "{} not on the host",
         kept.display()
     );
+    Ok(())
+}
+
+// ------------------------------------------------------------ manifest escapes
+
+/// `hutchd try` refused to start the plugin: nonzero exit, no probe output,
+/// and stderr contains `needle`.
+fn refused(r: &TryRun, needle: &str) {
+    assert!(r.probe().is_none(), "the plugin ran\n{}", r.context());
+    assert_ne!(r.code(), Some(0), "{}", r.context());
+    assert!(
+        r.stderr.contains(needle),
+        "stderr lacks {needle:?}\n{}",
+        r.context()
+    );
+    r.assert_clean();
+}
+
+#[test]
+fn exec_escaping_the_plugin_dir_is_refused() -> Result {
+    if !privileged("exec_escaping_the_plugin_dir_is_refused") {
+        return Ok(());
+    }
+    let mut p = plugin("exec_escaping_the_plugin_dir_is_refused")?;
+    p.exec = "bin/../../../../usr/bin/id".into();
+    let r = p.run(&["caps"])?;
+    refused(&r, "exec");
+    assert_eq!(
+        r.code(),
+        Some(2),
+        "broken manifest must exit 2\n{}",
+        r.context()
+    );
+    Ok(())
+}
+
+#[test]
+fn read_only_daemon_state_is_refused() -> Result {
+    if !privileged("read_only_daemon_state_is_refused") {
+        return Ok(());
+    }
+    let mut p = plugin("read_only_daemon_state_is_refused")?;
+    p.read_only.push("/var/lib/hutch".into());
+    let r = p.run(&["read-path", "/var/lib/hutch"])?;
+    refused(&r, "filesystem.read_only[0]");
+    assert_eq!(
+        r.code(),
+        Some(2),
+        "broken manifest must exit 2\n{}",
+        r.context()
+    );
+    Ok(())
+}
+
+#[test]
+fn read_only_symlink_to_forbidden_path_is_refused() -> Result {
+    if !privileged("read_only_symlink_to_forbidden_path_is_refused") {
+        return Ok(());
+    }
+    // The manifest names an innocent-looking path; it is a symlink to /proc.
+    let dir = tempfile::Builder::new()
+        .prefix("hutch-t-ro-")
+        .tempdir_in("/var/tmp")?;
+    let link = dir.path().join("calibration");
+    std::os::unix::fs::symlink("/proc", &link)?;
+    let mut p = plugin("read_only_symlink_to_forbidden_path_is_refused")?;
+    p.read_only.push(link.to_string_lossy().into_owned());
+    let r = p.run(&["proc-environ", "1", "x"])?;
+    refused(&r, "/proc");
     Ok(())
 }
 

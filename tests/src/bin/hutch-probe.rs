@@ -709,6 +709,162 @@ fn keyctl() -> Attack {
     ))
 }
 
+/// `add_key` and `request_key` (the rest of the keyctl family). Stopped by:
+/// seccomp (EPERM + denials).
+fn add_key() -> Attack {
+    let ty = CString::new("user").map_err(|e| Usage(e.to_string()))?;
+    let desc = CString::new("hutch-probe").map_err(|e| Usage(e.to_string()))?;
+    let payload = b"secret";
+    // KEY_SPEC_SESSION_KEYRING = -3
+    let add = raw(
+        libc::SYS_add_key,
+        &[
+            ptr(ty.as_ptr()),
+            ptr(desc.as_ptr()),
+            ptr(payload.as_ptr()),
+            payload.len() as u64,
+            (-3i64) as u64,
+        ],
+    );
+    let req = raw(
+        libc::SYS_request_key,
+        &[ptr(ty.as_ptr()), ptr(desc.as_ptr()), 0, 0],
+    );
+    Ok(match (add, req) {
+        (Ok(k), _) => Found::new(true, None, format!("add_key returned key {k}")),
+        (_, Ok(k)) => Found::new(true, None, format!("request_key returned key {k}")),
+        (Err(a), Err(r)) => Found::new(
+            false,
+            Some(a),
+            format!("add_key: {}; request_key: {}", errno_name(a), errno_name(r)),
+        ),
+    })
+}
+
+/// Read another process's memory with `process_vm_readv` (pid 1 by
+/// default). Stopped by: seccomp (EPERM + denial); init's uid 0.
+fn process_vm(pid: i32) -> Attack {
+    let addr = fs::read_to_string(format!("/proc/{pid}/maps"))
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                let (range, rest) = l.split_once(' ')?;
+                rest.starts_with('r').then_some(())?;
+                u64::from_str_radix(range.split_once('-')?.0, 16).ok()
+            })
+        })
+        .unwrap_or(0x40_0000);
+    let mut buf = [0u8; 16];
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let r = raw(
+        libc::SYS_process_vm_readv,
+        &[
+            pid as u64,
+            ptr(&raw const local),
+            1,
+            ptr(&raw const remote),
+            1,
+            0,
+        ],
+    );
+    Ok(match r {
+        Ok(n) => Found::new(
+            true,
+            None,
+            format!("read {n} bytes of pid {pid} at {addr:#x}"),
+        ),
+        Err(e) => Found::new(
+            false,
+            Some(e),
+            format!("process_vm_readv {pid}: {}", errno_name(e)),
+        ),
+    })
+}
+
+/// `setns` into pid 1's mount namespace, then into our own network
+/// namespace. Stopped by: seccomp (EPERM + denial); no CAP_SYS_ADMIN.
+fn setns() -> Attack {
+    let mut first_err = None;
+    let mut notes = Vec::new();
+    for (path, ty) in [
+        ("/proc/1/ns/mnt", libc::CLONE_NEWNS),
+        ("/proc/self/ns/net", libc::CLONE_NEWNET),
+    ] {
+        let f = match fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                notes.push(format!("open {path}: {e}"));
+                continue;
+            }
+        };
+        match raw(libc::SYS_setns, &[f.as_raw_fd() as u64, ty as u64]) {
+            Ok(_) => return Ok(Found::new(true, None, format!("setns({path}) returned 0"))),
+            Err(e) => {
+                first_err = first_err.or(Some(e));
+                notes.push(format!("setns {path}: {}", errno_name(e)));
+            }
+        }
+    }
+    Ok(Found::new(false, first_err, notes.join("; ")))
+}
+
+/// Create a /dev/mem character device node in /tmp and open it. Stopped by:
+/// no CAP_MKNOD (EPERM); Landlock (no MAKE_CHAR); /tmp mounted nodev.
+fn mknod_mem() -> Attack {
+    let path = format!("/tmp/hutch-probe-mem-{}", std::process::id());
+    let r = nix::sys::stat::mknod(
+        path.as_str(),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(1, 1),
+    );
+    let found = match r {
+        Ok(()) => match fs::File::open(&path) {
+            Ok(_) => Found::new(true, None, format!("created and opened /dev/mem as {path}")),
+            Err(e) => Found::new(true, io_errno(&e), format!("created {path} (open: {e})")),
+        },
+        Err(e) => Found::new(false, Some(e), format!("mknod {path}: {}", errno_name(e))),
+    };
+    let _ = fs::remove_file(&path);
+    Ok(found)
+}
+
+/// Raise the I/O privilege level / open I/O ports. Stopped by: seccomp
+/// (EPERM + denial); no CAP_SYS_RAWIO.
+fn iopl() -> Attack {
+    let io = raw(libc::SYS_iopl, &[3]);
+    let perm = raw(libc::SYS_ioperm, &[0x80, 1, 1]);
+    Ok(match (io, perm) {
+        (Ok(_), _) => Found::new(true, None, "iopl(3) returned 0"),
+        (_, Ok(_)) => Found::new(true, None, "ioperm(0x80) returned 0"),
+        (Err(a), Err(b)) => Found::new(
+            false,
+            Some(a),
+            format!("iopl: {}; ioperm: {}", errno_name(a), errno_name(b)),
+        ),
+    })
+}
+
+/// `kill(-1, 0)`: is any process other than us (and our init) signalable?
+/// Stopped by: the pid namespace (ESRCH); the per-plugin uid.
+fn kill_everyone() -> Attack {
+    Ok(match signal::kill(Pid::from_raw(-1), None) {
+        Ok(()) => Found::new(
+            true,
+            None,
+            "kill(-1, 0) returned 0: other processes are signalable",
+        ),
+        Err(e) => Found::new(false, Some(e), format!("kill(-1, 0): {}", errno_name(e))),
+    })
+}
+
 /// BPF_MAP_CREATE of a one-entry array. Stopped by: seccomp (EPERM +
 /// denial); no CAP_BPF with unprivileged_bpf_disabled.
 fn bpf() -> Attack {
@@ -1414,6 +1570,12 @@ fn run(attack: &str, a: &[String]) -> Attack {
         "unix-abstract" => unix_abstract(arg(a, 0, "NAME")?),
         "unix-path" => unix_path(arg(a, 0, "PATH")?),
         "keyctl" => keyctl(),
+        "add-key" => add_key(),
+        "process-vm" => process_vm(num(a, 0, "PID", Some(1))?),
+        "setns" => setns(),
+        "mknod-mem" => mknod_mem(),
+        "iopl" => iopl(),
+        "kill-everyone" => kill_everyone(),
         "bpf" => bpf(),
         "perf-event-open" => perf_event_open(),
         "userfaultfd" => userfaultfd(),
