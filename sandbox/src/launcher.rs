@@ -74,7 +74,10 @@ pub enum Event {
         /// Denials come through seccomp user notification.
         seccomp_notify: bool,
     },
-    /// The sandbox ended (or could not be set up) and is cleaned up.
+    /// The sandbox ended (or could not be set up): every process of it is
+    /// gone. The launcher removes its cgroup right after sending this (it
+    /// exits only once that is done, so dropping the [`Launcher`] waits
+    /// for it).
     Exited {
         /// The sandbox.
         id: u64,

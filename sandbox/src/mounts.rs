@@ -54,6 +54,14 @@ mod attr {
 /// A problem found while planning the mount tree in the parent.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
+    /// A `read_only` tree could let the plugin reach a host socket.
+    #[error("read_only {path}: {reason}")]
+    Unsafe {
+        /// The path as given.
+        path: PathBuf,
+        /// What was found.
+        reason: String,
+    },
     /// A host path could not be resolved or opened.
     #[error("{what} {path}: {errno:?}")]
     Open {
@@ -115,6 +123,9 @@ pub struct MountPlan {
     symlinks: Vec<(CString, CString)>,
     binds: Vec<Bind>,
     etc_files: Vec<(CString, Vec<u8>)>,
+    /// Sockets inside `read_only` trees, relative to the new root, covered
+    /// with an empty file so the plugin cannot `connect` to them.
+    masks: Vec<CString>,
 }
 
 fn cstring(s: &str) -> CString {
@@ -214,6 +225,7 @@ impl MountPlan {
             symlinks: Vec::new(),
             binds: Vec::new(),
             etc_files: Vec::new(),
+            masks: Vec::new(),
         };
         for d in ["etc", "proc", "dev", "tmp", "plugin"] {
             plan.dirs.push(cstring(d));
@@ -291,6 +303,14 @@ impl MountPlan {
                 continue;
             }
             plan.bind("read_only", p, p, attr::RDONLY | attr::NOSUID | attr::NODEV)?;
+            let resolved = std::fs::canonicalize(p).map_err(|e| PrepareError::Open {
+                what: "read_only",
+                path: p.clone(),
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
+            })?;
+            for socket in scan_for_sockets(p, &resolved)? {
+                plan.masks.push(cstring(&relative(&socket)));
+            }
             bound.push(p.clone());
         }
         if let Some(sock) = &spec.api_socket {
@@ -390,6 +410,68 @@ impl MountPlan {
             attrs,
         });
     }
+}
+
+/// Most entries walked in one `read_only` tree when looking for sockets.
+pub const MAX_SCAN_ENTRIES: usize = 200_000;
+
+/// Walk a `read_only` tree (not following symlinks) and return the
+/// in-sandbox paths of the Unix sockets in it: a read-only bind does not stop
+/// `connect(2)`, and Landlock below ABI 9 has no right for it, so they are
+/// masked in the child. A world-writable directory in the tree is refused: a
+/// socket created there after the spawn would be reachable.
+///
+/// # Errors
+/// A world-writable directory, more than [`MAX_SCAN_ENTRIES`] entries, or
+/// an unreadable directory.
+fn scan_for_sockets(declared: &Path, resolved: &Path) -> Result<Vec<PathBuf>, PrepareError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let unsafe_tree = |reason: String| PrepareError::Unsafe {
+        path: declared.to_owned(),
+        reason,
+    };
+    let top = std::fs::symlink_metadata(resolved)
+        .map_err(|e| unsafe_tree(format!("cannot check {}: {e}", resolved.display())))?;
+    if top.file_type().is_socket() {
+        return Err(unsafe_tree("is a Unix socket".into()));
+    }
+    let mut sockets = Vec::new();
+    let mut seen = 0usize;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = resolved.join(&rel);
+        let meta = std::fs::symlink_metadata(&dir)
+            .map_err(|e| unsafe_tree(format!("cannot check {}: {e}", dir.display())))?;
+        if meta.is_dir() && meta.permissions().mode() & 0o002 != 0 {
+            return Err(unsafe_tree(format!(
+                "{} is world-writable: a socket created there would reach the host",
+                dir.display()
+            )));
+        }
+        if !meta.is_dir() {
+            continue;
+        }
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| unsafe_tree(format!("cannot list {}: {e}", dir.display())))?;
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| unsafe_tree(format!("cannot list {}: {e}", dir.display())))?;
+            seen += 1;
+            if seen > MAX_SCAN_ENTRIES {
+                return Err(unsafe_tree(format!(
+                    "more than {MAX_SCAN_ENTRIES} entries: too large to check for sockets"
+                )));
+            }
+            let Ok(ft) = entry.file_type() else { continue };
+            let child = rel.join(entry.file_name());
+            if ft.is_socket() {
+                sockets.push(declared.join(&child));
+            } else if ft.is_dir() {
+                stack.push(child);
+            }
+        }
+    }
+    Ok(sockets)
 }
 
 /// `/etc/passwd`, `/etc/group`, `/etc/nsswitch.conf`, `/etc/hosts` naming the
@@ -607,6 +689,43 @@ pub fn bind_all(plan: &MountPlan, sources: &Sources) -> Result<(), StepError> {
     Ok(())
 }
 
+/// Step: cover every socket found in a `read_only` tree with an empty,
+/// read-only file (connect then fails with `ECONNREFUSED`). The file lives in
+/// the root tmpfs only while it is bound, then is unlinked.
+///
+/// # Errors
+/// A mount or the mask file failed.
+pub fn mask_sockets(plan: &MountPlan) -> Result<(), StepError> {
+    if plan.masks.is_empty() {
+        return Ok(());
+    }
+    let mask = c"hutch-socket-mask";
+    nix::fcntl::open(
+        mask,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o444),
+    )
+    .step("create", "/hutch-socket-mask")?;
+    for m in &plan.masks {
+        let shown = format!("/{}", m.to_string_lossy());
+        mount(
+            Some(mask),
+            m.as_c_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .step("mask socket", &shown)?;
+        mount_setattr(
+            m.as_c_str(),
+            false,
+            attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC,
+        )
+        .step("mount read-only", &shown)?;
+    }
+    nix::unistd::unlink(mask).step("unlink", "/hutch-socket-mask")
+}
+
 /// Step: the private, size-limited `/tmp`.
 ///
 /// # Errors
@@ -731,6 +850,26 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    #[test]
+    fn sockets_in_read_only_trees_are_masked_and_world_writable_dirs_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir_in("/var/tmp")?;
+        std::fs::create_dir(dir.path().join("sub"))?;
+        let _l = std::os::unix::net::UnixListener::bind(dir.path().join("sub/s.sock"))?;
+        let spec = spec_with_read_only(&dir.path().to_string_lossy())?;
+        let plan = MountPlan::prepare(&spec)?;
+        let want = cstring(&relative(&dir.path().join("sub/s.sock")));
+        assert_eq!(plan.masks, vec![want]);
+        std::fs::set_permissions(
+            dir.path().join("sub"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )?;
+        match MountPlan::prepare(&spec) {
+            Err(PrepareError::Unsafe { .. }) => Ok(()),
+            other => Err(format!("expected Unsafe, got {other:?}").into()),
+        }
     }
 
     #[test]

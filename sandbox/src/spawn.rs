@@ -388,6 +388,7 @@ fn build_mount_tree(p: &Prepared) -> Result<(), StepError> {
     mounts::mount_dev(&p.plan)?;
     mounts::create_mount_points(&p.plan)?;
     mounts::bind_all(&p.plan, &sources)?;
+    mounts::mask_sockets(&p.plan)?;
     mounts::mount_tmp(&p.plan)?;
     mounts::write_etc(&p.plan)?;
     mounts::mount_proc()?;

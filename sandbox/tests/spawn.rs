@@ -253,8 +253,10 @@ fn double_forked_child_dies_with_the_sandbox_and_nothing_is_left() {
             host_processes_with(&format!("sleep {marker}")),
             Vec::<i32>::new()
         );
-        assert_eq!(cgroups_named(&name), Vec::<PathBuf>::new());
     }
+    // The launcher removes the cgroup right after reporting; dropping it
+    // waits for the launcher to exit.
+    assert_eq!(cgroups_named(&name), Vec::<PathBuf>::new());
     assert!(
         nix::sys::signal::kill(launcher_pid, None).is_err(),
         "launcher still alive"
@@ -311,4 +313,40 @@ fn oom_and_pids_limit_are_reported() {
     spec.limits.pids_max = Some(4);
     let (o, ..) = run(&spec);
     assert!(o.pids_limit_hit, "{o:?}");
+}
+
+#[test]
+fn host_socket_inside_a_read_only_tree_is_masked() {
+    if !privileged("host_socket_inside_a_read_only_tree_is_masked") {
+        return;
+    }
+    let ro = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(ro.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = ro.path().join("host.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let dir = plugin_dir();
+    let script = format!(
+        "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('{}')\"; ls {}",
+        sock.display(),
+        ro.path().display()
+    );
+    let mut spec = sh("test.sockmask", dir.path(), &script);
+    spec.read_only = vec![ro.path().to_owned()];
+    let (o, out, err) = run(&spec);
+    assert_eq!(o.setup_error, None, "{o:?}");
+    // EACCES: the mask is a read-only regular file (ECONNREFUSED if writable).
+    assert!(
+        err.contains("ConnectionRefusedError") || err.contains("PermissionError"),
+        "{out} {err}"
+    );
+    assert_eq!(
+        out, "host.sock\n",
+        "the tree is visible, the socket is not reachable"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "a connection reached the host socket"
+    );
 }
