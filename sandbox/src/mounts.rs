@@ -15,7 +15,7 @@
 //! The binds then go through `/proc/self/fd/N`; no host path is looked up a
 //! third time, so nothing a plugin controls can redirect a bind (no TOCTOU).
 //!
-//! **Child** ([`build_tree`] then [`pivot`]): see the step list in the crate doc.
+//! **Child** ([`open_sources`] ... [`pivot`]): see the step list in the crate doc.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
