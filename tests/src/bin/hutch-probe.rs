@@ -697,6 +697,29 @@ fn unix_path(path: &str) -> Attack {
     })
 }
 
+/// Keep trying to connect to PATH for SECONDS (a socket the host creates
+/// after the sandbox started). Stopped by: nothing but the mount tree not
+/// containing PATH at all; see `unix_path`.
+fn unix_path_wait(path: &str, secs: f64) -> Attack {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut last = None;
+    while Instant::now() < deadline {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Ok(Found::new(true, None, format!("connected to {path}"))),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(match last {
+        Some(e) => Found::new(
+            false,
+            io_errno(&e),
+            format!("connect {path} for {secs}s: {e}"),
+        ),
+        None => Found::new(false, None, "no attempt made"),
+    })
+}
+
 // ---------------------------------------------------------------- kernel surface
 
 /// Stopped by: seccomp (EPERM + denial).
@@ -1569,6 +1592,7 @@ fn run(attack: &str, a: &[String]) -> Attack {
         "socket-netlink" => socket("AF_NETLINK", libc::AF_NETLINK, libc::SOCK_RAW, 0),
         "unix-abstract" => unix_abstract(arg(a, 0, "NAME")?),
         "unix-path" => unix_path(arg(a, 0, "PATH")?),
+        "unix-path-wait" => unix_path_wait(arg(a, 0, "PATH")?, num(a, 1, "SECONDS", Some(5.0))?),
         "keyctl" => keyctl(),
         "add-key" => add_key(),
         "process-vm" => process_vm(num(a, 0, "PID", Some(1))?),
