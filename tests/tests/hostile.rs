@@ -150,6 +150,17 @@ fn see_host_processes() -> Result {
         .get("visible")
         .and_then(|v| v.as_u64())
         .unwrap_or(u64::MAX);
+    // Our own pid is tiny in a fresh pid namespace (1 or 2 behind an init).
+    let pid = p
+        .extra
+        .get("pid")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(u64::MAX);
+    assert!(
+        pid <= 2,
+        "probe has pid {pid}: no pid namespace?\n{}",
+        r.context()
+    );
     assert!(
         visible <= 3,
         "{visible} processes visible in the sandbox\n{}",
@@ -391,6 +402,58 @@ fn host_unix_socket_inside_a_read_only_path() -> Result {
     r.assert_clean();
     r.blocked_with(&["ENOENT", "EACCES", "ECONNREFUSED", "EPERM"]);
     assert_eq!(l.anything_arrived(), Vec::<&str>::new());
+    Ok(())
+}
+
+#[test]
+#[ignore = "known hole: a host socket created after spawn inside a read_only tree is reachable \
+            (no Landlock right for pathname-socket connect at ABI 7); see ARCHITECTURE.md limitations"]
+fn host_unix_socket_created_later_inside_a_read_only_path() -> Result {
+    if !privileged("host_unix_socket_created_later_inside_a_read_only_path") {
+        return Ok(());
+    }
+    // As above, but the host creates the socket after the sandbox started:
+    // a spawn-time scan cannot see it.
+    let ro = tempfile::Builder::new()
+        .prefix("hutch-t-ro-")
+        .tempdir_in("/var/tmp")?;
+    std::fs::set_permissions(
+        ro.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let mut p = plugin("host_unix_socket_created_later_inside_a_read_only_path")?;
+    p.read_only.push(ro.path().to_string_lossy().into_owned());
+    let sock = ro.path().join("host.sock");
+    let mut child = p.spawn(&[], &["unix-path-wait", &sock.to_string_lossy(), "4"])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while hutch_tests::processes_with(&p.marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let l = HostListeners::bind(ro.path())?;
+    let status = loop {
+        if let Some(st) = child.child.try_wait()? {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hutchd try did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        l.anything_arrived(),
+        Vec::<&str>::new(),
+        "the plugin reached a host socket"
+    );
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "probe reports the attack succeeded (exit 1) or failed"
+    );
     Ok(())
 }
 

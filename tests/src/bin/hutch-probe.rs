@@ -278,6 +278,7 @@ fn list_procs(markers: &[String]) -> Attack {
         format!("{} processes visible, none is the host's", pids.len()),
     )
     .with("visible", json!(pids.len()))
+    .with("pid", json!(me))
     .with("pids", json!(pids.iter().take(20).collect::<Vec<_>>())))
 }
 
