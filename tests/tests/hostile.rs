@@ -985,6 +985,49 @@ print(json.dumps({"sha": hashlib.sha256(b"hutch").hexdigest(), "sub": out, "py":
         r.context()
     );
     assert_eq!(v["sub"].as_str(), Some("sub"), "{}", r.context());
+    assert!(
+        r.report().denials.is_empty(),
+        "denials for a stdlib Python script\n{}",
+        r.context()
+    );
+    Ok(())
+}
+
+#[test]
+fn control_shell_script_runs() -> Result {
+    if !privileged("control_shell_script_runs") {
+        return Ok(());
+    }
+    let mut p = plugin("control_shell_script_runs")?;
+    p.add_file(
+        "run.sh",
+        b"set -eu\n\
+          cd /tmp\n\
+          printf 'b\\na\\nc\\n' | sort > sorted\n\
+          n=$(wc -l < sorted)\n\
+          ( sleep 0.1; echo sub ) &\n\
+          wait\n\
+          echo \"lines=$n first=$(head -n1 sorted) ls=$(ls /plugin | tr '\\n' ,) id=$(id -u)\"\n",
+        0o644,
+    )?;
+    p.exec = "/bin/sh".into();
+    p.args = vec!["/plugin/run.sh".into()];
+    let r = p.run(&[])?;
+    r.assert_clean();
+    assert_eq!(r.code(), Some(0), "shell script failed\n{}", r.context());
+    assert!(r.stdout.contains("sub"), "{}", r.context());
+    assert!(
+        r.stdout
+            .contains("lines=3 first=a ls=bin,hutch-plugin.toml,run.sh,"),
+        "{}",
+        r.context()
+    );
+    assert!(!r.stdout.contains("id=0"), "{}", r.context());
+    assert!(
+        r.report().denials.is_empty(),
+        "denials for a plain shell script\n{}",
+        r.context()
+    );
     Ok(())
 }
 
