@@ -880,6 +880,25 @@ async fn malformed_and_oversized_messages_are_errors_not_crashes() -> Result {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
+    // Calls tonic rejected before any handler ran are audited too.
+    let evs = env
+        .events_until(
+            AuditFilter {
+                operation: Some("api.call.rejected".into()),
+                ..plugin_filter("org.example.fuzz")
+            },
+            |evs| {
+                ["malformed protobuf", "message too large", "unknown method"]
+                    .iter()
+                    .all(|r| {
+                        evs.iter()
+                            .any(|e| e.event.reason.as_deref().is_some_and(|x| x.starts_with(r)))
+                    })
+            },
+        )
+        .await?;
+    assert!(evs.iter().all(|e| e.event.decision == Decision::Denied));
+
     // Still serving.
     health_ok(&ch).await?;
     client::put_bytes(&mut d, None, &ds, "after", None, b"fine").await?;

@@ -31,6 +31,11 @@ pub const MAX_KEYS_PER_WINDOW: usize = 256;
 /// Events per `record_batch` call.
 const MAX_BATCH: usize = 1024;
 
+/// How long the recorder lingers after the first queued event so that
+/// following ones share its transaction (and its fsync). Queued events are
+/// not awaited by their calls, so this costs no call latency.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Queues events for the audit store; a background task records them in
 /// batches. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -141,6 +146,7 @@ fn flush(map: &Mutex<HashMap<(String, String), Window>>, tx: &mpsc::UnboundedSen
 
 async fn record_loop(audit: AuditStore, mut rx: mpsc::UnboundedReceiver<AuditEvent>) {
     while let Some(first) = rx.recv().await {
+        tokio::time::sleep(LINGER).await;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

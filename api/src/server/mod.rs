@@ -29,6 +29,7 @@
 mod agent;
 pub mod audit_sink;
 mod data;
+mod reject;
 pub mod socket;
 pub mod tasks;
 
@@ -233,6 +234,7 @@ impl ApiCore {
             .max_concurrent_streams(spec.limits.max_concurrent_calls.saturating_add(4))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(reject::RejectAuditLayer(inst.clone()))
             .add_service(health_svc)
             .add_service(data_svc)
             .add_service(agent_svc);
