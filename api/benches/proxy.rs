@@ -6,7 +6,9 @@
 //! no Hutch; (b) `Data.GetMetadata` through identity, limits, authorization
 //! and (queued) audit; (c) `Data.PutObject` of 1 KiB through authorization,
 //! the built-in store and the durable (committed before the answer) audit
-//! event; plus the ratios to (a).
+//! event; plus the ratios to (a). Two diagnostic rows split (b): the
+//! health service on the Hutch socket (peer filter + reject layer, no gate)
+//! and a call the gate denies (limits + authz + aggregated audit, no backend).
 //!
 //! Run: `cargo bench -p hutch-api --bench proxy` (BENCH_SECS=N per cell, default 2).
 
@@ -30,7 +32,8 @@ use hutch_plugin_protocol::plugin::v1 as pb;
 use tonic::transport::Channel;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
-type CallFn = Arc<dyn Fn(Channel, usize, u64) -> Pin<Box<dyn Future<Output = Result> + Send>> + Send + Sync>;
+type CallFn =
+    Arc<dyn Fn(Channel, usize, u64) -> Pin<Box<dyn Future<Output = Result> + Send>> + Send + Sync>;
 
 struct Cell {
     median_us: f64,
@@ -168,6 +171,24 @@ async fn bench() -> Result {
             Ok(())
         })
     });
+    let ds_d = ds.clone();
+    let denied: CallFn = Arc::new(move |ch, _, _| {
+        let ds = ds_d.clone();
+        Box::pin(async move {
+            let mut c = client::data_client(ch);
+            let r = c
+                .delete_object(pb::DeleteObjectRequest {
+                    dataset_id: ds,
+                    key: "k".into(),
+                    expected_version: None,
+                })
+                .await;
+            match r {
+                Err(s) if s.code() == tonic::Code::PermissionDenied => Ok(()),
+                other => Err(format!("expected a denial, got {other:?}").into()),
+            }
+        })
+    });
     let ds_c = ds.clone();
     let payload = Arc::new(vec![42u8; 1024]);
     let put: CallFn = Arc::new(move |ch, w, n| {
@@ -175,8 +196,15 @@ async fn bench() -> Result {
         let payload = payload.clone();
         Box::pin(async move {
             let mut c = client::data_client(ch);
-            client::put_bytes(&mut c, None, &ds, &format!("w{w}-{}", n % 64), None, &payload)
-                .await?;
+            client::put_bytes(
+                &mut c,
+                None,
+                &ds,
+                &format!("w{w}-{}", n % 64),
+                None,
+                &payload,
+            )
+            .await?;
             Ok(())
         })
     });
@@ -188,10 +216,14 @@ async fn bench() -> Result {
     );
     for conc in [1usize, 8, 64] {
         let a = run(&bare, conc, secs, health.clone()).await?;
+        let h = run(&hutch, conc, secs, health.clone()).await?;
+        let g = run(&hutch, conc, secs, denied.clone()).await?;
         let b = run(&hutch, conc, secs, read.clone()).await?;
         let c = run(&hutch, conc, secs, put.clone()).await?;
         for (name, cell) in [
             ("(a) bare tonic unary (health Check)", &a),
+            ("    Hutch socket, health Check (no gate)", &h),
+            ("    Hutch gate only (denied: scope)", &g),
             ("(b) Hutch GetMetadata: authz + audit", &b),
             ("(c) Hutch PutObject 1 KiB: authz+store+audit", &c),
         ] {

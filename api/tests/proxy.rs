@@ -1225,3 +1225,24 @@ async fn objects_stream_in_chunks_and_conditional_writes_hold() -> Result {
     h.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_cuts_open_connections_and_streams() -> Result {
+    let env = env().await?;
+    let ds = seed(&env, &["k"]).await?;
+    let (h, ch) = env
+        .serve("org.example.stop", "st", &[Scope::DataRead])
+        .await?;
+    let mut agent = AgentSession::hello(ch.clone(), &["x"]).await?;
+    let mut d = data(&ch);
+    client::get_bytes(&mut d, None, &ds, "k").await?;
+    assert!(h.open_connections() >= 1);
+    let sock = env.socket("st");
+    h.stop().await;
+    // The open agent session ends, and the old connection takes no new call.
+    let next = tokio::time::timeout(Duration::from_secs(5), agent.next()).await?;
+    assert!(!matches!(next, Ok(Some(_))), "{next:?}");
+    assert!(client::get_bytes(&mut d, None, &ds, "k").await.is_err());
+    assert!(!sock.exists());
+    Ok(())
+}

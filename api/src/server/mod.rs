@@ -209,10 +209,12 @@ impl ApiCore {
             .with_details(serde_json::json!({ "peer_uid": peer.uid, "peer_pid": peer.pid }));
             refused_inst.sink.deny(ev);
         });
+        let connections = Arc::new(socket::Connections::default());
         let incoming = socket::peer_filtered_incoming(
             listener,
             spec.uid,
             spec.limits.max_connections,
+            connections.clone(),
             on_refused,
         );
         let (health, health_svc) = tonic_health::server::health_reporter();
@@ -253,18 +255,21 @@ impl ApiCore {
         Ok(InstanceHandle {
             spec,
             hub,
+            connections,
             stop: Some(stop_tx),
             join: Some(join),
         })
     }
 }
 
-/// A running instance server. Dropping it stops the server and removes the
-/// socket; [`InstanceHandle::stop`] also waits for the server to end.
+/// A running instance server. Dropping it stops the server, cuts every open
+/// connection (so no stream or call outlives it) and removes the socket;
+/// [`InstanceHandle::stop`] does the same and waits for the server to end.
 #[derive(Debug)]
 pub struct InstanceHandle {
     spec: InstanceSpec,
     hub: TaskHub,
+    connections: Arc<socket::Connections>,
     stop: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<()>>,
 }
@@ -280,11 +285,17 @@ impl InstanceHandle {
         &self.spec
     }
 
-    /// Stops the server (open streams end) and removes the socket.
+    /// How many plugin connections are open.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Stops the server, cuts open connections and removes the socket.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+        self.connections.shutdown_all();
         if let Some(j) = self.join.take() {
             // Open streams could keep a graceful shutdown waiting: bound it.
             let abort = j.abort_handle();
@@ -304,6 +315,7 @@ impl Drop for InstanceHandle {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+        self.connections.shutdown_all();
         if let Some(j) = self.join.take() {
             j.abort();
         }

@@ -15,11 +15,14 @@
 //! reported (the server audits it). The daemon's own uid is *not* exempt;
 //! there is no uid-0 bypass.
 
+use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -158,11 +161,57 @@ pub struct RefusedPeer {
     pub pid: Option<i32>,
 }
 
-/// An accepted connection from the right uid. Holds a connection slot.
+/// The open connections of one instance, so that stopping the instance can
+/// cut them: tonic runs each connection in a detached task, and a graceful
+/// shutdown would let open streams (an agent session, a slow download) and
+/// even new calls on a connection that missed the signal carry on.
+#[derive(Debug, Default)]
+pub struct Connections {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, OwnedFd>>,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OwnedFd>> {
+        match self.open.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// `shutdown(2)`s every open connection: reads see EOF, writes fail, so
+    /// every stream on them ends now.
+    pub fn shutdown_all(&self) {
+        for fd in self.lock().values() {
+            let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An accepted connection from the right uid. Holds a connection slot and
+/// its entry in [`Connections`].
 #[derive(Debug)]
 pub struct PeerConn {
     inner: UnixStream,
     _slot: OwnedSemaphorePermit,
+    registry: Arc<Connections>,
+    id: u64,
+}
+
+impl Drop for PeerConn {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
 }
 
 impl Connected for PeerConn {
@@ -219,12 +268,13 @@ pub fn peer_filtered_incoming(
     listener: UnixListener,
     uid: u32,
     max_connections: u32,
+    registry: Arc<Connections>,
     on_refused: Arc<dyn Fn(RefusedPeer, &'static str) + Send + Sync>,
 ) -> impl futures::Stream<Item = Result<PeerConn, io::Error>> + Send {
     let slots = Arc::new(Semaphore::new(max_connections.max(1) as usize));
     futures::stream::unfold(
-        (listener, slots, on_refused),
-        move |(listener, slots, on_refused)| async move {
+        (listener, slots, on_refused, registry),
+        move |(listener, slots, on_refused, registry)| async move {
             loop {
                 let stream = match listener.accept().await {
                     Ok((s, _)) => s,
@@ -259,11 +309,20 @@ pub fn peer_filtered_incoming(
                     drop(stream);
                     continue;
                 };
+                // A duplicate of the fd, only to shutdown(2) the socket on stop.
+                let Ok(dup) = stream.as_fd().try_clone_to_owned() else {
+                    tracing::warn!("dup of a plugin connection failed; closing it");
+                    continue;
+                };
+                let id = registry.next.fetch_add(1, Ordering::Relaxed);
+                registry.lock().insert(id, dup);
                 let conn = PeerConn {
                     inner: stream,
                     _slot: slot,
+                    registry: registry.clone(),
+                    id,
                 };
-                return Some((Ok(conn), (listener, slots, on_refused)));
+                return Some((Ok(conn), (listener, slots, on_refused, registry)));
             }
         },
     )
