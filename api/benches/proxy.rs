@@ -8,7 +8,8 @@
 //! the built-in store and the durable (committed before the answer) audit
 //! event; plus the ratios to (a). Two diagnostic rows split (b): the
 //! health service on the Hutch socket (peer filter + reject layer, no gate)
-//! and a call the gate denies (limits + authz + aggregated audit, no backend).
+//! and a call the gate denies (limits + authz + aggregated audit, no backend);
+//! a third times the store's `head_object` called in-process.
 //!
 //! Run: `cargo bench -p hutch-api --bench proxy` (BENCH_SECS=N per cell, default 2).
 
@@ -26,7 +27,7 @@ use hutch_api::authz::{Role, Scope, ScopeSet};
 use hutch_api::db::Db;
 use hutch_api::limits::Limits;
 use hutch_api::server::{ApiCore, InstanceSpec};
-use hutch_api::store::{BuiltinStore, StoreConfig};
+use hutch_api::store::{Backend, BuiltinStore, StoreConfig};
 use hutch_plugin_protocol::client;
 use hutch_plugin_protocol::plugin::v1 as pb;
 use tonic::transport::Channel;
@@ -115,7 +116,8 @@ async fn bench() -> Result {
         },
     )
     .await?;
-    let core = ApiCore::new(Arc::new(store), audit.clone()).await?;
+    let store = Arc::new(store);
+    let core = ApiCore::new(store.clone(), audit.clone()).await?;
     core.authz().set_user("admin", Role::Admin).await?;
     let sock = dir.path().join("plugins/bench/api.sock");
     let handle = core
@@ -189,6 +191,15 @@ async fn bench() -> Result {
             }
         })
     });
+    let ds_s = hutch_api::store::DatasetId::new(ds.clone())?;
+    let key_s = hutch_api::store::ObjectKey::new("k")?;
+    let direct: CallFn = Arc::new(move |_, _, _| {
+        let (store, ds, key) = (store.clone(), ds_s.clone(), key_s.clone());
+        Box::pin(async move {
+            store.head_object(&ds, &key, None).await?;
+            Ok(())
+        })
+    });
     let ds_c = ds.clone();
     let payload = Arc::new(vec![42u8; 1024]);
     let put: CallFn = Arc::new(move |ch, w, n| {
@@ -218,12 +229,14 @@ async fn bench() -> Result {
         let a = run(&bare, conc, secs, health.clone()).await?;
         let h = run(&hutch, conc, secs, health.clone()).await?;
         let g = run(&hutch, conc, secs, denied.clone()).await?;
+        let s = run(&hutch, conc, secs, direct.clone()).await?;
         let b = run(&hutch, conc, secs, read.clone()).await?;
         let c = run(&hutch, conc, secs, put.clone()).await?;
         for (name, cell) in [
             ("(a) bare tonic unary (health Check)", &a),
             ("    Hutch socket, health Check (no gate)", &h),
             ("    Hutch gate only (denied: scope)", &g),
+            ("    store head_object in-process (no gRPC)", &s),
             ("(b) Hutch GetMetadata: authz + audit", &b),
             ("(c) Hutch PutObject 1 KiB: authz+store+audit", &c),
         ] {
