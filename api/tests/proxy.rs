@@ -714,6 +714,22 @@ async fn peer_uid_must_match_instance_uid() -> Result {
         evs[0].event.details["peer_uid"],
         serde_json::json!(my_uid())
     );
+    // Defence in depth: even if the socket file were world-accessible, an
+    // unprivileged stranger is refused by SO_PEERCRED, and audited.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))?;
+    let s4 = sock.clone();
+    assert!(!tokio::task::spawn_blocking(move || probe_as(PLUGIN_UID + 1, &s4)).await??);
+    env.events_until(
+        AuditFilter {
+            operation: Some("api.connection.refused".into()),
+            ..plugin_filter("org.example.uid")
+        },
+        |evs| {
+            evs.iter()
+                .any(|e| e.event.details["peer_uid"] == serde_json::json!(PLUGIN_UID + 1))
+        },
+    )
+    .await?;
     h.stop().await;
     assert!(!sock.exists(), "socket removed on stop");
     Ok(())

@@ -327,3 +327,56 @@ pub fn peer_filtered_incoming(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn uid() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    #[tokio::test]
+    async fn socket_is_0600_owned_and_replaces_only_stale_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i1").join("api.sock");
+        let l = bind_instance_socket(&path, uid()).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o600);
+        assert_eq!(m.uid(), uid());
+        let d = std::fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!(d.mode() & 0o7777, 0o711);
+        drop(l);
+        // A stale socket is replaced; no temporary file is left behind.
+        let _l = bind_instance_socket(&path, uid()).unwrap();
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("api.sock")]);
+        // Anything else at the path is left alone.
+        let file = dir.path().join("i1").join("data");
+        std::fs::write(&file, b"keep").unwrap();
+        assert!(matches!(
+            bind_instance_socket(&file, uid()),
+            Err(SocketError::NotASocket(_))
+        ));
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+
+    #[tokio::test]
+    async fn unsafe_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = bind_instance_socket(&open.join("api.sock"), uid()).unwrap_err();
+        assert!(e.to_string().contains("writable by group or others"), "{e}");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let e = bind_instance_socket(&link.join("api.sock"), uid()).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+    }
+}
