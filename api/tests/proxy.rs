@@ -1262,3 +1262,172 @@ async fn stop_cuts_open_connections_and_streams() -> Result {
     assert!(!sock.exists());
     Ok(())
 }
+
+/// Not a test on its own: a plugin process run by
+/// `a_plugin_process_runs_and_cancels_tasks`, built on the client helper's
+/// task loop. Actions: `copy` (each input to `<key>.copy`), `sleep`.
+#[test]
+#[ignore = "helper run by a_plugin_process_runs_and_cancels_tasks"]
+fn plugin_process_helper() -> Result {
+    if std::env::var_os("HUTCH_PLUGIN_HELPER").is_none() {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let channel = client::connect_from_env().await?;
+        let agent = AgentSession::hello(channel.clone(), &["copy", "sleep"]).await?;
+        agent
+            .run_tasks(move |task, report| {
+                let mut data = client::data_client(channel.clone());
+                async move {
+                    if task.action == "sleep" {
+                        tokio::time::sleep(Duration::from_secs(600)).await;
+                        return Ok("{}".into());
+                    }
+                    let tid = Some(task.task_id.as_str());
+                    for input in &task.inputs {
+                        let content =
+                            client::get_bytes(&mut data, tid, &input.dataset_id, &input.key)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        let key = format!("{}.copy", input.key);
+                        let info = client::put_bytes(
+                            &mut data,
+                            tid,
+                            &input.dataset_id,
+                            &key,
+                            None,
+                            &content,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        let made = pb::ObjectRef {
+                            dataset_id: info.dataset_id,
+                            key: info.key,
+                            version: info.version,
+                        };
+                        report
+                            .output("copy", "null", Some(made))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok("{\"done\":true}".into())
+                }
+            })
+            .await?;
+        Result::Ok(())
+    })
+}
+
+async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<TaskEvent>) -> Result<TaskEvent> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await? {
+            Some(TaskEvent::Heartbeat) => continue,
+            Some(e) => return Ok(e),
+            None => return Err("task event stream ended".into()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_process_runs_and_cancels_tasks() -> Result {
+    let env = env().await?;
+    let ds = seed(&env, &["in"]).await?;
+    env.core
+        .authz()
+        .set_dataset_owner(&ds, &Owner::User("alice".into()))
+        .await?;
+    // As root the plugin runs as its own uid, as in production.
+    let uid = if nix::unistd::geteuid().is_root() {
+        61_234
+    } else {
+        my_uid()
+    };
+    let mut spec = env.spec(
+        "org.example.copy",
+        "cp",
+        &[Scope::DataRead, Scope::DataWrite],
+        Limits::default(),
+    );
+    spec.uid = uid;
+    let h = env.core.serve_instance(spec).await?;
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "plugin_process_helper",
+        "--nocapture",
+    ])
+    .env("HUTCH_PLUGIN_HELPER", "1")
+    .env("HUTCH_SOCKET", env.socket("cp"))
+    .stdout(std::process::Stdio::null())
+    .kill_on_drop(true);
+    if uid != my_uid() {
+        cmd.uid(uid).gid(uid);
+    }
+    let mut child = cmd.spawn()?;
+    h.hub().wait_agent(Duration::from_secs(20)).await?;
+
+    let mut ev = h.hub().assign(Task {
+        task_id: "copy-1".into(),
+        action: "copy".into(),
+        args_json: "{}".into(),
+        acting_user: "alice".into(),
+        inputs: vec![pb::ObjectRef {
+            dataset_id: ds.clone(),
+            key: "in".into(),
+            version: 0,
+        }],
+    })?;
+    assert_eq!(next_event(&mut ev).await?, TaskEvent::Started);
+    let TaskEvent::Output { object, .. } = next_event(&mut ev).await? else {
+        return Err("expected an output".into());
+    };
+    assert_eq!(object.map(|o| o.key), Some("in.copy".to_string()));
+    assert_eq!(
+        next_event(&mut ev).await?,
+        TaskEvent::Completed {
+            result_json: "{\"done\":true}".into()
+        }
+    );
+    // The write was made as alice, under the task, by this plugin.
+    let evs = env
+        .events_until(
+            AuditFilter {
+                resource: Some(format!("dataset/{ds}/object/in.copy")),
+                ..AuditFilter::default()
+            },
+            |evs| !evs.is_empty(),
+        )
+        .await?;
+    let put = &evs[0].event;
+    assert_eq!(put.decision, Decision::Allowed);
+    assert_eq!(put.task_id.as_deref(), Some("copy-1"));
+    assert_eq!(put.actor.user.as_deref(), Some("alice"));
+    assert_eq!(put.actor.plugin_id.as_deref(), Some("org.example.copy"));
+
+    // Cancel: the handler is aborted and the task reported failed.
+    let mut ev = h.hub().assign(Task {
+        task_id: "sleep-1".into(),
+        action: "sleep".into(),
+        args_json: "{}".into(),
+        acting_user: "alice".into(),
+        inputs: vec![],
+    })?;
+    assert_eq!(next_event(&mut ev).await?, TaskEvent::Started);
+    h.hub().cancel("sleep-1", "admin said so")?;
+    assert_eq!(
+        next_event(&mut ev).await?,
+        TaskEvent::Failed {
+            error: "cancelled: admin said so".into()
+        }
+    );
+    // Stopping the instance cuts the plugin's session: its task loop returns
+    // (with the transport error) and the process exits instead of hanging.
+    h.stop().await;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await??;
+    assert!(status.code().is_some(), "{status}");
+    Ok(())
+}

@@ -25,7 +25,11 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -254,6 +258,76 @@ impl AgentSession {
             })),
         };
         self.tx.send(msg).await.map_err(|_| ClientError::Closed)
+    }
+}
+
+/// How often [`AgentSession::run_tasks`] sends a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+impl AgentSession {
+    /// The task loop: runs `handler` for every assigned task, each in its own
+    /// tokio task, reporting `started` before and `completed(result_json)` or
+    /// `failed(error)` after it; a Cancel aborts the task's handler and
+    /// reports `failed("cancelled: <reason>")`. Sends a heartbeat listing
+    /// the running tasks every [`HEARTBEAT_INTERVAL`]. Returns when Hutch
+    /// closes the stream.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: hutch_plugin_protocol::client::AgentSession) -> Result<(), hutch_plugin_protocol::client::ClientError> {
+    /// agent.run_tasks(|task, report| async move {
+    ///     report.progress(50.0, "halfway").await.map_err(|e| e.to_string())?;
+    ///     Ok(format!("{{\"action\": {:?}}}", task.action))
+    /// }).await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] when the stream ends with an error.
+    pub async fn run_tasks<F, Fut>(mut self, handler: F) -> Result<(), ClientError>
+    where
+        F: Fn(pb::TaskAssignment, TaskReporter) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let mut running: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+        let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            let msg = tokio::select! {
+                m = self.next() => m?,
+                _ = beat.tick() => {
+                    running.retain(|_, a| !a.is_finished());
+                    let busy: Vec<String> = running.keys().cloned().collect();
+                    self.heartbeat(&busy).await?;
+                    continue;
+                }
+            };
+            match msg {
+                None => return Ok(()),
+                Some(Incoming::Task(task)) => {
+                    let report = self.reporter(&task.task_id);
+                    let id = task.task_id.clone();
+                    let h = handler.clone();
+                    let job = tokio::spawn(async move {
+                        if report.started().await.is_err() {
+                            return;
+                        }
+                        let _ = match h(task, report.clone()).await {
+                            Ok(result) => report.completed(&result).await,
+                            Err(error) => report.failed(&error).await,
+                        };
+                    });
+                    running.retain(|_, a| !a.is_finished());
+                    running.insert(id, job.abort_handle());
+                }
+                Some(Incoming::Cancel(c)) => {
+                    if let Some(job) = running.remove(&c.task_id) {
+                        job.abort();
+                        let reason = format!("cancelled: {}", c.reason);
+                        self.reporter(&c.task_id).failed(&reason).await?;
+                    }
+                }
+            }
+        }
     }
 }
 

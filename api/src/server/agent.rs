@@ -81,13 +81,11 @@ impl pb::agent_server::Agent for AgentSvc {
                 ),
             ));
         }
+        // The welcome is queued before the session is attached to the hub:
+        // once attached, the daemon may assign a task at any moment, and the
+        // plugin must see the welcome first. If attaching fails, the queue
+        // (and the welcome) is dropped with the refusal.
         let (tx, rx) = mpsc::channel(64);
-        let Some(session) = inst.hub.attach(tx.clone()) else {
-            return Err(refuse(
-                Code::AlreadyExists,
-                "an agent session is already open for this instance".into(),
-            ));
-        };
         let welcome = pb::DaemonMessage {
             msg: Some(pb::daemon_message::Msg::Welcome(pb::Welcome {
                 protocol_version: PROTOCOL_VERSION as i32,
@@ -98,6 +96,12 @@ impl pb::agent_server::Agent for AgentSvc {
             })),
         };
         let _ = tx.send(Ok(welcome)).await;
+        let Some(session) = inst.hub.attach(tx.clone()) else {
+            return Err(refuse(
+                Code::AlreadyExists,
+                "an agent session is already open for this instance".into(),
+            ));
+        };
         let actions: Vec<String> = hello
             .actions
             .iter()
