@@ -1,8 +1,10 @@
 -- Audit store: hash-chained events (see docs/audit.md).
 -- Plain SQL types only, so the same schema runs on PostgreSQL later.
 
+-- id: INTEGER PRIMARY KEY is SQLite's 64-bit rowid (no separate index);
+-- the PostgreSQL migration declares it BIGINT PRIMARY KEY.
 CREATE TABLE audit_events (
-    id                   BIGINT  NOT NULL PRIMARY KEY,
+    id                   INTEGER NOT NULL PRIMARY KEY,
     ts_us                BIGINT  NOT NULL,
     actor_kind           TEXT    NOT NULL,
     actor_plugin_id      TEXT,

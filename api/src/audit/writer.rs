@@ -55,7 +55,7 @@ pub(crate) struct Job {
 }
 
 /// Rows per INSERT statement (18 binds each; well under SQLite's limit).
-const ROWS_PER_INSERT: usize = 256;
+const ROWS_PER_INSERT: usize = 512;
 
 pub(crate) struct Writer {
     pub pool: SqlitePool,
@@ -78,6 +78,11 @@ impl Writer {
         while let Some(first) = self.rx.recv().await {
             let mut n = first.events.len();
             let mut jobs = vec![first];
+            // Let callers woken by the previous COMMIT queue their next event
+            // before this batch is cut (one scheduler turn, microseconds).
+            if n < self.max_batch {
+                tokio::task::yield_now().await;
+            }
             while n < self.max_batch {
                 match self.rx.try_recv() {
                     Ok(job) => {
@@ -189,39 +194,42 @@ async fn commit_batch(
         results.push((ids, value));
     }
 
-    for chunk in prepared.chunks(ROWS_PER_INSERT) {
+    let count = prepared.len();
+    let mut rows = prepared.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Prepared> = rows.by_ref().take(ROWS_PER_INSERT).collect();
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO audit_events (id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
              actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
              before_version, after_version, details, prev_hash, hash) ",
         );
         qb.push_values(chunk, |mut b, p| {
-            let e = &p.event;
+            let e = p.event;
             b.push_bind(p.id)
                 .push_bind(e.ts_us)
                 .push_bind(e.actor.kind.as_str())
-                .push_bind(e.actor.plugin_id.clone())
-                .push_bind(e.actor.plugin_version.clone())
-                .push_bind(e.actor.instance.clone())
-                .push_bind(e.actor.user.clone())
-                .push_bind(e.task_id.clone())
-                .push_bind(e.operation.clone())
-                .push_bind(e.resource.clone())
+                .push_bind(e.actor.plugin_id)
+                .push_bind(e.actor.plugin_version)
+                .push_bind(e.actor.instance)
+                .push_bind(e.actor.user)
+                .push_bind(e.task_id)
+                .push_bind(e.operation)
+                .push_bind(e.resource)
                 .push_bind(e.decision.as_str())
-                .push_bind(e.reason.clone())
-                .push_bind(p.outcome.clone())
+                .push_bind(e.reason)
+                .push_bind(p.outcome)
                 .push_bind(e.before_version)
                 .push_bind(e.after_version)
-                .push_bind(p.details.clone())
-                .push_bind(p.prev_hash.clone())
-                .push_bind(p.hash.clone());
+                .push_bind(p.details)
+                .push_bind(p.prev_hash)
+                .push_bind(p.hash);
         });
         qb.build()
             .execute(&mut *conn)
             .await
             .map_err(db("insert audit events"))?;
     }
-    if !prepared.is_empty() {
+    if count > 0 {
         sqlx::query(
             "INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, ?, ?) \
              ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, last_hash = excluded.last_hash",
