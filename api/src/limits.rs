@@ -174,6 +174,23 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// Waits for one token (back-pressure instead of refusal). Used for the
+    /// messages of the long-lived agent stream, so a plugin that floods it
+    /// slows only itself (HTTP/2 flow control stalls its sender) and costs
+    /// the daemon no more than its rate.
+    pub async fn wait_token(&self) {
+        while !self.bucket.try_take() {
+            let wait = if self.limits.rate_per_sec > 0.0 {
+                (1.0 / self.limits.rate_per_sec).clamp(0.0005, 0.1)
+            } else {
+                0.1
+            };
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        }
+    }
+}
+
 impl Limits {
     /// The instant a stream that starts now must end by.
     pub fn stream_deadline(&self) -> tokio::time::Instant {

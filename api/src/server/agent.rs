@@ -3,8 +3,10 @@
 //! instance's [`super::TaskHub`].
 //!
 //! The session is long-lived by design, so the stream-duration limit does
-//! not apply to it; opening it is rate-limited like any call, and events
-//! are back-pressured (a plugin that floods events only slows itself).
+//! not apply to it; opening it is rate-limited like any call, and each
+//! message read from it waits for a token of the instance's bucket
+//! ([`crate::limits::Limiter::wait_token`]), so a plugin that floods its
+//! session only slows itself.
 
 use std::sync::Arc;
 
@@ -115,6 +117,7 @@ impl pb::agent_server::Agent for AgentSvc {
         );
         tokio::spawn(async move {
             let end = loop {
+                inst.limiter.wait_token().await;
                 match stream.message().await {
                     Ok(Some(pb::PluginMessage { msg: Some(m) })) => {
                         inst.hub.on_plugin_message(m).await;
