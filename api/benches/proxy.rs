@@ -1,0 +1,258 @@
+//! Round-trip latency and throughput of plugin calls over a Unix socket.
+//!
+//! Prints one table: median and p99 latency and calls/s at 1, 8 and 64
+//! concurrent callers (one HTTP/2 connection, as a plugin would hold) for
+//! (a) a bare tonic unary service (grpc.health.v1 Check) on its own socket,
+//! no Hutch; (b) `Data.GetMetadata` through identity, limits, authorization
+//! and (queued) audit; (c) `Data.PutObject` of 1 KiB through authorization,
+//! the built-in store and the durable (committed before the answer) audit
+//! event; plus the ratios to (a). Two diagnostic rows split (b): the
+//! health service on the Hutch socket (peer filter + reject layer, no gate)
+//! and a call the gate denies (limits + authz + aggregated audit, no backend);
+//! a third times the store's `head_object` called in-process.
+//!
+//! Run: `cargo bench -p hutch-api --bench proxy` (BENCH_SECS=N per cell, default 2).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::error::Error;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hutch_api::audit::{AuditConfig, AuditStore};
+use hutch_api::authz::{Role, Scope, ScopeSet};
+use hutch_api::db::Db;
+use hutch_api::limits::Limits;
+use hutch_api::server::{ApiCore, InstanceSpec};
+use hutch_api::store::{Backend, BuiltinStore, StoreConfig};
+use hutch_plugin_protocol::client;
+use hutch_plugin_protocol::plugin::v1 as pb;
+use tonic::transport::Channel;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+type CallFn =
+    Arc<dyn Fn(Channel, usize, u64) -> Pin<Box<dyn Future<Output = Result> + Send>> + Send + Sync>;
+
+struct Cell {
+    median_us: f64,
+    p99_us: f64,
+    per_sec: f64,
+}
+
+async fn run(ch: &Channel, conc: usize, secs: f64, f: CallFn) -> Result<Cell> {
+    // Warm up.
+    for i in 0..20 {
+        f(ch.clone(), 0, 1_000_000 + i).await?;
+    }
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let ch = ch.clone();
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < until {
+                let t = Instant::now();
+                f(ch.clone(), w, n).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+                n += 1;
+            }
+            Result::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| all[((all.len() as f64 - 1.0) * q).round() as usize];
+    Ok(Cell {
+        median_us: pick(0.5),
+        p99_us: pick(0.99),
+        per_sec: all.len() as f64 / elapsed,
+    })
+}
+
+fn main() -> Result {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(bench())
+}
+
+async fn bench() -> Result {
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+
+    // (a) A bare tonic server on its own socket.
+    let bare_sock = dir.path().join("bare.sock");
+    let listener = tokio::net::UnixListener::bind(&bare_sock)?;
+    let (_health, health_svc) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_svc)
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let bare = client::connect(&bare_sock).await?;
+
+    // (b), (c): Hutch.
+    let db = Db::open(dir.path().join("hutch.db")).await?;
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    let store = BuiltinStore::open(
+        &db,
+        audit.clone(),
+        StoreConfig {
+            blob_dir: dir.path().join("blobs"),
+        },
+    )
+    .await?;
+    let store = Arc::new(store);
+    let core = ApiCore::new(store.clone(), audit.clone()).await?;
+    core.authz().set_user("admin", Role::Admin).await?;
+    let sock = dir.path().join("plugins/bench/api.sock");
+    let handle = core
+        .serve_instance(InstanceSpec {
+            plugin_id: "org.example.bench".into(),
+            version: "1.0.0".into(),
+            instance_id: "bench".into(),
+            uid: nix::unistd::geteuid().as_raw(),
+            socket_path: sock.clone(),
+            granted_scopes: [Scope::DataRead, Scope::DataWrite, Scope::DatasetsCreate]
+                .into_iter()
+                .collect::<ScopeSet>(),
+            installing_user: "admin".into(),
+            limits: Limits {
+                rate_per_sec: 1e9,
+                burst: u32::MAX,
+                max_concurrent_calls: 1024,
+                ..Limits::default()
+            },
+        })
+        .await?;
+    let hutch = client::connect(&sock).await?;
+    let mut d = client::data_client(hutch.clone());
+    let ds = d
+        .create_dataset(pb::CreateDatasetRequest {
+            name: "bench".into(),
+        })
+        .await?
+        .into_inner()
+        .id;
+    client::put_bytes(&mut d, None, &ds, "k", None, &[7u8; 1024]).await?;
+
+    let health: CallFn = Arc::new(|ch, _, _| {
+        Box::pin(async move {
+            let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+            c.check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+            Ok(())
+        })
+    });
+    let ds_b = ds.clone();
+    let read: CallFn = Arc::new(move |ch, _, _| {
+        let ds = ds_b.clone();
+        Box::pin(async move {
+            let mut c = client::data_client(ch);
+            c.get_metadata(pb::GetMetadataRequest {
+                dataset_id: ds,
+                key: "k".into(),
+            })
+            .await?;
+            Ok(())
+        })
+    });
+    let ds_d = ds.clone();
+    let denied: CallFn = Arc::new(move |ch, _, _| {
+        let ds = ds_d.clone();
+        Box::pin(async move {
+            let mut c = client::data_client(ch);
+            let r = c
+                .delete_object(pb::DeleteObjectRequest {
+                    dataset_id: ds,
+                    key: "k".into(),
+                    expected_version: None,
+                })
+                .await;
+            match r {
+                Err(s) if s.code() == tonic::Code::PermissionDenied => Ok(()),
+                other => Err(format!("expected a denial, got {other:?}").into()),
+            }
+        })
+    });
+    let ds_s = hutch_api::store::DatasetId::new(ds.clone())?;
+    let key_s = hutch_api::store::ObjectKey::new("k")?;
+    let direct: CallFn = Arc::new(move |_, _, _| {
+        let (store, ds, key) = (store.clone(), ds_s.clone(), key_s.clone());
+        Box::pin(async move {
+            store.head_object(&ds, &key, None).await?;
+            Ok(())
+        })
+    });
+    let ds_c = ds.clone();
+    let payload = Arc::new(vec![42u8; 1024]);
+    let put: CallFn = Arc::new(move |ch, w, n| {
+        let ds = ds_c.clone();
+        let payload = payload.clone();
+        Box::pin(async move {
+            let mut c = client::data_client(ch);
+            client::put_bytes(
+                &mut c,
+                None,
+                &ds,
+                &format!("w{w}-{}", n % 64),
+                None,
+                &payload,
+            )
+            .await?;
+            Ok(())
+        })
+    });
+
+    println!("\nplugin call round trip over a Unix socket ({secs} s per cell, release build)\n");
+    println!(
+        "{:<44} {:>5} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "call", "conc", "median µs", "p99 µs", "calls/s", "med/(a)", "tput/(a)"
+    );
+    for conc in [1usize, 8, 64] {
+        let a = run(&bare, conc, secs, health.clone()).await?;
+        let h = run(&hutch, conc, secs, health.clone()).await?;
+        let g = run(&hutch, conc, secs, denied.clone()).await?;
+        let s = run(&hutch, conc, secs, direct.clone()).await?;
+        let b = run(&hutch, conc, secs, read.clone()).await?;
+        let c = run(&hutch, conc, secs, put.clone()).await?;
+        for (name, cell) in [
+            ("(a) bare tonic unary (health Check)", &a),
+            ("    Hutch socket, health Check (no gate)", &h),
+            ("    Hutch gate only (denied: scope)", &g),
+            ("    store head_object in-process (no gRPC)", &s),
+            ("(b) Hutch GetMetadata: authz + audit", &b),
+            ("(c) Hutch PutObject 1 KiB: authz+store+audit", &c),
+        ] {
+            println!(
+                "{:<44} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>8.2}x {:>8.2}x",
+                name,
+                conc,
+                cell.median_us,
+                cell.p99_us,
+                cell.per_sec,
+                cell.median_us / a.median_us,
+                cell.per_sec / a.per_sec
+            );
+        }
+        println!();
+    }
+    handle.stop().await;
+    Ok(())
+}
