@@ -415,3 +415,15 @@ async fn a_newer_schema_is_refused() -> Result {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn closing_the_database_does_not_wait_for_an_idle_writer() -> Result {
+    let e = env().await?;
+    record_n(&e.audit, 3).await?;
+    // A hang guard, not a timing assertion.
+    let guard = std::time::Duration::from_secs(30);
+    tokio::time::timeout(guard, e.db.close()).await?;
+    let after = tokio::time::timeout(guard, e.audit.record(event(9))).await?;
+    assert!(after.is_err(), "recorded into a closed database: {after:?}");
+    Ok(())
+}

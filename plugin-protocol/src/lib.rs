@@ -13,7 +13,7 @@ pub mod client;
 pub mod plugin {
     /// Version 1 of the plugin protocol.
     pub mod v1 {
-        #![allow(missing_docs, clippy::all)]
+        #![allow(missing_docs, clippy::all, rustdoc::all)]
         tonic::include_proto!("hutch.plugin.v1");
     }
 }
@@ -22,7 +22,7 @@ pub mod plugin {
 pub mod admin {
     /// Version 1 of the admin protocol.
     pub mod v1 {
-        #![allow(missing_docs, clippy::all)]
+        #![allow(missing_docs, clippy::all, rustdoc::all)]
         tonic::include_proto!("hutch.admin.v1");
     }
 }

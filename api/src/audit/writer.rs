@@ -113,7 +113,11 @@ impl Writer {
                         // A caller that went away still had its event committed.
                         let _ = job.reply.send(Ok((ids, value)));
                     }
-                    conn = Some(c);
+                    // Keep the connection while busy; give it back to the
+                    // pool when idle, so `Db::close` never waits on the writer.
+                    if !self.rx.is_empty() {
+                        conn = Some(c);
+                    }
                 }
                 Err(e) => {
                     let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;

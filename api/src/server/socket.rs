@@ -10,7 +10,7 @@
 //!    the instance uid, then rename onto the final path, so the socket is
 //!    never reachable under its real name with looser permissions.
 //!
-//! [`PeerFilteredIncoming`] then checks `SO_PEERCRED` of every accepted
+//! [`peer_filtered_incoming`] then checks `SO_PEERCRED` of every accepted
 //! connection: a peer uid other than the instance uid is closed at once and
 //! reported (the server audits it). The daemon's own uid is *not* exempt;
 //! there is no uid-0 bypass.
