@@ -821,6 +821,43 @@ fn fill_tmp() -> Result {
 }
 
 #[test]
+fn inode_bomb_in_tmp() -> Result {
+    if !privileged("inode_bomb_in_tmp") {
+        return Ok(());
+    }
+    // Empty files cost no tmpfs pages but kernel memory (inodes, dentries).
+    let mut p = plugin("inode_bomb_in_tmp")?;
+    p.resource("memory_max", "\"64M\"")
+        .resource("tmp_size", "\"8M\"");
+    let r = p.run(&["inode-bomb", "2000000"])?;
+    r.assert_clean();
+    match r.probe() {
+        Some(line) => {
+            assert!(!line.succeeded, "created 2M inodes\n{}", r.context());
+            assert!(
+                matches!(line.errno.as_deref(), Some("ENOSPC" | "ENOMEM")),
+                "{}",
+                r.context()
+            );
+        }
+        None => {
+            r.killed_by(SIGKILL);
+            assert!(r.report().oom_killed, "{}", r.context());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn raise_scheduling_priority() -> Result {
+    if !privileged("raise_scheduling_priority") {
+        return Ok(());
+    }
+    attack("raise_scheduling_priority", &["priority"])?.blocked_with(&["EPERM", "EACCES"]);
+    Ok(())
+}
+
+#[test]
 fn cpu_hog_held_to_cpu_max() -> Result {
     if !privileged("cpu_hog_held_to_cpu_max") {
         return Ok(());

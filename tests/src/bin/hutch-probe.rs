@@ -1432,6 +1432,68 @@ fn fill_tmp(mb: usize) -> Attack {
     .with("written_mib", json!(written)))
 }
 
+/// Create up to N empty files in /tmp (inodes and dentries are kernel
+/// memory, not tmpfs pages). Stopped by: tmpfs `nr_inodes` (ENOSPC) or the
+/// memory cgroup's kernel-memory accounting (ENOMEM / OOM kill).
+fn inode_bomb(n: usize) -> Attack {
+    let dir = format!("/tmp/hutch-probe-inodes-{}", std::process::id());
+    if let Err(e) = fs::create_dir(&dir) {
+        return Ok(Found::new(false, io_errno(&e), format!("mkdir {dir}: {e}")));
+    }
+    let mut made = 0usize;
+    let mut err = None;
+    for i in 0..n {
+        match fs::File::create(format!("{dir}/{i}")) {
+            Ok(_) => made += 1,
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(&dir);
+    Ok(match err {
+        None => Found::new(true, None, format!("created all {made} files")),
+        Some(e) => Found::new(
+            false,
+            io_errno(&e),
+            format!("stopped after {made} files: {e}"),
+        ),
+    }
+    .with("created", json!(made)))
+}
+
+/// Raise scheduling, nice and I/O priority above what an unprivileged
+/// process may (SCHED_FIFO, nice -20, IOPRIO_CLASS_RT). Stopped by: no
+/// CAP_SYS_NICE / CAP_SYS_ADMIN, RLIMIT_RTPRIO 0.
+fn priority() -> Attack {
+    let param = 1i32; // struct sched_param { int sched_priority; }
+    let fifo = raw(
+        libc::SYS_sched_setscheduler,
+        &[0, libc::SCHED_FIFO as u64, ptr(&raw const param)],
+    );
+    let nice = raw(
+        libc::SYS_setpriority,
+        &[libc::PRIO_PROCESS as u64, 0, (-20i64) as u64],
+    );
+    // IOPRIO_WHO_PROCESS = 1; IOPRIO_CLASS_RT = 1 << 13 | level 0
+    let io = raw(libc::SYS_ioprio_set, &[1, 0, 1 << 13]);
+    let name = |r: &Result<i64, Errno>| match r {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => errno_name(*e),
+    };
+    let detail = format!(
+        "SCHED_FIFO: {}; nice -20: {}; ioprio RT: {}",
+        name(&fifo),
+        name(&nice),
+        name(&io)
+    );
+    Ok(match (fifo, nice, io) {
+        (Err(e), Err(_), Err(_)) => Found::new(false, Some(e), detail),
+        _ => Found::new(true, None, detail),
+    })
+}
+
 fn cpu_seconds() -> f64 {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
         .map(|u| {
@@ -1626,6 +1688,8 @@ fn run(attack: &str, a: &[String]) -> Attack {
         "fork-bomb" => fork_bomb(num(a, 0, "MAX", Some(100_000))?),
         "mem-anon" => mem_anon(num(a, 0, "MIB", None)?),
         "fill-tmp" | "mem-tmpfs" => fill_tmp(num(a, 0, "MIB", None)?),
+        "inode-bomb" => inode_bomb(num(a, 0, "N", Some(2_000_000))?),
+        "priority" => priority(),
         "cpu-hog" => cpu_hog(
             num(a, 0, "THREADS", None)?,
             num(a, 1, "SECONDS", None)?,
