@@ -108,6 +108,16 @@ fn write_outside_tmp_and_data() -> Result {
     Ok(())
 }
 
+#[test]
+fn open_proc_sys_and_etc_for_writing() -> Result {
+    if !privileged("open_proc_sys_and_etc_for_writing") {
+        return Ok(());
+    }
+    attack("open_proc_sys_and_etc_for_writing", &["open-write"])?
+        .blocked_with(&["EACCES", "EROFS", "EPERM", "ETXTBSY"]);
+    Ok(())
+}
+
 fn walk_names(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {

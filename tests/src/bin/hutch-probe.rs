@@ -208,6 +208,26 @@ fn write_paths(dirs: &[String]) -> Attack {
     Ok(Found::new(false, first_err, notes.join("; ")))
 }
 
+/// Open existing files for writing (nothing is written): the classic
+/// escapes `/proc/sys/kernel/core_pattern`, `/proc/sysrq-trigger`, plus
+/// `/etc/passwd` and our own binary. Stopped by: the uid (EACCES on root-owned
+/// files); read-only mounts (EROFS); Landlock (/proc and /etc read-only).
+fn open_write(paths: &[String]) -> Attack {
+    let mut first_err = None;
+    let mut notes = Vec::new();
+    for p in paths {
+        match fs::OpenOptions::new().write(true).open(p) {
+            Ok(_) => return Ok(Found::new(true, None, format!("opened {p} for writing"))),
+            Err(e) => {
+                let en = io_errno(&e);
+                first_err = first_err.or(en);
+                notes.push(format!("{p}: {}", en.map_or(e.to_string(), errno_name)));
+            }
+        }
+    }
+    Ok(Found::new(false, first_err, notes.join("; ")))
+}
+
 /// Positive control: DIR (default `/tmp`) is writable and reads back; with
 /// KEEP the file `DIR/KEEP` is left there (to check persistence from outside).
 fn control_write(dir: &str, keep: Option<&str>) -> Attack {
@@ -1621,6 +1641,13 @@ fn run(attack: &str, a: &[String]) -> Attack {
     match attack {
         "read-shadow" => read_paths(&["/etc/shadow".to_owned()]),
         "read-path" => read_paths(&paths(&["/etc/shadow"])),
+        "open-write" => open_write(&paths(&[
+            "/proc/sys/kernel/core_pattern",
+            "/proc/sysrq-trigger",
+            "/proc/sys/vm/drop_caches",
+            "/etc/passwd",
+            "/plugin/bin/probe",
+        ])),
         "write-path" => write_paths(&paths(&["/", "/plugin", "/usr", "/etc"])),
         "control-tmp-write" => control_write("/tmp", None),
         "control-write" => control_write(arg(a, 0, "DIR")?, a.get(1).map(String::as_str)),
