@@ -721,6 +721,22 @@ fn identity_unprivileged() -> Result {
 }
 
 #[test]
+fn only_minimal_dev() -> Result {
+    if !privileged("only_minimal_dev") {
+        return Ok(());
+    }
+    let r = attack("only_minimal_dev", &["dev-nodes"])?;
+    let line = r.blocked();
+    assert_eq!(
+        line.extra.get("devices").and_then(|v| v.as_u64()),
+        Some(5),
+        "{}",
+        r.context()
+    );
+    Ok(())
+}
+
+#[test]
 fn leaked_fds() -> Result {
     if !privileged("leaked_fds") {
         return Ok(());

@@ -1345,6 +1345,94 @@ fn identity() -> Attack {
         ))
 }
 
+/// Device nodes in `/dev` beyond null, zero, full, random, urandom (1:3,
+/// 1:5, 1:7, 1:8, 1:9). Stopped by: the minimal `/dev` of the mount tree.
+fn dev_nodes() -> Attack {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    const ALLOWED: [(u64, u64); 5] = [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)];
+    // Listing /dev may be refused (Landlock), so also stat well-known names.
+    let mut candidates: Vec<std::path::PathBuf> = [
+        "null",
+        "zero",
+        "full",
+        "random",
+        "urandom",
+        "mem",
+        "kmem",
+        "port",
+        "kmsg",
+        "tty",
+        "tty0",
+        "console",
+        "ptmx",
+        "fuse",
+        "kvm",
+        "vsock",
+        "vda",
+        "sda",
+        "nvme0n1",
+        "loop0",
+        "loop-control",
+        "zram0",
+        "net/tun",
+        "mapper/control",
+        "cpu_dma_latency",
+        "userfaultfd",
+        "vhost-vsock",
+    ]
+    .iter()
+    .map(|n| std::path::Path::new("/dev").join(n))
+    .collect();
+    let mut stack = vec![std::path::PathBuf::from("/dev")];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                candidates.push(e.path());
+            }
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+    let mut extra = Vec::new();
+    let mut seen = Vec::new();
+    for path in candidates {
+        let Ok(m) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ft = m.file_type();
+        if ft.is_char_device() || ft.is_block_device() {
+            let dev = m.rdev();
+            let (maj, min) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+            seen.push(format!("{} {maj}:{min}", path.display()));
+            if ft.is_block_device() || !ALLOWED.contains(&(maj, min)) {
+                extra.push(format!("{} {maj}:{min}", path.display()));
+            }
+        }
+    }
+    let f = if extra.is_empty() {
+        Found::new(false, None, format!("only {}", seen.join(", ")))
+    } else {
+        Found::new(
+            true,
+            None,
+            format!(
+                "{} extra device nodes: {}",
+                extra.len(),
+                extra
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    };
+    Ok(f.with("devices", json!(seen.len())))
+}
+
 /// Inherited fds beyond 0-2. Stopped by: the identity step (close_range).
 fn fds() -> Attack {
     let mut leaked = Vec::new();
@@ -1712,6 +1800,7 @@ fn run(attack: &str, a: &[String]) -> Attack {
         "caps" => caps(),
         "identity" => identity(),
         "fds" => fds(),
+        "dev-nodes" => dev_nodes(),
         "fork-bomb" => fork_bomb(num(a, 0, "MAX", Some(100_000))?),
         "mem-anon" => mem_anon(num(a, 0, "MIB", None)?),
         "fill-tmp" | "mem-tmpfs" => fill_tmp(num(a, 0, "MIB", None)?),
