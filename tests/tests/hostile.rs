@@ -737,6 +737,27 @@ fn only_minimal_dev() -> Result {
 }
 
 #[test]
+fn only_minimal_etc() -> Result {
+    if !privileged("only_minimal_etc") {
+        return Ok(());
+    }
+    let r = attack("only_minimal_etc", &["etc-files"])?;
+    let line = r.blocked();
+    let n = line
+        .extra
+        .get("entries")
+        .and_then(|v| v.as_array())
+        .map_or(0, Vec::len);
+    assert!(
+        n >= 3,
+        "suspiciously empty /etc: {}\n{}",
+        line.detail,
+        r.context()
+    );
+    Ok(())
+}
+
+#[test]
 fn leaked_fds() -> Result {
     if !privileged("leaked_fds") {
         return Ok(());

@@ -1433,6 +1433,61 @@ fn dev_nodes() -> Attack {
     Ok(f.with("devices", json!(seen.len())))
 }
 
+/// Host configuration visible in `/etc`: anything beyond what dynamic
+/// linking, name lookup and locale need, or host accounts in `/etc/passwd`.
+/// Stopped by: the generated minimal `/etc` of the mount tree.
+fn etc_files() -> Attack {
+    const ALLOWED: [&str; 8] = [
+        "group",
+        "hosts",
+        "hostname",
+        "ld.so.cache",
+        "ld.so.conf",
+        "localtime",
+        "nsswitch.conf",
+        "passwd",
+    ];
+    let entries: Vec<String> = match fs::read_dir("/etc") {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) => return Ok(Found::new(false, io_errno(&e), format!("/etc: {e}"))),
+    };
+    let users: Vec<String> = fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').next().map(str::to_owned))
+        .collect();
+    let extra: Vec<&String> = entries
+        .iter()
+        .filter(|e| !ALLOWED.contains(&e.as_str()))
+        .collect();
+    let host_users: Vec<&String> = users
+        .iter()
+        .filter(|u| !["root", "nobody", "hutch"].contains(&u.as_str()))
+        .collect();
+    let f = if extra.is_empty() && host_users.is_empty() {
+        Found::new(
+            false,
+            None,
+            format!("/etc: {}; users: {}", entries.join(" "), users.join(" ")),
+        )
+    } else {
+        Found::new(
+            true,
+            None,
+            format!(
+                "{} extra /etc entries (e.g. {:?}), host users {:?}",
+                extra.len(),
+                extra.iter().take(5).collect::<Vec<_>>(),
+                host_users.iter().take(5).collect::<Vec<_>>()
+            ),
+        )
+    };
+    Ok(f.with("entries", json!(entries)))
+}
+
 /// Inherited fds beyond 0-2. Stopped by: the identity step (close_range).
 fn fds() -> Attack {
     let mut leaked = Vec::new();
@@ -1801,6 +1856,7 @@ fn run(attack: &str, a: &[String]) -> Attack {
         "identity" => identity(),
         "fds" => fds(),
         "dev-nodes" => dev_nodes(),
+        "etc-files" => etc_files(),
         "fork-bomb" => fork_bomb(num(a, 0, "MAX", Some(100_000))?),
         "mem-anon" => mem_anon(num(a, 0, "MIB", None)?),
         "fill-tmp" | "mem-tmpfs" => fill_tmp(num(a, 0, "MIB", None)?),
