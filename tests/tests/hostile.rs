@@ -436,7 +436,11 @@ fn host_unix_socket_created_later_inside_a_read_only_path() -> Result {
     let sock = ro.path().join("host.sock");
     let mut child = p.spawn(&[], &["unix-path-wait", &sock.to_string_lossy(), "4"])?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while hutch_tests::processes_with(&p.marker).is_empty() {
+    // The plugin (not hutchd, which never carries the marker) is running.
+    while hutch_tests::processes_with(&p.marker)
+        .iter()
+        .all(|pid| *pid == child.pid())
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the plugin never started"
@@ -1228,7 +1232,11 @@ fn daemon_goes_away(test: &str, sig: nix::sys::signal::Signal) -> Result {
     let p = plugin(test)?;
     let mut child = p.spawn(&[], &["ignore-sigterm", "120"])?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while hutch_tests::processes_with(&p.marker).is_empty() {
+    // The plugin (not hutchd, which never carries the marker) is running.
+    while hutch_tests::processes_with(&p.marker)
+        .iter()
+        .all(|pid| *pid == child.pid())
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the plugin never started"
