@@ -16,9 +16,15 @@
 //! udp-send): they print `"external": true` and the test does the real check.
 //!
 //! Each attack's doc comment names the sandbox layer(s) that should stop it.
-//! Unsandboxed as root (manual check, 2026-11-29, kernel 6.18) every attack
-//! succeeds except where the doc says this kernel lacks the feature; see
-//! `BATTERY_STATUS.md`.
+//! Manual check unsandboxed as root (2026-11-29, kernel 6.18): every attack
+//! succeeds, with these exceptions. The kernel lacks the feature: `x32`
+//! (ENOSYS), `socket-alg` (EAFNOSUPPORT), `iopl` (ENOSYS). Module loading and
+//! kexec give ENOSYS, which counts as "reached". `setuid-exec` was run as uid
+//! 65534 (euid became 0). `signal-init` and `proc-init-mem` were run as pid 2
+//! under `unshare -pf`. `process-vm` was aimed at a plain process, since the
+//! host's pid 1 refuses even root. Under the sandbox, the seccomp-stopped
+//! attacks also fail when the filter is missing, because the test then sees
+//! no denial in the report.
 //!
 //! This binary is the one place in the tests crate allowed `unsafe`: raw
 //! syscalls and `int 0x80` are the whole point of a hostile probe.
