@@ -373,6 +373,10 @@ fn wait4_nohang(pid: Pid) -> Result<Option<(libc::c_int, libc::rusage)>, Errno> 
     Ok((rc != 0).then_some((status, usage)))
 }
 
+/// Tasks of Hutch's own in every sandbox cgroup (the stub and init), added
+/// to the spec's `pids_max`.
+pub const SANDBOX_OVERHEAD_TASKS: u64 = 2;
+
 /// A debug trace point of a spawn: microseconds since the request.
 fn mark(id: u64, started: Instant, what: &str) {
     tracing::debug!(
@@ -542,7 +546,12 @@ impl Server {
                     memory_max: spec.limits.memory_max,
                     swap_max: spec.limits.swap_max,
                     cpu_max: spec.limits.cpu_max,
-                    pids_max: spec.limits.pids_max,
+                    // The stub and init live in the cgroup too: the plugin
+                    // gets `pids_max` tasks of its own.
+                    pids_max: spec
+                        .limits
+                        .pids_max
+                        .map(|p| p.saturating_add(SANDBOX_OVERHEAD_TASKS)),
                 };
                 match self
                     .manager(placement)
