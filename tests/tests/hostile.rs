@@ -417,7 +417,7 @@ fn host_unix_socket_inside_a_read_only_path() -> Result {
 
 #[test]
 #[ignore = "known hole: a host socket created after spawn inside a read_only tree is reachable \
-            (no Landlock right for pathname-socket connect at ABI 7); see ARCHITECTURE.md limitations"]
+            (no Landlock right for pathname-socket connect below ABI 9); see docs/sandbox.md limitations"]
 fn host_unix_socket_created_later_inside_a_read_only_path() -> Result {
     if !privileged("host_unix_socket_created_later_inside_a_read_only_path") {
         return Ok(());
