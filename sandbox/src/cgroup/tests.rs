@@ -889,3 +889,117 @@ fn real_names_of_control_files_are_refused_as_existing() -> TestResult {
     cg.remove()?;
     Ok(())
 }
+
+/// Steps of the hop in a forked child (it moves itself between cgroups,
+/// which must not touch the test harness). Returns the failed step.
+fn hop_steps(m: &CgroupManager) -> Result<(), String> {
+    let own = |ctrl: &str| -> String {
+        std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|x| x == ctrl))
+            })
+            .and_then(|l| l.split(':').nth(2).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let parent = m.config.parent.clone();
+    let mut hop = hop::Hop::park(m).map_err(|e| format!("park: {e}"))?;
+    if !own("memory").starts_with(&format!("/{parent}/hop-")) {
+        return Err(format!("not parked: {}", own("memory")));
+    }
+    let limits = CgroupLimits {
+        pids_max: Some(5),
+        ..CgroupLimits::default()
+    };
+    let cg = hop
+        .take(m, "hopped", &limits)
+        .map_err(|e| format!("take: {e}"))?;
+    if !matches!(cg.kill_all(), Err(CgroupError::HoldsCaller { .. })) {
+        return Err("kill_all ran on the caller's own cgroup".into());
+    }
+    // Born inside: no migration.
+    let mut child = Command::new("/bin/sleep")
+        .arg("30")
+        .spawn()
+        .map_err(|e| format!("spawn sleep: {e}"))?;
+    let pid = i32::try_from(child.id()).map_err(|e| e.to_string())?;
+    hop.leave(m).map_err(|e| format!("leave: {e}"))?;
+    let mut result = Ok(());
+    let me = nix::unistd::getpid().as_raw();
+    let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    for ctrl in ["memory", "pids", "freezer", "cpuacct"] {
+        if !theirs.contains(&format!("{ctrl}:/{parent}/hopped\n"))
+            && !theirs.contains(&format!("{ctrl},cpu:/{parent}/hopped\n"))
+            && !theirs.contains(&format!("cpu,{ctrl}:/{parent}/hopped\n"))
+        {
+            result = Err(format!("child not born in hopped ({ctrl}): {theirs}"));
+        }
+    }
+    if cg.pids() != vec![pid] || !own("memory").starts_with(&format!("/{parent}/hop-")) {
+        result = Err(format!(
+            "after leave: {:?} holds, caller {me} in {}",
+            cg.pids(),
+            own("memory")
+        ));
+    }
+    let pids_max = std::fs::read_to_string(
+        cg.dirs()
+            .iter()
+            .find(|d| d.starts_with("/sys/fs/cgroup/pids"))
+            .map(|d| d.join("pids.max"))
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    if pids_max.trim() != "5" {
+        result = Err(format!("pids.max {pids_max:?}"));
+    }
+    cg.remove().map_err(|e| format!("remove: {e}"))?;
+    let _ = child.wait();
+    hop.unpark().map_err(|e| format!("unpark: {e}"))?;
+    if own("memory").contains(&parent) {
+        return Err(format!("still parked: {}", own("memory")));
+    }
+    result
+}
+
+#[test]
+fn real_hop_child_is_born_inside_and_the_caller_leaves() -> TestResult {
+    if !privileged("real_hop_child_is_born_inside_and_the_caller_leaves") {
+        return Ok(());
+    }
+    let m = real_manager("hop")?;
+    let (r, w) = nix::unistd::pipe()?;
+    // SAFETY: glibc fork from the harness: the child only uses the allocator (reset by glibc's fork handlers), files and fork/exec, then _exit.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            let msg = match hop_steps(&m.0) {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e,
+            };
+            let _ = nix::unistd::write(&w, msg.as_bytes());
+            crate::spawn::exit_now(0)
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(w);
+            let mut out = String::new();
+            let mut f = std::fs::File::from(r);
+            std::io::Read::read_to_string(&mut f, &mut out)?;
+            nix::sys::wait::waitpid(child, None)?;
+            assert_eq!(out, "ok");
+        }
+    }
+    // Nothing left under the parent but the parent itself.
+    for d in m.0.parent_dirs() {
+        let subdirs: Vec<_> = std::fs::read_dir(&d)?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        assert!(subdirs.is_empty(), "left in {}: {subdirs:?}", d.display());
+    }
+    Ok(())
+}
