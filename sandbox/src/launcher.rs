@@ -23,7 +23,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{ForkResult, Pid, fork};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::hop::Hop;
 use crate::cgroup::{CgroupConfig, CgroupLimits, CgroupManager, Placement, SandboxCgroup};
 use crate::channel::{self, Channel, ChannelError};
 use crate::outcome::{LandlockReport, Outcome};
@@ -313,14 +312,6 @@ struct Running {
     /// pidfd of init, so a late signal cannot hit a recycled pid.
     init_pidfd: Option<OwnedFd>,
     cgroup: Option<SandboxCgroup>,
-    /// The launcher's parking cgroup the stub was born in, when it is not
-    /// the sandbox's own (no cgroup asked, or another placement): it holds
-    /// the sandbox's processes without limits and is removed at the end.
-    holder: Option<SandboxCgroup>,
-    /// `LauncherMsg::Attached` was sent already (stub born in its cgroup).
-    attached_sent: bool,
-    /// The stub was born in its cgroup: nothing to attach.
-    born_inside: bool,
     started: Instant,
     /// When to send SIGTERM (wall timeout).
     deadline: Option<Instant>,
@@ -337,28 +328,12 @@ struct Running {
     attach_error: Option<String>,
 }
 
-type ManagerKey = (String, PathBuf, bool);
-
 struct Server {
     ctrl: Channel<Event, Request>,
     ctrl_open: bool,
     running: HashMap<u64, Running>,
-    managers: HashMap<ManagerKey, CgroupManager>,
+    managers: HashMap<(String, PathBuf, bool), CgroupManager>,
     seccomp_cache: crate::policy::SeccompCache,
-    /// The launcher parked in a cgroup of this manager (cgroup v1), so the
-    /// next sandbox's stub is born in its cgroup (`cgroup::hop`). Last
-    /// field: dropped (back home) after every sandbox.
-    hop: Option<(ManagerKey, Hop)>,
-    /// Parking failed once (e.g. cgroup v2): attach after the fork instead.
-    hop_disabled: bool,
-}
-
-fn manager_key(placement: &CgroupPlacement) -> ManagerKey {
-    (
-        placement.parent.clone(),
-        placement.root.clone(),
-        placement.own_cgroup,
-    )
 }
 
 fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
@@ -372,16 +347,9 @@ fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
         running: HashMap::new(),
         managers: HashMap::new(),
         seccomp_cache: crate::policy::SeccompCache::default(),
-        hop: None,
-        hop_disabled: false,
     };
     while server.ctrl_open || !server.running.is_empty() {
         server.turn()?;
-    }
-    if let Some((_, hop)) = server.hop.take()
-        && let Err(e) = hop.unpark()
-    {
-        tracing::error!(error = %e, "launcher: leaving the parking cgroup");
     }
     Ok(())
 }
@@ -524,7 +492,11 @@ impl Server {
     }
 
     fn manager(&mut self, placement: &CgroupPlacement) -> Result<&CgroupManager, String> {
-        let key = manager_key(placement);
+        let key = (
+            placement.parent.clone(),
+            placement.root.clone(),
+            placement.own_cgroup,
+        );
         if !self.managers.contains_key(&key) {
             let config = CgroupConfig {
                 parent: placement.parent.clone(),
@@ -559,188 +531,51 @@ impl Server {
         );
     }
 
-    /// A cgroup of its own for a sandbox, attached after the fork.
-    fn create_cgroup(
-        &mut self,
-        placement: &CgroupPlacement,
-        name: &str,
-        limits: &CgroupLimits,
-    ) -> Result<SandboxCgroup, String> {
-        self.manager(placement)
-            .and_then(|m| m.create(name, limits).map_err(|e| e.to_string()))
-            .map_err(|e| format!("cgroup: {e}"))
-    }
-
-    /// Move the launcher out of the cgroup it was parked in (now a
-    /// sandbox's) into a fresh parking cgroup; the hop ends when that fails.
-    fn leave_hop(&mut self) -> Result<(), String> {
-        let Some((key, hop)) = &mut self.hop else {
-            return Ok(());
-        };
-        let result = match self.managers.get(key) {
-            Some(m) => hop.leave(m).map_err(|e| e.to_string()),
-            None => Err("cgroup manager missing".into()),
-        };
-        if !hop.is_parked() {
-            self.hop = None;
-        }
-        result
-    }
-
-    /// Park the launcher in a cgroup of this placement's manager (the first
-    /// spawn with a cgroup pays the slow move, after its fork).
-    fn park(&mut self, placement: &CgroupPlacement) {
-        if self.hop.is_some() || self.hop_disabled {
-            return;
-        }
-        let key = manager_key(placement);
-        let parked = match self.manager(placement) {
-            Ok(m) => Hop::park(m).map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match parked {
-            Ok(hop) => self.hop = Some((key, hop)),
-            Err(e) => {
-                tracing::info!(error = %e, "no cgroup hop: attaching after the fork");
-                self.hop_disabled = true;
-            }
-        }
-    }
-
     fn spawn(&mut self, id: u64, spec: &SandboxSpec) {
         let started = Instant::now();
-        let mut prepared = match Prepared::with_cache(spec, &mut self.seccomp_cache) {
+        let prepared = match Prepared::with_cache(spec, &mut self.seccomp_cache) {
             Ok(p) => p,
             Err(e) => return self.fail_spawn(id, started, e.to_string()),
         };
         mark(id, started, "prepared");
-        let name = format!("{}-{}-{id}", sanitize(&spec.name), std::process::id());
-        // The stub and init live in the cgroup too: the plugin gets
-        // `pids_max` tasks of its own.
-        let pids_max = spec
-            .limits
-            .pids_max
-            .map(|p| p.saturating_add(SANDBOX_OVERHEAD_TASKS));
-        let limits = CgroupLimits {
-            memory_max: spec.limits.memory_max,
-            swap_max: spec.limits.swap_max,
-            cpu_max: spec.limits.cpu_max,
-            pids_max,
-        };
-        let key = spec.cgroup.as_ref().map(manager_key);
-        let ours = key.is_some() && key == self.hop.as_ref().map(|(k, _)| k.clone());
-        // Without the hop's cgroup: one of its own, attached after the fork.
-        let mut cgroup = None;
-        if let (false, Some(placement)) = (ours, &spec.cgroup) {
-            match self.create_cgroup(placement, &name, &limits) {
-                Ok(cg) => cgroup = Some(cg),
-                Err(e) => return self.fail_spawn(id, started, e),
-            }
-        }
-        // The launcher's parking cgroup becomes this sandbox's: the stub is
-        // born in it. While the launcher is inside, it is one more task.
-        let mut born = None;
-        let mut take_error = None;
-        if let Some((k, hop)) = &mut self.hop {
-            let lim = if ours {
-                CgroupLimits {
-                    pids_max: pids_max.map(|p| p.saturating_add(1)),
-                    ..limits.clone()
-                }
-            } else {
-                CgroupLimits::default()
-            };
-            match self.managers.get(k).map(|m| hop.take(m, &name, &lim)) {
-                Some(Ok(cg)) => born = Some(cg),
-                Some(Err(e)) => take_error = Some(e.to_string()),
-                None => take_error = Some("cgroup manager missing".into()),
-            }
-        }
-        if let Some(e) = take_error {
-            tracing::warn!(sandbox = id, error = %e, "cgroup hop: back to attaching");
-            if let Some((_, hop)) = self.hop.take()
-                && let Err(e) = hop.unpark()
-            {
-                tracing::error!(error = %e, "launcher: leaving the parking cgroup");
-            }
-            if let (true, Some(placement)) = (ours, &spec.cgroup) {
-                match self.create_cgroup(placement, &name, &limits) {
-                    Ok(cg) => cgroup = Some(cg),
-                    Err(e) => return self.fail_spawn(id, started, e),
+        let cgroup = match &spec.cgroup {
+            None => None,
+            Some(placement) => {
+                let name = format!("{}-{}-{id}", sanitize(&spec.name), std::process::id());
+                let limits = CgroupLimits {
+                    memory_max: spec.limits.memory_max,
+                    swap_max: spec.limits.swap_max,
+                    cpu_max: spec.limits.cpu_max,
+                    // The stub and init live in the cgroup too: the plugin
+                    // gets `pids_max` tasks of its own.
+                    pids_max: spec
+                        .limits
+                        .pids_max
+                        .map(|p| p.saturating_add(SANDBOX_OVERHEAD_TASKS)),
+                };
+                match self
+                    .manager(placement)
+                    .and_then(|m| m.create(&name, &limits).map_err(|e| e.to_string()))
+                {
+                    Ok(cg) => Some(cg),
+                    Err(e) => return self.fail_spawn(id, started, format!("cgroup: {e}")),
                 }
             }
-        }
-        let born_inside = ours && born.is_some();
-        let (cgroup, holder) = if born_inside {
-            (born, None)
-        } else {
-            (cgroup, born)
         };
-        if let Some(adj) = self
-            .hop
-            .as_ref()
-            .and_then(|(_, h)| h.original_oom_score_adj())
-        {
-            prepared.restore_oom_score_adj(adj);
-        }
-        mark(id, started, "cgroup ready");
-        let forked = spawn::fork_sandbox(&prepared);
-        drop(prepared);
-        let forked = match forked {
+        mark(id, started, "cgroup created");
+        let forked = match spawn::fork_sandbox(&prepared) {
             Ok(f) => f,
-            Err(e) => {
-                if born_inside || holder.is_some() {
-                    // Out before the cgroup (holding the launcher) is dropped.
-                    let _ = self.leave_hop();
-                }
-                return self.fail_spawn(id, started, e.to_string());
-            }
+            Err(e) => return self.fail_spawn(id, started, e.to_string()),
         };
         mark(id, started, "forked");
+        drop(prepared);
         let Forked {
             stub,
             channel,
             stdout,
             stderr,
         } = forked;
-        let pidfd = pidfd_open(stub);
-        // Nothing to attach (born in its cgroup, or no cgroup at all): init
-        // can go on at once, while the launcher moves out. Born inside, that
-        // is safe only if an OOM kill in the sandbox's cgroup cannot pick the
-        // launcher meanwhile (its oom_score_adj lowered, which needs
-        // CAP_SYS_RESOURCE); otherwise init waits until the launcher is out.
-        // (With a user namespace the stub reads the channel first, so it
-        // waits for `InitForked` either way.)
-        let protected = self
-            .hop
-            .as_ref()
-            .is_some_and(|(_, h)| h.original_oom_score_adj().is_some());
-        let go_now = (born_inside && protected) || (holder.is_some() && spec.cgroup.is_none());
-        let mut attached_sent = false;
-        if go_now && !spec.user_namespace && pidfd.is_ok() {
-            attached_sent = channel.send(&LauncherMsg::Attached, &[]).is_ok();
-        }
-        let mut attach_error = None;
-        if born_inside || holder.is_some() {
-            // The slow cgroup.procs write (RCU grace period when idle), now
-            // overlapping the sandbox's setup. Synchronous: when it returns,
-            // the launcher is out, before it can freeze or kill that cgroup.
-            match self.leave_hop() {
-                Ok(()) => {
-                    if let (true, Some(cg), Some(p)) = (born_inside, &cgroup, pids_max)
-                        && let Err(e) = cg.set_pids_max(p)
-                    {
-                        tracing::warn!(sandbox = id, error = %e, "lowering pids.max");
-                    }
-                }
-                Err(e) => attach_error = Some(format!("cgroup hop: {e}")),
-            }
-            mark(id, started, "launcher left the cgroup");
-            if born_inside && !attached_sent && !spec.user_namespace && attach_error.is_none() {
-                attached_sent = channel.send(&LauncherMsg::Attached, &[]).is_ok();
-            }
-        }
-        let pidfd = match pidfd {
+        let pidfd = match pidfd_open(stub) {
             Ok(fd) => fd,
             Err(e) => {
                 let _ = kill(stub, Signal::SIGKILL);
@@ -748,24 +583,21 @@ impl Server {
                 return self.fail_spawn(id, started, format!("pidfd_open: {e:?}"));
             }
         };
-        // Not born inside: attach the stub now. On a v1 host the first
-        // cgroup.procs write after an idle period waits for an RCU grace
-        // period (10-15 ms); this one overlaps the stub's unshare and init's
-        // mount setup, and leaves the lock warm for init's own attach (see
-        // on_child_message).
-        if let (false, Some(cg), None) = (born_inside, &cgroup, &attach_error) {
-            attach_error = cg
+        // Attach the stub now. On a v1 host the first cgroup.procs write
+        // after an idle period waits for an RCU grace period (10-15 ms);
+        // this one overlaps the stub's unshare and init's mount setup, and
+        // leaves the lock warm for init's own attach (see on_child_message).
+        let attach_error = match &cgroup {
+            Some(cg) => cg
                 .attach(stub.as_raw())
                 .err()
-                .map(|e| format!("cgroup attach: {e}"));
-        }
+                .map(|e| format!("cgroup attach: {e}")),
+            None => None,
+        };
         if attach_error.is_some() {
             let _ = kill(stub, Signal::SIGKILL);
         }
         mark(id, started, "stub attached");
-        if let Some(placement) = &spec.cgroup {
-            self.park(placement);
-        }
         self.send(
             &Event::Spawned { id },
             &[stdout.as_raw_fd(), stderr.as_raw_fd()],
@@ -780,9 +612,6 @@ impl Server {
                 init: None,
                 init_pidfd: None,
                 cgroup,
-                holder,
-                attached_sent,
-                born_inside,
                 started,
                 deadline: spec
                     .limits
@@ -817,16 +646,13 @@ impl Server {
                 r.mount_ns = std::fs::File::open(format!("/proc/{}/ns/mnt", r.stub)).ok();
                 // Init may have been forked before the stub's attach took
                 // effect: attach it too (fast now), then let it go on.
-                // Born inside its cgroup: nothing to attach.
                 let attached = match &r.cgroup {
-                    Some(cg) if !r.born_inside => cg.attach(pid).map_err(|e| e.to_string()),
-                    _ => Ok(()),
+                    Some(cg) => cg.attach(pid).map_err(|e| e.to_string()),
+                    None => Ok(()),
                 };
                 mark(id, r.started, "init attached");
                 match attached {
-                    Ok(()) if r.attached_sent => {}
                     Ok(()) => {
-                        r.attached_sent = true;
                         if chan.send(&LauncherMsg::Attached, &[]).is_err() {
                             kill_now(r);
                         }
@@ -972,9 +798,6 @@ impl Server {
         drop(r.mount_ns.take());
         if let Some(Err(e)) = cgroup.map(SandboxCgroup::remove) {
             tracing::error!(sandbox = id, error = %e, "cgroup removal");
-        }
-        if let Some(Err(e)) = r.holder.take().map(SandboxCgroup::remove) {
-            tracing::error!(sandbox = id, error = %e, "parking cgroup removal");
         }
         mark(id, r.started, "cleaned up");
     }

@@ -124,9 +124,6 @@ pub struct Prepared {
     argv: Vec<CString>,
     envp: Vec<CString>,
     policy: policy::Prepared,
-    /// Set by a launcher parked with a lowered `oom_score_adj` (cgroup hop):
-    /// the stub restores this value first, for the whole sandbox.
-    oom_score_adj: Option<i32>,
 }
 
 fn cstr(field: &'static str, s: &[u8]) -> Result<CString, SpawnError> {
@@ -192,15 +189,7 @@ impl Prepared {
             argv,
             envp,
             policy: policy::Prepared::new(spec, cache)?,
-            oom_score_adj: None,
         })
-    }
-
-    /// Have the stub set its `oom_score_adj` to `value` before anything else
-    /// (the forking launcher runs with a lowered one while parked in a
-    /// sandbox's cgroup, see [`crate::cgroup::hop`]).
-    pub fn restore_oom_score_adj(&mut self, value: i32) {
-        self.oom_score_adj = Some(value);
     }
 }
 
@@ -289,12 +278,6 @@ fn stub_steps(
     let mut keep = vec![chan.as_raw_fd(), io.stdout, io.stderr];
     keep.extend(p.policy.fds());
     identity::close_fds_except(&keep)?;
-    if let Some(v) = p.oom_score_adj {
-        // As root: also raises oom_score_adj_min, so the plugin cannot go
-        // back below it.
-        crate::cgroup::hop::write_oom_score_adj(v)
-            .map_err(|e| StepError::other("restore oom_score_adj", e.to_string()))?;
-    }
     identity::die_with_parent(launcher)?;
     namespaces::unshare_sandbox_namespaces(p.user_namespace)?;
     if p.user_namespace {
