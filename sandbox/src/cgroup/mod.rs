@@ -20,7 +20,6 @@
 //! logic runs against temp dirs in unit tests.
 
 mod hierarchy;
-pub mod hop;
 pub mod layout;
 #[cfg(test)]
 mod tests;
@@ -93,15 +92,6 @@ pub enum CgroupError {
     Exists {
         /// The existing directory.
         path: PathBuf,
-    },
-    /// The calling process is in the cgroup: freezing or killing it would
-    /// hit the caller (the launcher while it is parked, see [`hop`]).
-    #[error("cgroup {} holds the caller (pid {pid}): refusing to freeze or kill it", path.display())]
-    HoldsCaller {
-        /// The cgroup directory.
-        path: PathBuf,
-        /// The caller's pid.
-        pid: i32,
     },
     /// Processes remain in the cgroup after the kill timeout.
     #[error("cgroup {} still has processes {pids:?} after {waited_ms} ms", path.display())]
@@ -464,99 +454,6 @@ impl CgroupManager {
     /// invalid or unsupported limit, or a failed mkdir/write. On error,
     /// whatever was created is removed.
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<SandboxCgroup, CgroupError> {
-        self.create_inner(name, limits, false)
-    }
-
-    /// Create an empty cgroup `<parent>/<name>` in *every* hierarchy the
-    /// manager has (cpu included when mounted), with no limits: a cgroup the
-    /// launcher parks in ([`hop`]) before it becomes a sandbox's.
-    ///
-    /// # Errors
-    /// See [`CgroupManager::create`].
-    pub fn create_unlimited(&self, name: &str) -> Result<SandboxCgroup, CgroupError> {
-        self.create_inner(name, &CgroupLimits::default(), true)
-    }
-
-    /// Rename `cg` to `<parent>/<name>` in every hierarchy (cgroup v1 only:
-    /// cgroup2 has no rename). Processes stay where they are. On a partial
-    /// failure `cg` keeps describing the directories as they are.
-    ///
-    /// # Errors
-    /// v2 ([`CgroupError::InvalidName`]), an invalid or existing name, or a
-    /// failed `rename(2)`.
-    pub fn rename(&self, cg: &mut SandboxCgroup, name: &str) -> Result<(), CgroupError> {
-        check_component(name)?;
-        if cg.v2 {
-            return Err(CgroupError::InvalidName {
-                name: name.to_owned(),
-                reason: "cgroup2 directories cannot be renamed",
-            });
-        }
-        let targets: Vec<PathBuf> = cg.dirs.iter().map(|d| d.with_file_name(name)).collect();
-        if let Some(t) = targets.iter().find(|t| t.exists()) {
-            return Err(CgroupError::Exists { path: t.clone() });
-        }
-        let ctrls = self.hier.controllers();
-        for (i, target) in targets.iter().enumerate() {
-            fs::rename(&cg.dirs[i], target).map_err(|e| io_err("rename", &cg.dirs[i], &e))?;
-            cg.dirs[i] = target.clone();
-            if i == 0 {
-                cg.name = name.to_owned();
-            }
-        }
-        cg.cg = Cgroup::load_with_specified_controllers(
-            Box::new(self.hier.clone()),
-            name,
-            ctrls.iter().map(|c| c.name().to_owned()).collect(),
-        );
-        Ok(())
-    }
-
-    /// Apply `limits` to an existing cgroup of this manager (one made by
-    /// [`CgroupManager::create_unlimited`]: it has every controller).
-    ///
-    /// # Errors
-    /// An invalid or unsupported limit, or a failed write.
-    pub fn set_limits(&self, cg: &SandboxCgroup, limits: &CgroupLimits) -> Result<(), CgroupError> {
-        cg.apply_limits(limits, &self.config.proc_root)
-    }
-
-    /// The `cgroup.procs` files of the calling process's own cgroups in the
-    /// hierarchies this manager uses (from `/proc/self/cgroup`): where a
-    /// parked launcher returns to.
-    ///
-    /// # Errors
-    /// `/proc/self/cgroup` lacks a line for a hierarchy.
-    pub fn own_procs_files(&self) -> Result<Vec<PathBuf>, CgroupError> {
-        let mut out: Vec<PathBuf> = Vec::new();
-        match &self.mounts {
-            CgroupHierarchies::V2 { mount } => {
-                out.push(
-                    mount
-                        .join(layout::own_cgroup(&self.config.proc_root, None)?)
-                        .join("cgroup.procs"),
-                );
-            }
-            CgroupHierarchies::V1 { mounts } => {
-                for (ctrl, mount) in mounts {
-                    let f = mount
-                        .join(layout::own_cgroup(&self.config.proc_root, Some(*ctrl))?)
-                        .join("cgroup.procs");
-                    if !out.contains(&f) {
-                        out.push(f);
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn create_inner(
-        &self,
-        name: &str,
-        limits: &CgroupLimits,
-        every_controller: bool,
-    ) -> Result<SandboxCgroup, CgroupError> {
         check_component(name)?;
         let v2 = self.is_v2();
         let ctrls: Vec<Controller> = if v2 {
@@ -577,9 +474,7 @@ impl CgroupManager {
                 Controller::CpuAcct,
                 Controller::Freezer,
             ];
-            if every_controller && self.hier.has(Controller::Cpu) {
-                c.push(Controller::Cpu);
-            } else if limits.cpu_max.is_some() {
+            if limits.cpu_max.is_some() {
                 if !self.hier.has(Controller::Cpu) {
                     return Err(CgroupError::ControllerMissing {
                         controller: "cpu".into(),
@@ -853,20 +748,6 @@ impl SandboxCgroup {
             .map_err(|e| crate_err(format!("attach pid {pid} to"), &first, &e))
     }
 
-    /// Set `pids.max` (e.g. lowered once the parked launcher has left).
-    ///
-    /// # Errors
-    /// No pids controller, or the write fails.
-    pub fn set_pids_max(&self, n: u64) -> Result<(), CgroupError> {
-        self.apply_limits(
-            &CgroupLimits {
-                pids_max: Some(n),
-                ..CgroupLimits::default()
-            },
-            Path::new("/proc"),
-        )
-    }
-
     /// The `cgroup.procs` files, for a child that writes `0` to each to move
     /// itself (no round trip to the parent).
     pub fn procs_paths(&self) -> Vec<PathBuf> {
@@ -914,13 +795,6 @@ impl SandboxCgroup {
     /// ([`CgroupError::NotEmpty`]).
     pub fn kill_all(&self) -> Result<(), CgroupError> {
         let first = self.dirs.first().cloned().unwrap_or_default();
-        let me = nix::unistd::getpid().as_raw();
-        if self.pids().contains(&me) {
-            return Err(CgroupError::HoldsCaller {
-                path: first,
-                pid: me,
-            });
-        }
         if self.v2 {
             match self.cg.kill() {
                 Ok(()) => return self.wait_empty(),
