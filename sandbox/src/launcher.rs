@@ -348,10 +348,20 @@ fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
         managers: HashMap::new(),
         seccomp_cache: crate::policy::SeccompCache::default(),
     };
-    while server.ctrl_open || !server.running.is_empty() {
-        server.turn()?;
+    let result = loop {
+        if !server.ctrl_open && server.running.is_empty() {
+            break Ok(());
+        }
+        if let Err(e) = server.turn() {
+            break Err(e);
+        }
+    };
+    // Every sandbox cgroup is gone by now (each is removed when its sandbox
+    // ends); drop the parents too unless someone else still uses them.
+    for manager in server.managers.values() {
+        manager.remove_parent_if_empty();
     }
-    Ok(())
+    result
 }
 
 fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
