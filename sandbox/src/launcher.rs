@@ -348,10 +348,20 @@ fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
         managers: HashMap::new(),
         seccomp_cache: crate::policy::SeccompCache::default(),
     };
-    while server.ctrl_open || !server.running.is_empty() {
-        server.turn()?;
+    let result = loop {
+        if !server.ctrl_open && server.running.is_empty() {
+            break Ok(());
+        }
+        if let Err(e) = server.turn() {
+            break Err(e);
+        }
+    };
+    // Every sandbox cgroup is gone by now (each is removed when its sandbox
+    // ends); drop the parents too unless someone else still uses them.
+    for manager in server.managers.values() {
+        manager.remove_parent_if_empty();
     }
-    Ok(())
+    result
 }
 
 fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
@@ -372,6 +382,10 @@ fn wait4_nohang(pid: Pid) -> Result<Option<(libc::c_int, libc::rusage)>, Errno> 
     })?;
     Ok((rc != 0).then_some((status, usage)))
 }
+
+/// Tasks of Hutch's own in every sandbox cgroup (the stub and init), added
+/// to the spec's `pids_max`.
+pub const SANDBOX_OVERHEAD_TASKS: u64 = 2;
 
 /// A debug trace point of a spawn: microseconds since the request.
 fn mark(id: u64, started: Instant, what: &str) {
@@ -542,7 +556,12 @@ impl Server {
                     memory_max: spec.limits.memory_max,
                     swap_max: spec.limits.swap_max,
                     cpu_max: spec.limits.cpu_max,
-                    pids_max: spec.limits.pids_max,
+                    // The stub and init live in the cgroup too: the plugin
+                    // gets `pids_max` tasks of its own.
+                    pids_max: spec
+                        .limits
+                        .pids_max
+                        .map(|p| p.saturating_add(SANDBOX_OVERHEAD_TASKS)),
                 };
                 match self
                     .manager(placement)

@@ -217,8 +217,9 @@ impl MountPlan {
             staging: cstring(STAGING_DIR),
             root_opts: cstring("mode=0755,size=1m"),
             tmp_opts: cstring(&format!(
-                "mode=1777,size={}",
-                spec.limits.tmp_size.max(4096)
+                "mode=1777,size={},nr_inodes={}",
+                spec.limits.tmp_size.max(4096),
+                tmp_inodes(spec.limits.tmp_size)
             )),
             dirs: Vec::new(),
             files: Vec::new(),
@@ -410,6 +411,12 @@ impl MountPlan {
             attrs,
         });
     }
+}
+
+/// Inode limit of the private `/tmp`: one per 2 KiB of `tmp_size`, at least
+/// 1024, so an inode bomb ends with ENOSPC instead of kernel memory.
+pub fn tmp_inodes(tmp_size: u64) -> u64 {
+    (tmp_size / 2048).max(1024)
 }
 
 /// Most entries walked in one `read_only` tree when looking for sockets.

@@ -350,3 +350,25 @@ fn host_socket_inside_a_read_only_tree_is_masked() {
         "a connection reached the host socket"
     );
 }
+
+#[test]
+fn tmp_has_an_inode_limit() {
+    if !privileged("tmp_has_an_inode_limit") {
+        return;
+    }
+    let dir = plugin_dir();
+    let mut spec = sh(
+        "test.inodes",
+        dir.path(),
+        "i=0; while printf '' 2>/dev/null > /tmp/f$i; do i=$((i+1)); done; echo $i",
+    );
+    spec.limits.tmp_size = 4 << 20;
+    let (o, out, err) = run(&spec);
+    assert_eq!(o.exit_code, Some(0), "{o:?} {err}");
+    let created: u64 = out.trim().parse().unwrap();
+    let limit = hutch_sandbox::mounts::tmp_inodes(4 << 20);
+    assert!(
+        created < limit && created + 5 >= limit,
+        "{created} files, limit {limit}"
+    );
+}

@@ -108,6 +108,8 @@ pub struct PluginDir {
     pub id: String,
     /// Unique marker, set as `PROBE_MARKER` in the manifest's `env`.
     pub marker: String,
+    /// Unique string behind [`PluginDir::daemon_secret`].
+    secret: String,
     /// Manifest `exec`.
     pub exec: String,
     /// Manifest `args`.
@@ -156,6 +158,7 @@ impl PluginDir {
             work,
             id,
             marker,
+            secret: unique_marker(),
             exec: "bin/probe".into(),
             args: Vec::new(),
             env: Vec::new(),
@@ -167,8 +170,10 @@ impl PluginDir {
 
     /// A secret put into `hutchd`'s own environment for this run (as
     /// `HUTCH_TEST_DAEMON_SECRET`): no plugin may ever read it.
+    /// (Unrelated to [`PluginDir::marker`], so that hutchd itself never
+    /// matches a scan for the plugin's marker.)
     pub fn daemon_secret(&self) -> String {
-        format!("daemon-secret-{}", self.marker)
+        format!("daemon-secret-{}", self.secret)
     }
 
     /// Host path of the plugin dir.
@@ -247,16 +252,7 @@ impl PluginDir {
     /// # Errors
     /// As [`PluginDir::run`].
     pub fn run_with(&self, flags: &[&str], args: &[&str]) -> io::Result<TryRun> {
-        std::fs::write(self.dir.path().join("hutch-plugin.toml"), self.manifest())?;
-        let report = self.work.path().join("report.json");
-        let _ = std::fs::remove_file(&report);
-        let mut cmd = Command::new(hutchd_path());
-        cmd.arg("try")
-            .arg(self.dir.path())
-            .arg("--report")
-            .arg(&report);
-        cmd.args(flags).arg("--").args(args);
-        cmd.env(DAEMON_SECRET_ENV, self.daemon_secret());
+        let (cmd, report) = self.command(flags, args)?;
         let started = Instant::now();
         let out = run_with_deadline(cmd, Duration::from_secs(90))?;
         let elapsed = started.elapsed();

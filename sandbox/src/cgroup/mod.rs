@@ -444,6 +444,46 @@ impl CgroupManager {
         self.hier.dirs()
     }
 
+    /// Remove the parent directories if nothing is left in them, without
+    /// touching anything inside: a sibling sandbox, another Hutch process
+    /// using the same parent, or a daemon's leaf keeps them (the `rmdir` then
+    /// fails with `EBUSY`/`ENOTEMPTY` and is left alone). Called when a
+    /// launcher ends so a `hutchd try` leaves no cgroup behind. Unlike
+    /// [`CgroupManager::remove_parent`] it never sweeps.
+    pub fn remove_parent_if_empty(&self) {
+        let depth = self.config.parent.split('/').count();
+        for dir in self.hier.dirs() {
+            let mut d = dir.clone();
+            for _ in 0..depth {
+                if fs::remove_dir(&d).is_err() {
+                    break;
+                }
+                if !d.pop() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// `mkdir` of a sandbox cgroup. Another launcher that ended may have
+    /// removed the (then empty) parent with
+    /// [`CgroupManager::remove_parent_if_empty`] since this manager set it up:
+    /// set the parent up again (mkdir, and on v2 the controller enabling) and
+    /// retry.
+    fn create_child_dir(&self, d: &Path) -> Result<(), CgroupError> {
+        let mut tries = 0;
+        loop {
+            match fs::create_dir(d) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => {
+                    tries += 1;
+                    CgroupManager::new(self.config.clone())?;
+                }
+                Err(e) => return Err(io_err("mkdir", d, &e)),
+            }
+        }
+    }
+
     /// Create the sandbox cgroup `<parent>/<name>` in every hierarchy used and
     /// apply `limits`. Nothing is attached yet; this can run ahead of the spawn
     /// (e.g. for the next plugin) to keep mkdir and limit writes off the
@@ -502,7 +542,7 @@ impl CgroupManager {
             removed: false,
         };
         for d in dirs {
-            fs::create_dir(&d).map_err(|e| io_err("mkdir", &d, &e))?;
+            self.create_child_dir(&d)?;
             // Recorded only once created, so Drop removes exactly what we made.
             sandbox.dirs.push(d);
         }
