@@ -11,3 +11,5 @@
 
 pub mod check_host;
 pub mod config;
+pub mod manifest;
+pub mod try_cmd;

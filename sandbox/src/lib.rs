@@ -1,13 +1,59 @@
-//! The mechanism that confines one plugin process.
+//! `hutch-sandbox`: the mechanism that confines one plugin process.
 //!
-//! **Owns**: turning a sandbox specification into a running, confined process
-//! (namespaces, mount tree, cgroups, Landlock, seccomp, capabilities, rlimits)
-//! and reporting how it ended; probing what the host kernel supports
-//! ([`host`], behind `hutchd check-host`).
+//! **Owns**: turning a [`SandboxSpec`](spec::SandboxSpec) into a running,
+//! confined process and reporting how it ended ([`Outcome`](outcome::Outcome)):
+//! namespaces, the mount tree, identity (uid/gid, capabilities,
+//! `no_new_privs`, descriptors), cgroups, Landlock and seccomp. The only crate
+//! of Hutch allowed `unsafe`; each block is one line with a `SAFETY:` comment.
 //!
-//! **Must not**: use an async runtime, know about gRPC, plugins' manifests or
-//! the audit store. It is the only crate in the workspace allowed `unsafe`;
-//! each block is one call with a `// SAFETY:` comment naming the invariant.
+//! **Must not**: use an async runtime, know about gRPC or the audit store, or
+//! decide policy (the daemon builds the spec from the manifest and the
+//! admin's approvals). It fails closed: a layer that cannot be applied is an
+//! error, never a warning.
+//!
+//! # The flow of a spawn
+//! The daemon forks the [`launcher`](launcher::Launcher) once, before any
+//! runtime starts. Per sandbox, the launcher prepares everything
+//! ([`spawn::Prepared`]: mount plan with host paths resolved, checked and
+//! opened `O_PATH`; argv/envp; seccomp BPF), creates the cgroup, and forks:
+//!
+//! 1. **stub** (host pid ns, root): `close_range` of foreign fds;
+//!    `PR_SET_PDEATHSIG` checked with `getppid`; optional user namespace maps;
+//!    `unshare(mount, pid, net, ipc, uts)`; fork init; relay init's end.
+//! 2. **init** (pid 1, root, in the new namespaces): `PR_SET_PDEATHSIG`
+//!    (checked through a lifeline pipe) ->
+//!    `/` rprivate -> tmpfs root -> skeleton -> `/dev` tmpfs -> mount points
+//!    -> binds through `/proc/self/fd/N` with `mount_setattr` (system trees,
+//!    `/plugin`, `/data`, `read_only`, API socket, devices, `/etc` files) ->
+//!    `/tmp` tmpfs -> `/etc` files -> new `/proc` -> `/dev` read-only ->
+//!    close the `O_PATH` fds -> `pivot_root(".", ".")` + detach -> root
+//!    read-only -> hostname, `lo` up -> wait for the cgroup attach ->
+//!    `unshare(CLONE_NEWCGROUP)` -> empty bounding set -> setgroups/
+//!    setresgid/setresuid -> clear all capability sets -> `no_new_privs` ->
+//!    not dumpable -> block signals -> fork the plugin -> reap and forward
+//!    signals until the plugin exits.
+//! 3. **plugin** (pid 2): default signal mask -> `setsid` -> stdin
+//!    `/dev/null`, stdout/stderr pipes -> close every other fd except the
+//!    setup channel (close-on-exec) -> Landlock -> seccomp (listener handed
+//!    back over the channel) -> `execve`.
+//!
+//! [`host`] probes what the kernel offers (behind `hutchd check-host`).
+//!
+//! Every failing step sends a [`StepError`](error::StepError) ("mount
+//! read-only /plugin: EPERM") back over the channel. See docs/sandbox.md.
 #![allow(unsafe_code)]
-
+pub mod cgroup;
+pub mod channel;
+pub mod error;
 pub mod host;
+pub mod identity;
+pub mod landlock;
+pub mod launcher;
+pub mod mounts;
+pub mod namespaces;
+pub mod net;
+pub mod outcome;
+pub mod policy;
+pub mod seccomp;
+pub mod spawn;
+pub mod spec;

@@ -1,4 +1,7 @@
 //! `hutchd`: the Hutch daemon.
+//!
+//! Thin: parses the command line and calls into `hutch_daemon`. The sandbox
+//! launcher is forked first thing, before any thread or runtime exists.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +14,8 @@ use hutch_sandbox::host::{HostReport, Protection};
 #[derive(Debug, Parser)]
 #[command(name = "hutchd", version)]
 struct Cli {
-    /// Daemon config file.
+    /// Daemon config file (default /etc/hutch/hutchd.toml; a missing default
+    /// file means built-in defaults).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -27,37 +31,70 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one plugin once in the foreground under the production sandbox.
+    Try(hutch_daemon::try_cmd::TryArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("hutchd: {e:#}");
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUTCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match cli.command {
+        Some(Command::Try(args)) => ExitCode::from(clamp(run_try(&args))),
+        Some(Command::CheckHost { json }) => match check_host_cmd(cli.config, json) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("hutchd: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        None => {
+            eprintln!("hutchd: the daemon itself is not built yet; try `hutchd check-host` or `hutchd try`");
             ExitCode::from(1)
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(cli.config.as_deref())?;
-    match cli.command {
-        Some(Command::CheckHost { json }) => {
-            let report = HostReport::probe(std::path::Path::new("/proc"), config.minimum())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", check_host::render(&report));
-            }
-            Ok(if report.protection == Protection::Insufficient {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
-        None => {
-            anyhow::bail!("the daemon itself is not built yet; try `hutchd check-host`")
-        }
+fn clamp(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(1)
+}
+
+fn check_host_cmd(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config.as_deref())?;
+    let report = HostReport::probe(std::path::Path::new("/proc"), config.minimum())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", check_host::render(&report));
     }
+    Ok(if report.protection == Protection::Insufficient {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_try(args: &hutch_daemon::try_cmd::TryArgs) -> i32 {
+    // Forked before any thread exists: the launcher must be single-threaded.
+    let mut launcher = match hutch_sandbox::launcher::Launcher::start() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hutchd try: {e}");
+            return 1;
+        }
+    };
+    let code = match hutch_daemon::try_cmd::run(&mut launcher, args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hutchd try: {e}");
+            e.exit_code()
+        }
+    };
+    drop(launcher);
+    code
 }

@@ -1,0 +1,177 @@
+//! Typed messages over a `SOCK_SEQPACKET` socketpair, with file descriptors.
+//!
+//! One message is one JSON-encoded datagram; descriptors travel alongside as
+//! `SCM_RIGHTS`. Used between the daemon and the launcher and between the
+//! launcher and a sandbox being set up.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Largest message accepted (a spec with many paths still fits easily).
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// Most descriptors carried by one message.
+const MAX_FDS: usize = 8;
+
+/// A channel error.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The socket call failed.
+    #[error("{op} on channel: {errno:?}")]
+    Sys {
+        /// `sendmsg`, `recvmsg`, `socketpair`.
+        op: &'static str,
+        /// The errno.
+        errno: Errno,
+    },
+    /// A message could not be encoded or decoded.
+    #[error("bad message on channel: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// The message was truncated (larger than [`MAX_MESSAGE`]).
+    #[error("message on channel truncated")]
+    Truncated,
+}
+
+/// One end of a typed channel: sends `S`, receives `R`.
+#[derive(Debug)]
+pub struct Channel<S, R> {
+    fd: OwnedFd,
+    _types: PhantomData<fn(S) -> R>,
+}
+
+/// Two connected ends of a channel, see [`pair`].
+pub type Pair<A, B> = (Channel<A, B>, Channel<B, A>);
+
+/// Two connected ends: the first sends `A` and receives `B`, the second the
+/// reverse. Both are close-on-exec.
+///
+/// # Errors
+/// `socketpair` failed.
+pub fn pair<A, B>() -> Result<Pair<A, B>, ChannelError> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|errno| ChannelError::Sys {
+        op: "socketpair",
+        errno,
+    })?;
+    Ok((Channel::from_fd(a), Channel::from_fd(b)))
+}
+
+impl<S, R> Channel<S, R> {
+    /// Wrap a connected `SOCK_SEQPACKET` socket.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
+    /// Send one message with descriptors.
+    ///
+    /// # Errors
+    /// Encoding or `sendmsg` failed (`EPIPE` when the other end is gone).
+    pub fn send(&self, msg: &S, fds: &[RawFd]) -> Result<(), ChannelError> {
+        let bytes = serde_json::to_vec(msg)?;
+        let iov = [IoSlice::new(&bytes)];
+        let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
+            Vec::new()
+        } else {
+            vec![ControlMessage::ScmRights(fds)]
+        };
+        loop {
+            match sendmsg::<()>(
+                self.fd.as_raw_fd(),
+                &iov,
+                &cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    return Err(ChannelError::Sys {
+                        op: "sendmsg",
+                        errno,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Receive one message and its descriptors; `None` at end of stream.
+    ///
+    /// # Errors
+    /// `recvmsg` failed or the message does not decode.
+    pub fn recv(&self) -> Result<Option<(R, Vec<OwnedFd>)>, ChannelError> {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let (len, fds, truncated) = loop {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let mut fds = Vec::new();
+                    for c in msg.cmsgs().map_err(|errno| ChannelError::Sys {
+                        op: "recvmsg",
+                        errno,
+                    })? {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            for fd in raw {
+                                // SAFETY: the kernel just installed `fd` in our table for us; nothing else owns it.
+                                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                            }
+                        }
+                    }
+                    let truncated = msg
+                        .flags
+                        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+                    break (msg.bytes, fds, truncated);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    return Err(ChannelError::Sys {
+                        op: "recvmsg",
+                        errno,
+                    });
+                }
+            }
+        };
+        if truncated {
+            return Err(ChannelError::Truncated);
+        }
+        if len == 0 {
+            return Ok(None);
+        }
+        Ok(Some((serde_json::from_slice(&buf[..len])?, fds)))
+    }
+}
+
+impl<S, R> AsFd for Channel<S, R> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl<S, R> AsRawFd for Channel<S, R> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}

@@ -1,0 +1,789 @@
+//! The launcher: a small single-threaded process that forks sandboxes.
+//!
+//! `fork` from a multi-threaded process (a tokio daemon) can leave the child
+//! with locks held by threads that no longer exist; so the daemon forks the
+//! launcher once, *before* starting any runtime ([`Launcher::start`]), and
+//! asks it over a socketpair to spawn sandboxes ([`Request`]), getting typed
+//! [`Event`]s back, with the plugin's stdout/stderr pipes and the seccomp
+//! listener as descriptors. The launcher stays single-threaded: it polls its
+//! control socket, each sandbox's setup channel and a pidfd per sandbox,
+//! enforces wall timeouts (SIGTERM, grace period, cgroup kill), reads cgroup
+//! stats and removes the cgroup when a sandbox ends. When the daemon goes
+//! away (control socket EOF) it kills every sandbox, cleans up and exits.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{ForkResult, Pid, fork};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{CgroupConfig, CgroupLimits, CgroupManager, SandboxCgroup};
+use crate::channel::{self, Channel, ChannelError};
+use crate::outcome::{LandlockReport, Outcome};
+use crate::seccomp::DenialMonitor;
+use crate::spawn::{self, ChildMsg, Forked, LauncherMsg, ParentChannel, Prepared};
+use crate::spec::{CgroupPlacement, SandboxSpec};
+
+/// A request from the daemon to the launcher.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Start a sandbox; `id` is chosen by the caller and names it in events.
+    Spawn {
+        /// Caller-chosen id.
+        id: u64,
+        /// What to run.
+        spec: Box<SandboxSpec>,
+    },
+    /// SIGTERM to the plugin (through its init), then after the spec's
+    /// grace period kill the whole sandbox.
+    Stop {
+        /// The sandbox.
+        id: u64,
+    },
+    /// Kill the whole sandbox now.
+    Kill {
+        /// The sandbox.
+        id: u64,
+    },
+}
+
+/// An event from the launcher to the daemon.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Event {
+    /// The sandbox was forked; carries the read ends of the plugin's stdout
+    /// and stderr (in that order) as descriptors.
+    Spawned {
+        /// The sandbox.
+        id: u64,
+    },
+    /// Setup finished and the plugin is being executed; carries the seccomp
+    /// listener as a descriptor when `seccomp_notify`.
+    Started {
+        /// The sandbox.
+        id: u64,
+        /// Host pid of the sandbox's init.
+        init_pid: i32,
+        /// What Landlock enforced.
+        landlock: Option<LandlockReport>,
+        /// Denials come through seccomp user notification.
+        seccomp_notify: bool,
+    },
+    /// The sandbox ended (or could not be set up) and is cleaned up.
+    Exited {
+        /// The sandbox.
+        id: u64,
+        /// How it ended.
+        outcome: Box<Outcome>,
+    },
+}
+
+/// Errors talking to the launcher.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The control channel failed.
+    #[error("launcher channel: {0}")]
+    Channel(#[from] ChannelError),
+    /// `fork` of the launcher failed.
+    #[error("fork launcher: {0:?}")]
+    Fork(Errno),
+    /// The launcher went away.
+    #[error("launcher exited unexpectedly")]
+    Gone,
+    /// `poll` or `read` on the plugin's pipes failed.
+    #[error("{op}: {errno:?}")]
+    Io {
+        /// The call.
+        op: &'static str,
+        /// The errno.
+        errno: Errno,
+    },
+}
+
+/// The daemon's handle on its launcher process.
+#[derive(Debug)]
+pub struct Launcher {
+    chan: Channel<Request, Event>,
+    pid: Pid,
+    next_id: u64,
+}
+
+impl Launcher {
+    /// Fork the launcher. Call it early, before any thread or async runtime
+    /// exists in the caller (tests may call it from their harness thread:
+    /// glibc `fork` keeps the allocator consistent, and the launcher touches
+    /// no other lock).
+    ///
+    /// # Errors
+    /// The socketpair or `fork` failed.
+    pub fn start() -> Result<Self, LaunchError> {
+        let (daemon_end, launcher_end) = channel::pair::<Request, Event>()?;
+        // SAFETY: the child only runs the launcher loop, which uses no lock another thread of the caller could hold (glibc fork resets malloc's).
+        match unsafe { fork() }.map_err(LaunchError::Fork)? {
+            ForkResult::Child => {
+                drop(daemon_end);
+                let code = match serve(launcher_end) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::error!(error = %e, "launcher failed");
+                        1
+                    }
+                };
+                spawn::exit_now(code)
+            }
+            ForkResult::Parent { child } => Ok(Self {
+                chan: daemon_end,
+                pid: child,
+                next_id: 1,
+            }),
+        }
+    }
+
+    /// Pid of the launcher process.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Ask for a sandbox; returns its id. Events follow on [`Launcher::recv`].
+    ///
+    /// # Errors
+    /// The launcher is gone.
+    pub fn spawn(&mut self, spec: &SandboxSpec) -> Result<u64, LaunchError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.chan.send(
+            &Request::Spawn {
+                id,
+                spec: Box::new(spec.clone()),
+            },
+            &[],
+        )?;
+        Ok(id)
+    }
+
+    /// Ask the launcher to stop a sandbox (SIGTERM, grace, kill).
+    ///
+    /// # Errors
+    /// The launcher is gone.
+    pub fn stop(&self, id: u64) -> Result<(), LaunchError> {
+        Ok(self.chan.send(&Request::Stop { id }, &[])?)
+    }
+
+    /// Ask the launcher to kill a sandbox now.
+    ///
+    /// # Errors
+    /// The launcher is gone.
+    pub fn kill(&self, id: u64) -> Result<(), LaunchError> {
+        Ok(self.chan.send(&Request::Kill { id }, &[])?)
+    }
+
+    /// Next event, with its descriptors (blocking).
+    ///
+    /// # Errors
+    /// The launcher is gone or sent garbage.
+    pub fn recv(&self) -> Result<(Event, Vec<OwnedFd>), LaunchError> {
+        self.chan.recv()?.ok_or(LaunchError::Gone)
+    }
+
+    /// Run one sandbox to its end in the foreground: copy its stdout and
+    /// stderr to the given writers, run the seccomp denial monitor, and
+    /// return the outcome. Meant for `hutchd try` and tests: events of other
+    /// sandboxes of this launcher are dropped meanwhile.
+    ///
+    /// # Errors
+    /// The launcher is gone, or polling the pipes failed.
+    pub fn run(
+        &mut self,
+        spec: &SandboxSpec,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<Outcome, LaunchError> {
+        let id = self.spawn(spec)?;
+        let mut pipes: [Option<OwnedFd>; 2] = [None, None];
+        let mut monitor: Option<DenialMonitor> = None;
+        let mut outcome: Option<Outcome> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        while outcome.is_none() || pipes.iter().any(Option::is_some) {
+            let mut fds = Vec::new();
+            if outcome.is_none() {
+                fds.push(PollFd::new(self.chan.as_fd(), PollFlags::POLLIN));
+            }
+            for p in pipes.iter().flatten() {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(errno) => return Err(LaunchError::Io { op: "poll", errno }),
+            }
+            let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+            drop(fds);
+            let mut idx = 0;
+            if outcome.is_none() {
+                if ready[0] {
+                    let (event, mut descriptors) = self.recv()?;
+                    match event {
+                        Event::Spawned { id: got } if got == id => {
+                            let mut it = descriptors.drain(..);
+                            pipes = [it.next(), it.next()];
+                        }
+                        Event::Started {
+                            id: got,
+                            seccomp_notify: true,
+                            ..
+                        } if got == id => {
+                            if let Some(listener) = descriptors.pop() {
+                                match DenialMonitor::spawn(listener, spec.name.clone()) {
+                                    Ok(m) => monitor = Some(m),
+                                    Err(e) => tracing::error!(error = %e, "seccomp denial monitor"),
+                                }
+                            }
+                        }
+                        Event::Exited {
+                            id: got,
+                            outcome: o,
+                        } if got == id => outcome = Some(*o),
+                        _ => {}
+                    }
+                    continue;
+                }
+                idx = 1;
+            }
+            for (slot, pipe) in pipes.iter_mut().enumerate() {
+                let Some(fd) = pipe else { continue };
+                let is_ready = ready.get(idx).copied().unwrap_or(false);
+                idx += 1;
+                if !is_ready {
+                    continue;
+                }
+                match nix::unistd::read(fd, &mut buf) {
+                    Ok(0) => *pipe = None,
+                    Ok(n) => {
+                        let out: &mut dyn Write = if slot == 0 {
+                            &mut *stdout
+                        } else {
+                            &mut *stderr
+                        };
+                        let _ = out.write_all(&buf[..n]);
+                        let _ = out.flush();
+                    }
+                    Err(Errno::EINTR | Errno::EAGAIN) => {}
+                    Err(errno) => {
+                        return Err(LaunchError::Io {
+                            op: "read plugin output",
+                            errno,
+                        });
+                    }
+                }
+            }
+        }
+        let mut outcome = outcome.ok_or(LaunchError::Gone)?;
+        if let Some(m) = monitor {
+            outcome.denials = m.finish();
+        }
+        Ok(outcome)
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        // EOF on the control socket: the launcher kills what is left,
+        // cleans up and exits.
+        let _ = nix::sys::socket::shutdown(self.chan.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
+}
+
+// ------------------------------------------------------------ launcher side
+
+/// One sandbox the launcher is responsible for.
+struct Running {
+    stub: Pid,
+    pidfd: OwnedFd,
+    chan: Option<ParentChannel>,
+    init: Option<Pid>,
+    /// pidfd of init, so a late signal cannot hit a recycled pid.
+    init_pidfd: Option<OwnedFd>,
+    cgroup: Option<SandboxCgroup>,
+    started: Instant,
+    /// When to send SIGTERM (wall timeout).
+    deadline: Option<Instant>,
+    /// When to kill everything (after SIGTERM).
+    kill_at: Option<Instant>,
+    grace: Duration,
+    outcome: Outcome,
+    /// The plugin's ids, for user-namespace maps.
+    ids: (u32, u32),
+    /// A cgroup attach failure; reported only if the child reported nothing
+    /// (an early setup failure makes the attach fail with ESRCH too).
+    attach_error: Option<String>,
+}
+
+struct Server {
+    ctrl: Channel<Event, Request>,
+    ctrl_open: bool,
+    running: HashMap<u64, Running>,
+    managers: HashMap<(String, PathBuf), CgroupManager>,
+}
+
+fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
+    // Leave the caller's process group, so a terminal's Ctrl-C reaches the
+    // daemon (which then closes the channel) and not the sandboxes directly.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let _ = crate::identity::close_fds_except(&[ctrl.as_raw_fd()]);
+    let mut server = Server {
+        ctrl,
+        ctrl_open: true,
+        running: HashMap::new(),
+        managers: HashMap::new(),
+    };
+    while server.ctrl_open || !server.running.is_empty() {
+        server.turn()?;
+    }
+    Ok(())
+}
+
+fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })?;
+    // SAFETY: the kernel just created `fd` for us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `wait4(pid, WNOHANG)`: `Some((status, rusage))` once it ended.
+fn wait4_nohang(pid: Pid) -> Result<Option<(libc::c_int, libc::rusage)>, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `usage` are live locals the kernel writes into.
+    let rc = Errno::result(unsafe {
+        libc::wait4(pid.as_raw(), &mut status, libc::WNOHANG, &mut usage)
+    })?;
+    Ok((rc != 0).then_some((status, usage)))
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if s.is_empty() { "sandbox".into() } else { s }
+}
+
+impl Server {
+    fn send(&mut self, event: &Event, fds: &[RawFd]) {
+        if self.ctrl_open && self.ctrl.send(event, fds).is_err() {
+            self.ctrl_open = false;
+        }
+    }
+
+    /// One poll round: control requests, setup messages, exits, timers.
+    fn turn(&mut self) -> Result<(), LaunchError> {
+        let now = Instant::now();
+        let next_timer = self
+            .running
+            .values()
+            .filter_map(|r| r.kill_at.or(r.deadline))
+            .min();
+        let timeout = match next_timer {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let ms = t.saturating_duration_since(now).as_millis().min(60_000) as i32;
+                PollTimeout::try_from(ms.max(0) + 1).unwrap_or(PollTimeout::NONE)
+            }
+        };
+        let ids: Vec<u64> = self.running.keys().copied().collect();
+        let mut fds = Vec::new();
+        if self.ctrl_open {
+            fds.push(PollFd::new(self.ctrl.as_fd(), PollFlags::POLLIN));
+        }
+        // Per sandbox: [chan?, pidfd]
+        let mut layout = Vec::new();
+        for id in &ids {
+            let r = &self.running[id];
+            let has_chan = r.chan.is_some();
+            if let Some(c) = &r.chan {
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            }
+            fds.push(PollFd::new(r.pidfd.as_fd(), PollFlags::POLLIN));
+            layout.push((*id, has_chan));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(errno) => return Err(LaunchError::Io { op: "poll", errno }),
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+        drop(fds);
+        let mut i = 0;
+        if self.ctrl_open {
+            if ready[0] {
+                self.on_request();
+            }
+            i = 1;
+        }
+        for (id, has_chan) in layout {
+            if has_chan {
+                if ready[i] {
+                    self.on_child_message(id);
+                }
+                i += 1;
+            }
+            if ready[i] {
+                self.on_stub_exit(id);
+            }
+            i += 1;
+        }
+        self.on_timers();
+        Ok(())
+    }
+
+    fn on_request(&mut self) {
+        match self.ctrl.recv() {
+            Ok(Some((Request::Spawn { id, spec }, _))) => self.spawn(id, &spec),
+            Ok(Some((Request::Stop { id }, _))) => {
+                if let Some(r) = self.running.get_mut(&id) {
+                    terminate(r);
+                }
+            }
+            Ok(Some((Request::Kill { id }, _))) => {
+                if let Some(r) = self.running.get_mut(&id) {
+                    kill_now(r);
+                }
+            }
+            Ok(None) | Err(_) => {
+                // The daemon is gone: nobody will ever read an outcome.
+                self.ctrl_open = false;
+                for r in self.running.values_mut() {
+                    kill_now(r);
+                }
+            }
+        }
+    }
+
+    fn manager(&mut self, placement: &CgroupPlacement) -> Result<&CgroupManager, String> {
+        let key = (placement.parent.clone(), placement.root.clone());
+        if !self.managers.contains_key(&key) {
+            let config = CgroupConfig {
+                parent: placement.parent.clone(),
+                cgroup_root: placement.root.clone(),
+                ..CgroupConfig::default()
+            };
+            let m = CgroupManager::new(config).map_err(|e| e.to_string())?;
+            self.managers.insert(key.clone(), m);
+        }
+        self.managers
+            .get(&key)
+            .ok_or_else(|| "cgroup manager missing".to_string())
+    }
+
+    fn fail_spawn(&mut self, id: u64, started: Instant, error: String) {
+        let outcome = Outcome {
+            setup_error: Some(error),
+            wall_time_ms: started.elapsed().as_millis() as u64,
+            ..Outcome::default()
+        };
+        self.send(
+            &Event::Exited {
+                id,
+                outcome: Box::new(outcome),
+            },
+            &[],
+        );
+    }
+
+    fn spawn(&mut self, id: u64, spec: &SandboxSpec) {
+        let started = Instant::now();
+        let prepared = match Prepared::new(spec) {
+            Ok(p) => p,
+            Err(e) => return self.fail_spawn(id, started, e.to_string()),
+        };
+        let cgroup = match &spec.cgroup {
+            None => None,
+            Some(placement) => {
+                let name = format!("{}-{}-{id}", sanitize(&spec.name), std::process::id());
+                let limits = CgroupLimits {
+                    memory_max: spec.limits.memory_max,
+                    swap_max: spec.limits.swap_max,
+                    cpu_max: spec.limits.cpu_max,
+                    pids_max: spec.limits.pids_max,
+                };
+                match self
+                    .manager(placement)
+                    .and_then(|m| m.create(&name, &limits).map_err(|e| e.to_string()))
+                {
+                    Ok(cg) => Some(cg),
+                    Err(e) => return self.fail_spawn(id, started, format!("cgroup: {e}")),
+                }
+            }
+        };
+        let forked = match spawn::fork_sandbox(&prepared) {
+            Ok(f) => f,
+            Err(e) => return self.fail_spawn(id, started, e.to_string()),
+        };
+        drop(prepared);
+        let Forked {
+            stub,
+            channel,
+            stdout,
+            stderr,
+        } = forked;
+        let pidfd = match pidfd_open(stub) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = kill(stub, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(stub, None);
+                return self.fail_spawn(id, started, format!("pidfd_open: {e:?}"));
+            }
+        };
+        self.send(
+            &Event::Spawned { id },
+            &[stdout.as_raw_fd(), stderr.as_raw_fd()],
+        );
+        drop((stdout, stderr));
+        self.running.insert(
+            id,
+            Running {
+                stub,
+                pidfd,
+                chan: Some(channel),
+                init: None,
+                init_pidfd: None,
+                cgroup,
+                started,
+                deadline: spec
+                    .limits
+                    .wall_timeout
+                    .filter(|d| !d.is_zero())
+                    .map(|d| started + d),
+                kill_at: None,
+                grace: spec.stop_grace,
+                outcome: Outcome::default(),
+                attach_error: None,
+                ids: (spec.uid, spec.gid),
+            },
+        );
+    }
+
+    fn on_child_message(&mut self, id: u64) {
+        let Some(r) = self.running.get_mut(&id) else {
+            return;
+        };
+        let Some(chan) = &r.chan else { return };
+        let msg = chan.recv();
+        let mut started: Option<(Event, Vec<OwnedFd>)> = None;
+        match msg {
+            Ok(Some((ChildMsg::InitForked { pid }, _))) => {
+                let init = Pid::from_raw(pid);
+                r.init = Some(init);
+                r.init_pidfd = pidfd_open(init).ok();
+                let attached = match &r.cgroup {
+                    Some(cg) => cg.attach(pid).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
+                match attached {
+                    Ok(()) => {
+                        if chan.send(&LauncherMsg::Attached, &[]).is_err() {
+                            kill_now(r);
+                        }
+                    }
+                    Err(e) => {
+                        r.attach_error = Some(format!("cgroup attach: {e}"));
+                        kill_now(r);
+                    }
+                }
+            }
+            Ok(Some((ChildMsg::Failed(e), _))) => {
+                r.outcome.setup_error.get_or_insert(e.to_string());
+            }
+            Ok(Some((ChildMsg::NeedIdMaps, _))) => {
+                let (uid, gid) = r.ids;
+                let reply = match crate::namespaces::write_id_maps(
+                    std::path::Path::new("/proc"),
+                    r.stub.as_raw(),
+                    uid,
+                    gid,
+                ) {
+                    Ok(()) => LauncherMsg::IdMapsWritten,
+                    Err(e) => LauncherMsg::IdMapsFailed(e),
+                };
+                if chan.send(&reply, &[]).is_err() {
+                    kill_now(r);
+                }
+            }
+            Ok(Some((
+                ChildMsg::Executing {
+                    landlock,
+                    seccomp_notify,
+                },
+                fds,
+            ))) => {
+                r.outcome.landlock = landlock.clone();
+                r.outcome.seccomp_notify = seccomp_notify;
+                let init_pid = r.init.map(Pid::as_raw).unwrap_or(0);
+                started = Some((
+                    Event::Started {
+                        id,
+                        init_pid,
+                        landlock,
+                        seccomp_notify,
+                    },
+                    fds,
+                ));
+            }
+            Ok(Some((ChildMsg::PluginEnded { exit_code, signal }, _))) => {
+                r.outcome.exit_code = exit_code;
+                r.outcome.signal = signal;
+            }
+            Ok(None) => r.chan = None,
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "bad message from sandbox");
+                r.chan = None;
+            }
+        }
+        if let Some((event, fds)) = started {
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            self.send(&event, &raw);
+        }
+    }
+
+    fn on_stub_exit(&mut self, id: u64) {
+        let Some(r) = self.running.get_mut(&id) else {
+            return;
+        };
+        let (status, usage) = match wait4_nohang(r.stub) {
+            Ok(Some(x)) => x,
+            Ok(None) | Err(Errno::EINTR) => return,
+            Err(e) => {
+                tracing::error!(sandbox = id, error = ?e, "wait4 on sandbox stub");
+                (0, {
+                    // SAFETY: rusage is plain old data; all-zero is a valid value.
+                    unsafe { std::mem::zeroed() }
+                })
+            }
+        };
+        let Some(mut r) = self.running.remove(&id) else {
+            return;
+        };
+        // Every writer of the setup channel is dead by now (init's exit waits
+        // for its whole pid namespace): drain what is left.
+        if let Some(chan) = r.chan.take() {
+            while let Ok(Some((msg, _))) = chan.recv() {
+                match msg {
+                    ChildMsg::PluginEnded { exit_code, signal } => {
+                        r.outcome.exit_code = exit_code;
+                        r.outcome.signal = signal;
+                    }
+                    ChildMsg::Failed(e) => {
+                        r.outcome.setup_error.get_or_insert(e.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let o = &mut r.outcome;
+        if o.setup_error.is_none() {
+            o.setup_error = r.attach_error.take();
+        }
+        if o.exit_code.is_none() && o.signal.is_none() && o.setup_error.is_none() {
+            // Init did not report: it was killed (timeout escalation, OOM,
+            // stop); the stub exits with 128+N for init's signal N.
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::SIGKILL
+            };
+            if code > 128 {
+                o.signal = Some(code - 128);
+            } else {
+                o.exit_code = Some(code);
+            }
+        }
+        o.wall_time_ms = r.started.elapsed().as_millis() as u64;
+        let rusage_ns =
+            |t: libc::timeval| (t.tv_sec as u64) * 1_000_000_000 + (t.tv_usec as u64) * 1000;
+        o.cpu_time_ns = rusage_ns(usage.ru_utime) + rusage_ns(usage.ru_stime);
+        if let Some(cg) = r.cgroup.take() {
+            match cg.stats() {
+                Ok(stats) => {
+                    o.oom_killed = stats.oom_kills > 0;
+                    o.pids_limit_hit = stats.pids_limit_hits > 0;
+                    o.peak_memory_bytes = stats.memory_peak;
+                    if stats.cpu_usage_ns > 0 {
+                        o.cpu_time_ns = stats.cpu_usage_ns;
+                    }
+                }
+                Err(e) => tracing::warn!(sandbox = id, error = %e, "cgroup stats"),
+            }
+            if let Err(e) = cg.remove() {
+                tracing::error!(sandbox = id, error = %e, "cgroup removal");
+            }
+        }
+        let outcome = Box::new(std::mem::take(&mut r.outcome));
+        self.send(&Event::Exited { id, outcome }, &[]);
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        for r in self.running.values_mut() {
+            if r.kill_at.is_some_and(|t| t <= now) {
+                r.kill_at = None;
+                kill_now(r);
+            } else if r.deadline.is_some_and(|t| t <= now) {
+                r.deadline = None;
+                r.outcome.timed_out = true;
+                terminate(r);
+            }
+        }
+    }
+}
+
+/// SIGTERM to the plugin through init (which forwards it); kill after grace.
+fn terminate(r: &mut Running) {
+    r.deadline = None;
+    match &r.init_pidfd {
+        Some(init) if r.outcome.setup_error.is_none() => {
+            let _ = pidfd_send_signal(init, Signal::SIGTERM);
+            r.kill_at = Some(Instant::now() + r.grace);
+        }
+        _ => kill_now(r),
+    }
+}
+
+/// Kill the whole sandbox: the cgroup if there is one, init (which takes its
+/// pid namespace down) and the stub (unreaped, so its pid cannot be reused).
+fn kill_now(r: &mut Running) {
+    r.deadline = None;
+    r.kill_at = None;
+    if let Some(Err(e)) = r.cgroup.as_ref().map(SandboxCgroup::kill_all) {
+        tracing::warn!(error = %e, "cgroup kill");
+    }
+    if let Some(init) = &r.init_pidfd {
+        let _ = pidfd_send_signal(init, Signal::SIGKILL);
+    }
+    let _ = kill(r.stub, Signal::SIGKILL);
+}
+
+fn pidfd_send_signal(pidfd: &OwnedFd, sig: Signal) -> Result<(), Errno> {
+    // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo (NULL) and no flags.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })
+    .map(drop)
+}

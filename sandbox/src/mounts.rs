@@ -1,0 +1,751 @@
+//! The sandbox's mount tree (SPEC §5): planned in the parent, built in the child.
+//!
+//! **Parent** ([`MountPlan::prepare`]): every host source path is resolved
+//! (`canonicalize`), checked against [`FORBIDDEN_PREFIXES`] *after*
+//! resolution (so a symlink cannot point a bind at `/proc` or the daemon's
+//! state), opened `O_PATH` with `openat2(RESOLVE_NO_SYMLINKS)` on the
+//! resolved path and its device and inode recorded.
+//!
+//! **Child** ([`open_sources`]): a bind source must be a mount of the
+//! caller's mount namespace, so the child opens each resolved path again,
+//! after `unshare(CLONE_NEWNS)` and before anything is mounted over it, with
+//! `openat2(O_PATH, RESOLVE_NO_SYMLINKS)`, and refuses it unless device and
+//! inode are the ones the parent checked. If any component was swapped for a
+//! symlink or another object in between, the open or the comparison fails.
+//! The binds then go through `/proc/self/fd/N`; no host path is looked up a
+//! third time, so nothing a plugin controls can redirect a bind (no TOCTOU).
+//!
+//! **Child** ([`build_tree`] then [`pivot`]): see the step list in the crate doc.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, fstat};
+
+use crate::error::{StepContext, StepError};
+use crate::spec::{API_SOCKET_PATH, FORBIDDEN_PREFIXES, SandboxSpec};
+
+/// Host trees shared read-only into every sandbox (or recreated as the same
+/// symlink when the host has a symlink, as merged-`/usr` systems do).
+pub const SYSTEM_TREES: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin"];
+/// Device nodes bind-mounted from the host into the sandbox's `/dev`.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+/// Host `/etc` files dynamic linking and time zones need, bound read-only.
+pub const ETC_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/localtime"];
+/// Where the new root tmpfs is mounted before `pivot_root` (only inside the
+/// sandbox's private mount namespace; the host never sees it).
+pub const STAGING_DIR: &str = "/tmp";
+/// In-sandbox paths a manifest `read_only` entry may not cover or sit under.
+const RESERVED_TARGETS: &[&str] = &["/etc", "/tmp", "/plugin", "/data", "/proc", "/dev", "/run"];
+
+/// `mount_setattr` attribute bits (uapi `MOUNT_ATTR_*`).
+mod attr {
+    pub const RDONLY: u64 = 0x1;
+    pub const NOSUID: u64 = 0x2;
+    pub const NODEV: u64 = 0x4;
+    pub const NOEXEC: u64 = 0x8;
+}
+
+/// A problem found while planning the mount tree in the parent.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// A host path could not be resolved or opened.
+    #[error("{what} {path}: {errno:?}")]
+    Open {
+        /// Which spec entry (`read_only`, `plugin_dir`).
+        what: &'static str,
+        /// The host path as given.
+        path: PathBuf,
+        /// The errno.
+        errno: Errno,
+    },
+    /// A path resolves somewhere no sandbox may see.
+    #[error("{what} {path} resolves to {resolved}, which is under forbidden {prefix}")]
+    Forbidden {
+        /// Which spec entry.
+        what: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// Where it resolved.
+        resolved: PathBuf,
+        /// The forbidden prefix.
+        prefix: &'static str,
+    },
+    /// A path is not usable as a mount target (relative, `..`, reserved).
+    #[error("{what} {path}: {reason}")]
+    BadTarget {
+        /// Which spec entry.
+        what: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// One bind mount: a resolved, checked host object, and where it goes.
+#[derive(Debug)]
+struct Bind {
+    /// The resolved host path (no symlinks).
+    source: CString,
+    /// Device and inode the parent saw at `source`.
+    dev: u64,
+    ino: u64,
+    /// Relative to the new root (`usr`, `dev/null`).
+    target: CString,
+    /// In-sandbox path for messages (`/usr`).
+    display: String,
+    /// `MOUNT_ATTR_*` applied recursively after the bind.
+    attrs: u64,
+}
+
+/// Everything the child needs to build the mount tree, prepared before fork.
+#[derive(Debug)]
+pub struct MountPlan {
+    staging: CString,
+    root_opts: CString,
+    tmp_opts: CString,
+    dirs: Vec<CString>,
+    files: Vec<CString>,
+    symlinks: Vec<(CString, CString)>,
+    binds: Vec<Bind>,
+    etc_files: Vec<(CString, Vec<u8>)>,
+}
+
+fn cstring(s: &str) -> CString {
+    // Paths and options built here never contain NUL (they come from `Path`s
+    // checked below or from literals).
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}
+
+fn path_cstring(p: &Path) -> Result<CString, Errno> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// Open a resolved path `O_PATH`, refusing any symlink on the way.
+fn open_no_symlinks(resolved: &CStr) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(nix::fcntl::AT_FDCWD, resolved, how)
+}
+
+/// A resolved host object: path, device, inode, directory or not.
+struct Resolved {
+    path: PathBuf,
+    cpath: CString,
+    dev: u64,
+    ino: u64,
+    is_dir: bool,
+}
+
+/// Resolve `path`, open the result refusing any symlink, and stat it.
+fn open_resolved(what: &'static str, path: &Path) -> Result<Resolved, PrepareError> {
+    let err = |errno| PrepareError::Open {
+        what,
+        path: path.to_owned(),
+        errno,
+    };
+    let resolved = std::fs::canonicalize(path)
+        .map_err(|e| err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL))))?;
+    let cpath = path_cstring(&resolved).map_err(err)?;
+    let fd = open_no_symlinks(&cpath).map_err(err)?;
+    let st = fstat(&fd).map_err(err)?;
+    let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+    Ok(Resolved {
+        path: resolved,
+        cpath,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        is_dir,
+    })
+}
+
+/// Reject absolute paths with `..` or `.` components and relative paths.
+fn check_clean_absolute(what: &'static str, p: &Path) -> Result<(), PrepareError> {
+    let bad = |reason| PrepareError::BadTarget {
+        what,
+        path: p.to_owned(),
+        reason,
+    };
+    if !p.is_absolute() {
+        return Err(bad("not an absolute path"));
+    }
+    if p.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(bad("contains '..' or '.'"));
+    }
+    Ok(())
+}
+
+fn forbidden_prefix(resolved: &Path) -> Option<&'static str> {
+    FORBIDDEN_PREFIXES
+        .iter()
+        .copied()
+        .find(|p| resolved.starts_with(p))
+}
+
+fn relative(p: &Path) -> String {
+    p.to_string_lossy().trim_start_matches('/').to_owned()
+}
+
+impl MountPlan {
+    /// Resolve, check and open every host path the sandbox will see.
+    ///
+    /// # Errors
+    /// A path does not exist, resolves under a forbidden prefix, or is not
+    /// usable as a target.
+    pub fn prepare(spec: &SandboxSpec) -> Result<Self, PrepareError> {
+        let mut plan = MountPlan {
+            staging: cstring(STAGING_DIR),
+            root_opts: cstring("mode=0755,size=1m"),
+            tmp_opts: cstring(&format!(
+                "mode=1777,size={}",
+                spec.limits.tmp_size.max(4096)
+            )),
+            dirs: Vec::new(),
+            files: Vec::new(),
+            symlinks: Vec::new(),
+            binds: Vec::new(),
+            etc_files: Vec::new(),
+        };
+        for d in ["etc", "proc", "dev", "tmp", "plugin"] {
+            plan.dirs.push(cstring(d));
+        }
+        let mut bound: Vec<PathBuf> = Vec::new();
+        for tree in SYSTEM_TREES {
+            match std::fs::symlink_metadata(tree) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let target = std::fs::read_link(tree).map_err(|e| PrepareError::Open {
+                        what: "system tree",
+                        path: PathBuf::from(tree),
+                        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)),
+                    })?;
+                    let target = path_cstring(&target).map_err(|errno| PrepareError::Open {
+                        what: "system tree",
+                        path: PathBuf::from(tree),
+                        errno,
+                    })?;
+                    plan.symlinks
+                        .push((target, cstring(&relative(Path::new(tree)))));
+                }
+                Ok(_) => {
+                    plan.bind(
+                        "system tree",
+                        Path::new(tree),
+                        Path::new(tree),
+                        attr::RDONLY | attr::NOSUID | attr::NODEV,
+                    )?;
+                    bound.push(PathBuf::from(tree));
+                }
+                Err(_) => {}
+            }
+        }
+        plan.bind(
+            "plugin_dir",
+            &spec.plugin_dir,
+            Path::new("/plugin"),
+            attr::RDONLY | attr::NOSUID | attr::NODEV,
+        )?;
+        if let Some(data) = &spec.data_dir {
+            plan.dirs.push(cstring("data"));
+            plan.bind(
+                "data_dir",
+                data,
+                Path::new("/data"),
+                attr::NOSUID | attr::NODEV | attr::NOEXEC,
+            )?;
+        }
+        let mut extra: Vec<&PathBuf> = spec.read_only.iter().collect();
+        extra.sort_by_key(|p| p.as_os_str().len());
+        for p in extra {
+            check_clean_absolute("read_only", p)?;
+            let reserved = RESERVED_TARGETS
+                .iter()
+                .any(|r| Path::new(r).starts_with(p) || (p.starts_with(r) && *r != "/etc"));
+            if reserved || p == Path::new("/") {
+                return Err(PrepareError::BadTarget {
+                    what: "read_only",
+                    path: p.clone(),
+                    reason: "covers or sits under a path the sandbox owns",
+                });
+            }
+            if bound.iter().any(|b| p.starts_with(b)) {
+                // Already visible through an enclosing read-only bind; still
+                // refuse it if it resolves somewhere forbidden.
+                let r = open_resolved("read_only", p)?;
+                if let Some(prefix) = forbidden_prefix(&r.path) {
+                    return Err(PrepareError::Forbidden {
+                        what: "read_only",
+                        path: p.clone(),
+                        resolved: r.path,
+                        prefix,
+                    });
+                }
+                continue;
+            }
+            plan.bind("read_only", p, p, attr::RDONLY | attr::NOSUID | attr::NODEV)?;
+            bound.push(p.clone());
+        }
+        if let Some(sock) = &spec.api_socket {
+            plan.dirs.push(cstring("run"));
+            plan.dirs.push(cstring("run/hutch"));
+            plan.bind_daemon_owned(
+                "api_socket",
+                sock,
+                Path::new(API_SOCKET_PATH),
+                attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC,
+            )?;
+        }
+        for dev in DEVICES {
+            let host = PathBuf::from(format!("/dev/{dev}"));
+            plan.bind_daemon_owned("device", &host, &host, attr::NOSUID | attr::NOEXEC)?;
+        }
+        for f in ETC_FILES {
+            if Path::new(f).exists() {
+                plan.bind_daemon_owned(
+                    "etc file",
+                    Path::new(f),
+                    Path::new(f),
+                    attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC,
+                )?;
+            }
+        }
+        for (link, target) in [
+            ("dev/fd", "/proc/self/fd"),
+            ("dev/stdin", "/proc/self/fd/0"),
+            ("dev/stdout", "/proc/self/fd/1"),
+            ("dev/stderr", "/proc/self/fd/2"),
+        ] {
+            plan.symlinks.push((cstring(target), cstring(link)));
+        }
+        plan.etc_files = etc_files(spec.uid, spec.gid);
+        plan.dirs.sort();
+        plan.dirs.dedup();
+        Ok(plan)
+    }
+
+    /// Bind a path from the spec: resolved, then checked against the
+    /// forbidden prefixes (for `read_only` entries, which a manifest names).
+    fn bind(
+        &mut self,
+        what: &'static str,
+        host: &Path,
+        target: &Path,
+        attrs: u64,
+    ) -> Result<(), PrepareError> {
+        let r = open_resolved(what, host)?;
+        if let Some(prefix) = forbidden_prefix(&r.path).filter(|_| what == "read_only") {
+            return Err(PrepareError::Forbidden {
+                what,
+                path: host.to_owned(),
+                resolved: r.path,
+                prefix,
+            });
+        }
+        self.push_bind(r, target, attrs);
+        Ok(())
+    }
+
+    /// Bind a path the daemon itself chose (device nodes, the API socket,
+    /// state dirs), which legitimately live under forbidden prefixes.
+    fn bind_daemon_owned(
+        &mut self,
+        what: &'static str,
+        host: &Path,
+        target: &Path,
+        attrs: u64,
+    ) -> Result<(), PrepareError> {
+        let r = open_resolved(what, host)?;
+        self.push_bind(r, target, attrs);
+        Ok(())
+    }
+
+    fn push_bind(&mut self, r: Resolved, target: &Path, attrs: u64) {
+        let rel = relative(target);
+        let mut parent = Path::new(&rel).parent();
+        while let Some(p) = parent {
+            if !p.as_os_str().is_empty() {
+                self.dirs.push(cstring(&p.to_string_lossy()));
+            }
+            parent = p.parent();
+        }
+        if r.is_dir {
+            self.dirs.push(cstring(&rel));
+        } else {
+            self.files.push(cstring(&rel));
+        }
+        self.binds.push(Bind {
+            source: r.cpath,
+            dev: r.dev,
+            ino: r.ino,
+            target: cstring(&rel),
+            display: target.to_string_lossy().into_owned(),
+            attrs,
+        });
+    }
+}
+
+/// `/etc/passwd`, `/etc/group`, `/etc/nsswitch.conf`, `/etc/hosts` naming the
+/// sandbox user.
+fn etc_files(uid: u32, gid: u32) -> Vec<(CString, Vec<u8>)> {
+    vec![
+        (
+            cstring("etc/passwd"),
+            format!("root:x:0:0:root:/:/usr/sbin/nologin\nhutch:x:{uid}:{gid}:hutch plugin:/tmp:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/:/usr/sbin/nologin\n").into_bytes(),
+        ),
+        (cstring("etc/group"), format!("root:x:0:\nhutch:x:{gid}:\nnogroup:x:65534:\n").into_bytes()),
+        (cstring("etc/nsswitch.conf"), b"passwd: files\ngroup: files\nhosts: files\n".to_vec()),
+        (cstring("etc/hosts"), b"127.0.0.1 localhost\n::1 localhost\n".to_vec()),
+    ]
+}
+
+// ---------------------------------------------------------------- child side
+
+fn mount_setattr(target: &CStr, recursive: bool, set: u64) -> Result<(), Errno> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_SYMLINK_NOFOLLOW | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `target` is a NUL-terminated string and `attr` a live, correctly sized `struct mount_attr` for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// Step: make every mount private, so nothing below propagates to the host.
+///
+/// # Errors
+/// `mount(MS_REC|MS_PRIVATE)` failed.
+pub fn make_root_private() -> Result<(), StepError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .step("make private", "/")
+}
+
+/// Step: the empty tmpfs that becomes `/`, entered with `chdir`.
+///
+/// # Errors
+/// The mount or `chdir` failed.
+pub fn mount_root_tmpfs(plan: &MountPlan) -> Result<(), StepError> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        Some("tmpfs"),
+        plan.staging.as_c_str(),
+        Some("tmpfs"),
+        flags,
+        Some(plan.root_opts.as_c_str()),
+    )
+    .step("mount tmpfs root on", STAGING_DIR)?;
+    nix::unistd::chdir(plan.staging.as_c_str()).step("chdir", STAGING_DIR)
+}
+
+/// Step: directories, mount-point files and symlinks of the skeleton.
+///
+/// # Errors
+/// A `mkdir`, `mknod` or `symlink` failed.
+pub fn create_skeleton(plan: &MountPlan) -> Result<(), StepError> {
+    for d in &plan.dirs {
+        match nix::unistd::mkdir(d.as_c_str(), Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(StepError::sys(
+                    "mkdir",
+                    format!("/{}", d.to_string_lossy()),
+                    e,
+                ));
+            }
+        }
+    }
+    for (target, link) in plan
+        .symlinks
+        .iter()
+        .filter(|(_, l)| !l.to_bytes().starts_with(b"dev/"))
+    {
+        nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, link.as_c_str())
+            .step("symlink", format!("/{}", link.to_string_lossy()))?;
+    }
+    Ok(())
+}
+
+/// Step: a small tmpfs for `/dev` with the `fd`, `stdin`, `stdout`,
+/// `stderr` symlinks (the device nodes are bound later by [`bind_all`]).
+///
+/// # Errors
+/// The mount or a symlink failed.
+pub fn mount_dev(plan: &MountPlan) -> Result<(), StepError> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        "dev",
+        Some("tmpfs"),
+        flags,
+        Some("mode=0755,size=64k"),
+    )
+    .step("mount tmpfs on", "/dev")?;
+    for (target, link) in plan
+        .symlinks
+        .iter()
+        .filter(|(_, l)| l.to_bytes().starts_with(b"dev/"))
+    {
+        nix::unistd::symlinkat(target.as_c_str(), nix::fcntl::AT_FDCWD, link.as_c_str())
+            .step("symlink", format!("/{}", link.to_string_lossy()))?;
+    }
+    Ok(())
+}
+
+/// Step: empty files as mount points for file binds (devices, `/etc`
+/// files, the API socket, file `read_only` entries).
+///
+/// # Errors
+/// A file creation failed.
+pub fn create_mount_points(plan: &MountPlan) -> Result<(), StepError> {
+    for f in &plan.files {
+        let fd = nix::fcntl::open(
+            f.as_c_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        );
+        fd.step("create mount point", format!("/{}", f.to_string_lossy()))?;
+    }
+    Ok(())
+}
+
+/// Bind sources opened in the child's mount namespace, in plan order.
+#[derive(Debug)]
+pub struct Sources {
+    fds: Vec<OwnedFd>,
+    links: Vec<CString>,
+}
+
+impl Sources {
+    /// The descriptors (kept open until the binds are done).
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.fds.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+}
+
+/// Step: open every bind source `O_PATH` without following symlinks and
+/// check it is the object the parent resolved and checked (same device and
+/// inode). Runs after `unshare(CLONE_NEWNS)` (a bind source must belong to
+/// the caller's mount namespace) and before anything is mounted.
+///
+/// # Errors
+/// A source cannot be opened or was replaced.
+pub fn open_sources(plan: &MountPlan) -> Result<Sources, StepError> {
+    let mut fds = Vec::with_capacity(plan.binds.len());
+    let mut links = Vec::with_capacity(plan.binds.len());
+    for b in &plan.binds {
+        let shown = b.source.to_string_lossy();
+        let fd = open_no_symlinks(&b.source).step("open bind source", &shown)?;
+        let st = fstat(&fd).step("fstat bind source", &shown)?;
+        if st.st_dev != b.dev || st.st_ino != b.ino {
+            return Err(StepError::other(
+                "open bind source",
+                format!("{shown} changed after it was checked"),
+            ));
+        }
+        links.push(cstring(&format!("/proc/self/fd/{}", fd.as_raw_fd())));
+        fds.push(fd);
+    }
+    Ok(Sources { fds, links })
+}
+
+/// Step: every bind (system trees, `/plugin`, `/data`, `read_only` paths,
+/// the API socket, devices, `/etc` files), each through its descriptor from
+/// [`open_sources`], then its attributes set recursively with `mount_setattr`.
+///
+/// # Errors
+/// A bind or attribute change failed.
+pub fn bind_all(plan: &MountPlan, sources: &Sources) -> Result<(), StepError> {
+    for (b, link) in plan.binds.iter().zip(&sources.links) {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+        mount(
+            Some(link.as_c_str()),
+            b.target.as_c_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .step("bind", &b.display)?;
+        let what = if b.attrs & attr::RDONLY != 0 {
+            "mount read-only"
+        } else {
+            "set mount attributes"
+        };
+        mount_setattr(b.target.as_c_str(), true, b.attrs).step(what, &b.display)?;
+    }
+    Ok(())
+}
+
+/// Step: the private, size-limited `/tmp`.
+///
+/// # Errors
+/// The mount failed.
+pub fn mount_tmp(plan: &MountPlan) -> Result<(), StepError> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        "tmp",
+        Some("tmpfs"),
+        flags,
+        Some(plan.tmp_opts.as_c_str()),
+    )
+    .step("mount tmpfs on", "/tmp")
+}
+
+/// Step: `/etc/passwd`, `group`, `nsswitch.conf`, `hosts`.
+///
+/// # Errors
+/// A write failed.
+pub fn write_etc(plan: &MountPlan) -> Result<(), StepError> {
+    use std::io::Write;
+    for (name, content) in &plan.etc_files {
+        let fd = nix::fcntl::open(
+            name.as_c_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .step("create", format!("/{}", name.to_string_lossy()))?;
+        std::fs::File::from(fd)
+            .write_all(content)
+            .step("write", format!("/{}", name.to_string_lossy()))?;
+    }
+    Ok(())
+}
+
+/// Step: a new `/proc` for the new pid namespace, `hidepid=invisible` so the
+/// plugin sees only its own processes (not the root-owned init). Must run in
+/// a process of that namespace (the kernel takes the mounting process's pid
+/// namespace).
+///
+/// # Errors
+/// The mount failed.
+pub fn mount_proc() -> Result<(), StepError> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("proc"),
+        "proc",
+        Some("proc"),
+        flags,
+        Some("hidepid=invisible"),
+    )
+    .step("mount proc on", "/proc")
+}
+
+/// Step: make the `/dev` tmpfs read-only now that its files exist.
+///
+/// # Errors
+/// `mount_setattr` failed.
+pub fn seal_dev() -> Result<(), StepError> {
+    mount_setattr(c"dev", false, attr::RDONLY | attr::NOSUID | attr::NOEXEC)
+        .step("mount read-only", "/dev")
+}
+
+/// Step: `pivot_root(".", ".")` then detach the old root, which is stacked on
+/// the same directory; afterwards nothing of the host tree is reachable.
+///
+/// # Errors
+/// `pivot_root`, `umount2` or `chdir` failed.
+pub fn pivot() -> Result<(), StepError> {
+    nix::unistd::pivot_root(".", ".").step("pivot_root", STAGING_DIR)?;
+    umount2(".", MntFlags::MNT_DETACH).step("detach old root", "/")?;
+    nix::unistd::chdir("/").step("chdir", "/")
+}
+
+/// Step: the root tmpfs becomes read-only.
+///
+/// # Errors
+/// `mount_setattr` failed.
+pub fn make_root_read_only() -> Result<(), StepError> {
+    mount_setattr(c"/", false, attr::RDONLY | attr::NOSUID | attr::NODEV)
+        .step("mount read-only", "/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with_read_only(p: &str) -> Result<SandboxSpec, std::io::Error> {
+        let dir = std::env::temp_dir();
+        let mut spec = SandboxSpec::new("t", dir, PathBuf::from("/bin/true"), 1, 1);
+        spec.read_only = vec![PathBuf::from(p)];
+        Ok(spec)
+    }
+
+    #[test]
+    fn read_only_resolving_under_proc_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        // Not under /tmp, which is a reserved in-sandbox target.
+        let dir = tempfile::tempdir_in("/var/tmp")?;
+        let link = dir.path().join("innocent");
+        std::os::unix::fs::symlink("/proc/self", &link)?;
+        let spec = spec_with_read_only(&link.to_string_lossy())?;
+        match MountPlan::prepare(&spec) {
+            Err(PrepareError::Forbidden {
+                prefix: "/proc", ..
+            }) => Ok(()),
+            other => Err(format!("expected Forbidden, got {other:?}").into()),
+        }
+    }
+
+    #[test]
+    fn read_only_with_dotdot_or_reserved_target_is_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        for p in ["/usr/../etc", "/tmp/x", "/", "/etc", "relative"] {
+            let spec = spec_with_read_only(p)?;
+            assert!(
+                matches!(
+                    MountPlan::prepare(&spec),
+                    Err(PrepareError::BadTarget { .. })
+                ),
+                "{p} was accepted"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn plan_binds_plugin_and_devices_and_links_merged_usr() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let spec = SandboxSpec::new("t", dir.path().to_owned(), PathBuf::from("/bin/true"), 1, 1);
+        let plan = MountPlan::prepare(&spec)?;
+        let targets: Vec<&str> = plan.binds.iter().map(|b| b.display.as_str()).collect();
+        assert!(targets.contains(&"/plugin"), "{targets:?}");
+        assert!(targets.contains(&"/dev/null"), "{targets:?}");
+        assert!(targets.contains(&"/usr"), "{targets:?}");
+        if std::fs::symlink_metadata("/bin")?.file_type().is_symlink() {
+            assert!(plan.symlinks.iter().any(|(_, l)| l.as_c_str() == c"bin"));
+        }
+        Ok(())
+    }
+}

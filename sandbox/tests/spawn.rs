@@ -1,0 +1,286 @@
+//! Real spawns under the full sandbox (root only): namespaces, mounts,
+//! identity, exit reporting, timeouts, cleanup.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hutch_sandbox::launcher::Launcher;
+use hutch_sandbox::outcome::Outcome;
+use hutch_sandbox::spec::SandboxSpec;
+
+const UID: u32 = 0x7e0f_0001;
+
+fn privileged(name: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("HUTCH_REQUIRE_PRIVILEGED_TESTS").as_deref(),
+        Ok("1"),
+        "{name} needs root"
+    );
+    println!("SKIP {name}: needs root");
+    false
+}
+
+/// A plugin dir the sandbox uid can traverse.
+fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn sh(name: &str, plugin: &Path, script: &str) -> SandboxSpec {
+    let mut s = SandboxSpec::new(name, plugin.to_owned(), PathBuf::from("/bin/sh"), UID, UID);
+    s.args = vec!["-c".into(), script.into()];
+    s
+}
+
+fn run(spec: &SandboxSpec) -> (Outcome, String, String) {
+    let mut launcher = Launcher::start().unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let outcome = launcher.run(spec, &mut out, &mut err).unwrap();
+    (
+        outcome,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+/// Host pids whose command line contains `needle`.
+fn host_processes_with(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd)
+            .replace('\0', " ")
+            .contains(needle)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Cgroup directories (any v1 hierarchy or v2) whose name starts with `prefix`.
+fn cgroups_named(prefix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::from("/sys/fs/cgroup")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_name().to_string_lossy().starts_with(prefix) {
+                    found.push(e.path());
+                }
+                if d.components().count() < 7 {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn true_exits_zero_with_every_layer() {
+    if !privileged("true_exits_zero_with_every_layer") {
+        return;
+    }
+    let dir = plugin_dir();
+    let mut spec = sh("test.true", dir.path(), "");
+    spec.exec = PathBuf::from("/bin/true");
+    spec.args.clear();
+    let (o, out, err) = run(&spec);
+    assert_eq!(o.setup_error, None, "{o:?} {out} {err}");
+    assert_eq!(o.exit_code, Some(0), "{o:?} {out} {err}");
+    assert!(o.seccomp_notify, "{o:?}");
+    assert!(o.landlock.as_ref().is_some_and(|l| l.fs), "{o:?}");
+}
+
+#[test]
+fn tmp_is_private_and_writable_and_identity_is_the_plugins() {
+    if !privileged("tmp_is_private_and_writable_and_identity_is_the_plugins") {
+        return;
+    }
+    let dir = plugin_dir();
+    let script = "echo hi > /tmp/x && cat /tmp/x; id -u; id -g; echo $$; \
+                  grep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status | tr -s '\\t' ' '; \
+                  ls /proc | grep -cE '^[0-9]+$'; hostname";
+    let (o, out, err) = run(&sh("test.identity", dir.path(), script));
+    assert_eq!(o.exit_code, Some(0), "{o:?} {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "hi");
+    assert_eq!(lines[1], UID.to_string());
+    assert_eq!(lines[2], UID.to_string());
+    assert_eq!(lines[3], "2", "the plugin is pid 2, under our init");
+    assert_eq!(
+        &lines[4..8],
+        [
+            "CapEff: 0000000000000000",
+            "CapBnd: 0000000000000000",
+            "CapAmb: 0000000000000000",
+            "NoNewPrivs: 1"
+        ]
+    );
+    // Only the plugin's own processes (sh, ls, grep): init (root) is hidden.
+    assert!(lines[8].parse::<u32>().unwrap() <= 3, "{out}");
+    assert_eq!(lines[9], "hutch");
+    assert!(
+        !Path::new("/tmp/x").exists()
+            || std::fs::read_to_string("/tmp/x").unwrap_or_default() != "hi\n"
+    );
+}
+
+#[test]
+fn root_plugin_and_system_trees_are_read_only() {
+    if !privileged("root_plugin_and_system_trees_are_read_only") {
+        return;
+    }
+    let dir = plugin_dir();
+    std::fs::write(dir.path().join("file"), "plugin data\n").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("file"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let script = "for p in /x /plugin/file /usr/x /etc/passwd /dev/x; do \
+                  if (echo y >> $p) 2>/dev/null; then echo \"$p writable\"; fi; done; \
+                  cat /plugin/file; test -e /etc/shadow && echo shadow visible; echo done";
+    let (o, out, err) = run(&sh("test.readonly", dir.path(), script));
+    assert_eq!(o.exit_code, Some(0), "{o:?} {out} {err}");
+    assert_eq!(out, "plugin data\ndone\n", "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("file")).unwrap(),
+        "plugin data\n"
+    );
+}
+
+#[test]
+fn exit_code_and_signal_are_reported() {
+    if !privileged("exit_code_and_signal_are_reported") {
+        return;
+    }
+    let dir = plugin_dir();
+    let (o, ..) = run(&sh("test.exit", dir.path(), "exit 42"));
+    assert_eq!((o.exit_code, o.signal), (Some(42), None));
+    let (o, ..) = run(&sh("test.signal", dir.path(), "kill -SEGV $$"));
+    assert_eq!((o.exit_code, o.signal), (None, Some(libc::SIGSEGV)));
+    assert_eq!(o.shell_status(), 128 + libc::SIGSEGV);
+}
+
+#[test]
+fn setup_failures_name_the_step() {
+    if !privileged("setup_failures_name_the_step") {
+        return;
+    }
+    let dir = plugin_dir();
+    let mut spec = sh("test.noexec", dir.path(), "");
+    spec.exec = PathBuf::from("/plugin/missing");
+    let (o, ..) = run(&spec);
+    assert_eq!(
+        o.setup_error.as_deref(),
+        Some("execve /plugin/missing: ENOENT"),
+        "{o:?}"
+    );
+    let mut spec = sh("test.badpath", dir.path(), "true");
+    spec.read_only = vec![PathBuf::from("/var/nonexistent-hutch-path")];
+    let (o, ..) = run(&spec);
+    let e = o.setup_error.unwrap_or_default();
+    assert!(
+        e.contains("read_only /var/nonexistent-hutch-path") && e.contains("ENOENT"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wall_timeout_terminates_then_kills() {
+    if !privileged("wall_timeout_terminates_then_kills") {
+        return;
+    }
+    let dir = plugin_dir();
+    let mut spec = sh("test.timeout", dir.path(), "sleep 30");
+    spec.limits.wall_timeout = Some(Duration::from_millis(300));
+    let (o, ..) = run(&spec);
+    assert!(o.timed_out, "{o:?}");
+    assert_eq!(o.signal, Some(libc::SIGTERM), "{o:?}");
+    // A plugin ignoring SIGTERM is killed after the grace period.
+    let mut spec = sh(
+        "test.ignoreterm",
+        dir.path(),
+        "trap '' TERM; while :; do sleep 0.05; done",
+    );
+    spec.limits.wall_timeout = Some(Duration::from_millis(300));
+    spec.stop_grace = Duration::from_millis(300);
+    let (o, ..) = run(&spec);
+    assert!(o.timed_out, "{o:?}");
+    assert_eq!(o.signal, Some(libc::SIGKILL), "{o:?}");
+}
+
+#[test]
+fn double_forked_child_dies_with_the_sandbox_and_nothing_is_left() {
+    if !privileged("double_forked_child_dies_with_the_sandbox_and_nothing_is_left") {
+        return;
+    }
+    let dir = plugin_dir();
+    let marker = format!("{}", 900_000 + std::process::id() % 99_999);
+    let mountinfo_before = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    let name = format!("test.leftover{}", std::process::id());
+    let launcher_pid;
+    {
+        let mut launcher = Launcher::start().unwrap();
+        launcher_pid = launcher.pid();
+        let spec = sh(
+            &name,
+            dir.path(),
+            &format!("(sleep {marker} &) ; sleep 0.2; exit 0"),
+        );
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let o = launcher.run(&spec, &mut out, &mut err).unwrap();
+        assert_eq!(o.exit_code, Some(0), "{o:?}");
+        assert!(o.peak_memory_bytes.is_some() && o.cpu_time_ns > 0, "{o:?}");
+        assert_eq!(
+            host_processes_with(&format!("sleep {marker}")),
+            Vec::<i32>::new()
+        );
+        assert_eq!(cgroups_named(&name), Vec::<PathBuf>::new());
+    }
+    assert!(
+        nix::sys::signal::kill(launcher_pid, None).is_err(),
+        "launcher still alive"
+    );
+    let mountinfo_after = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(mountinfo_before, mountinfo_after);
+}
+
+#[test]
+fn optional_user_namespace_maps_the_plugin_uid() {
+    if !privileged("optional_user_namespace_maps_the_plugin_uid") {
+        return;
+    }
+    let dir = plugin_dir();
+    let mut spec = sh(
+        "test.userns",
+        dir.path(),
+        "id -u; cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'",
+    );
+    spec.user_namespace = true;
+    let (o, out, err) = run(&spec);
+    assert_eq!(o.exit_code, Some(0), "{o:?} {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], UID.to_string());
+    assert!(lines.contains(&format!("{UID} {UID} 1").as_str()), "{out}");
+}
