@@ -8,3 +8,11 @@
 //!
 //! **Must not**: spawn or confine processes (that is `hutch-sandbox`), or
 //! trust anything a plugin says about itself.
+
+pub mod authz;
+pub mod limits;
+
+pub mod audit;
+pub mod db;
+pub mod revert;
+pub mod store;

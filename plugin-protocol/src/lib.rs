@@ -7,6 +7,8 @@
 //! **Must not**: contain policy. Authorization, limits and auditing live in
 //! `hutch-api`; this crate only describes messages and services.
 
+pub mod client;
+
 /// The plugin-facing protocol (`hutch.plugin.v1`).
 pub mod plugin {
     /// Version 1 of the plugin protocol.

@@ -1,0 +1,897 @@
+//! The built-in store: metadata in `hutch.db` (tables `datasets`, `objects`,
+//! `object_versions`), content in the blob directory.
+//!
+//! A write happens in two steps: the content is streamed into a
+//! content-addressed blob first (fsynced; nothing refers to it yet), then the
+//! version row and the audit event are committed in one transaction by the
+//! audit writer (`AuditStore::record_with`). The compare-and-set check runs
+//! inside that transaction; since the writer serializes all transactions,
+//! exactly one of several racing writes expecting the same version wins.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqliteConnection;
+
+use super::blobs::{Blobs, PendingBlob, random_hex};
+use super::{
+    Audited, Backend, ByteStream, DatasetId, DatasetInfo, Expect, ListObjects, Metadata,
+    NewDataset, ObjectInfo, ObjectKey, StoreError, Version, dataset_resource, object_resource,
+};
+use crate::audit::{Actor, AuditEvent, AuditStore, Mutated, Outcome, now_us, ops};
+use crate::db::Db;
+
+/// Where the built-in store keeps content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreConfig {
+    /// The blob directory (`/var/lib/hutch/blobs`).
+    pub blob_dir: PathBuf,
+}
+
+/// How long old object versions stay retrievable (and revertable).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    /// Non-current versions older than this are removed. The current version
+    /// (also a deletion's tombstone) is always kept.
+    pub keep_old_versions_for: Duration,
+    /// Blobs and temp files younger than this are never garbage collected
+    /// (temp files of writes in progress).
+    pub gc_min_age: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            keep_old_versions_for: Duration::from_secs(30 * 24 * 3600),
+            gc_min_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What [`BuiltinStore::apply_retention`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionReport {
+    /// Old versions removed.
+    pub versions_removed: u64,
+    /// The garbage collection that followed.
+    pub gc: GcReport,
+}
+
+/// What [`BuiltinStore::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Blobs on disk before.
+    pub blobs_seen: u64,
+    /// Unreferenced blobs removed.
+    pub blobs_removed: u64,
+    /// Stale temp files removed.
+    pub temp_files_removed: u64,
+}
+
+/// The built-in backend. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BuiltinStore {
+    db: Db,
+    audit: AuditStore,
+    blobs: Arc<Blobs>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct VersionRow {
+    dataset_id: String,
+    key: String,
+    version: i64,
+    deleted: i64,
+    blob: Option<String>,
+    size: i64,
+    metadata: String,
+    created_us: i64,
+}
+
+impl VersionRow {
+    fn info(&self) -> Result<ObjectInfo, StoreError> {
+        Ok(ObjectInfo {
+            dataset: DatasetId::new(self.dataset_id.clone())?,
+            key: ObjectKey::new(self.key.clone())?,
+            version: Version(self.version),
+            deleted: self.deleted != 0,
+            size: u64::try_from(self.size)
+                .map_err(|_| StoreError::Corrupt(format!("size of {}", self.key)))?,
+            sha256: self.blob.clone(),
+            metadata: serde_json::from_str(&self.metadata)
+                .map_err(|_| StoreError::Corrupt(format!("metadata of {}", self.key)))?,
+            created_us: self.created_us,
+        })
+    }
+}
+
+const SELECT_VERSION: &str = "SELECT v.dataset_id, v.key, v.version, v.deleted, v.blob, v.size, v.metadata, v.created_us FROM object_versions v";
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+fn metadata_text(m: &Metadata) -> String {
+    serde_json::to_string(m).unwrap_or_else(|_| "{}".to_owned())
+}
+
+async fn head_row(
+    conn: &mut SqliteConnection,
+    ds: &DatasetId,
+    key: &ObjectKey,
+) -> Result<Option<VersionRow>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT_VERSION} JOIN objects o ON o.dataset_id = v.dataset_id AND o.key = v.key AND o.version = v.version \
+         WHERE o.dataset_id = ? AND o.key = ?"
+    )))
+    .bind(ds.as_str())
+    .bind(key.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("read object head"))
+}
+
+async fn version_row(
+    conn: &mut SqliteConnection,
+    ds: &DatasetId,
+    key: &ObjectKey,
+    version: Version,
+) -> Result<Option<VersionRow>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT_VERSION} WHERE v.dataset_id = ? AND v.key = ? AND v.version = ?"
+    )))
+    .bind(ds.as_str())
+    .bind(key.as_str())
+    .bind(version.0)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("read object version"))
+}
+
+async fn dataset_exists(conn: &mut SqliteConnection, ds: &DatasetId) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM datasets WHERE id = ?")
+        .bind(ds.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("read dataset"))?;
+    Ok(found.is_some())
+}
+
+fn expect_holds(expect: Expect, current: Option<&VersionRow>) -> bool {
+    match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none_or(|c| c.deleted != 0),
+        Expect::Version(v) => current.map(|c| c.version) == Some(v.0),
+    }
+}
+
+/// The new version's content.
+struct NewContent {
+    deleted: bool,
+    blob: Option<String>,
+    size: i64,
+    /// None: keep the current live version's metadata (empty if none).
+    metadata: Option<Metadata>,
+}
+
+/// A change's report before it is turned into [`Mutated`].
+struct Change {
+    info: ObjectInfo,
+    before: Option<i64>,
+    after: Option<i64>,
+}
+
+type ChangeResult = Result<Change, (StoreError, Option<i64>)>;
+
+fn mutated(r: ChangeResult) -> Mutated<Result<ObjectInfo, StoreError>> {
+    match r {
+        Ok(c) => Mutated {
+            value: Ok(c.info),
+            failed: None,
+            before_version: c.before,
+            after_version: c.after,
+        },
+        Err((e, before)) => Mutated {
+            failed: Some(e.to_string()),
+            value: Err(e),
+            before_version: before,
+            after_version: None,
+        },
+    }
+}
+
+/// Checks the dataset and `expect`, then writes version `current + 1`.
+async fn write_version(
+    conn: &mut SqliteConnection,
+    ds: &DatasetId,
+    key: &ObjectKey,
+    expect: Expect,
+    content: impl FnOnce(Option<&VersionRow>) -> Result<Option<NewContent>, StoreError>,
+) -> ChangeResult {
+    if !dataset_exists(conn, ds).await.map_err(|e| (e, None))? {
+        return Err((StoreError::DatasetNotFound(ds.clone()), None));
+    }
+    let current = head_row(conn, ds, key).await.map_err(|e| (e, None))?;
+    let before = current.as_ref().map(|c| c.version);
+    if !expect_holds(expect, current.as_ref()) {
+        return Err((
+            StoreError::Conflict {
+                dataset: ds.clone(),
+                key: key.clone(),
+                expected: expect,
+                current: before.map(Version),
+            },
+            before,
+        ));
+    }
+    let Some(new) = content(current.as_ref()).map_err(|e| (e, before))? else {
+        // Nothing to change (restoring "deleted" onto a deleted object).
+        let info = match &current {
+            Some(c) => c.info().map_err(|e| (e, before))?,
+            None => ObjectInfo {
+                dataset: ds.clone(),
+                key: key.clone(),
+                version: Version(0),
+                deleted: true,
+                size: 0,
+                sha256: None,
+                metadata: Metadata::new(),
+                created_us: now_us(),
+            },
+        };
+        return Ok(Change {
+            info,
+            before,
+            after: before,
+        });
+    };
+    let metadata = match new.metadata {
+        Some(m) => metadata_text(&m),
+        None => match &current {
+            Some(c) if c.deleted == 0 => c.metadata.clone(),
+            _ => "{}".to_owned(),
+        },
+    };
+    let row = VersionRow {
+        dataset_id: ds.as_str().to_owned(),
+        key: key.as_str().to_owned(),
+        version: before.unwrap_or(0) + 1,
+        deleted: i64::from(new.deleted),
+        blob: new.blob,
+        size: new.size,
+        metadata,
+        created_us: now_us(),
+    };
+    let r: Result<(), sqlx::Error> = async {
+        sqlx::query(
+            "INSERT INTO object_versions (dataset_id, key, version, deleted, blob, size, metadata, created_us) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.dataset_id)
+        .bind(&row.key)
+        .bind(row.version)
+        .bind(row.deleted)
+        .bind(&row.blob)
+        .bind(row.size)
+        .bind(&row.metadata)
+        .bind(row.created_us)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO objects (dataset_id, key, version) VALUES (?, ?, ?) \
+             ON CONFLICT (dataset_id, key) DO UPDATE SET version = excluded.version",
+        )
+        .bind(&row.dataset_id)
+        .bind(&row.key)
+        .bind(row.version)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+    .await;
+    r.map_err(|e| (db("write object version")(e), before))?;
+    let info = row.info().map_err(|e| (e, before))?;
+    Ok(Change {
+        info,
+        before,
+        after: Some(row.version),
+    })
+}
+
+impl BuiltinStore {
+    /// Opens the store on `db` (migrated by [`Db::open`]) and the blob
+    /// directory (created if missing). Mutations are recorded through `audit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the blob directory cannot be created.
+    pub async fn open(
+        db: &Db,
+        audit: AuditStore,
+        config: StoreConfig,
+    ) -> Result<BuiltinStore, StoreError> {
+        let blobs = Blobs::open(config.blob_dir).await?;
+        Ok(BuiltinStore {
+            db: db.clone(),
+            audit,
+            blobs: Arc::new(blobs),
+        })
+    }
+
+    /// The blob directory.
+    pub fn blob_dir(&self) -> &std::path::Path {
+        self.blobs.root()
+    }
+
+    /// Records `event` as failed with `err` (for failures before the writer).
+    async fn record_failure(&self, mut event: AuditEvent, err: StoreError) -> StoreError {
+        event.outcome = Outcome::Error(err.to_string());
+        match self.audit.record(event).await {
+            Ok(_) => err,
+            Err(a) => {
+                tracing::error!(error = %err, audit_error = %a, "could not audit a failed store operation");
+                StoreError::Audit(a)
+            }
+        }
+    }
+
+    /// Runs `change` with its event through the audit writer.
+    async fn commit<F>(
+        &self,
+        event: AuditEvent,
+        change: F,
+    ) -> Result<Audited<ObjectInfo>, StoreError>
+    where
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ChangeResult> + Send + 'static,
+    {
+        let (event_id, value) = self
+            .audit
+            .record_with(event, move |conn| {
+                Box::pin(async move { mutated(change(conn).await) })
+            })
+            .await?;
+        Ok(Audited {
+            value: value?,
+            event_id,
+        })
+    }
+
+    async fn read_row(
+        &self,
+        ds: &DatasetId,
+        key: &ObjectKey,
+        version: Option<Version>,
+    ) -> Result<VersionRow, StoreError> {
+        let mut conn = self
+            .db
+            .pool()
+            .acquire()
+            .await
+            .map_err(db("acquire connection"))?;
+        let not_found = || StoreError::ObjectNotFound {
+            dataset: ds.clone(),
+            key: key.clone(),
+            version,
+        };
+        let head = head_row(&mut conn, ds, key).await?;
+        match version {
+            None => head.ok_or_else(not_found),
+            Some(v) => match version_row(&mut conn, ds, key, v).await? {
+                Some(r) => Ok(r),
+                None => match head {
+                    Some(h) if h.version > v.0 && v.0 > 0 => Err(StoreError::Purged {
+                        dataset: ds.clone(),
+                        key: key.clone(),
+                        version: v,
+                    }),
+                    _ => Err(not_found()),
+                },
+            },
+        }
+    }
+
+    /// Removes blobs no version references (and temp files older than
+    /// `min_age`); records a `store.gc` event by `actor` when it removes any.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] on directory errors, [`StoreError::Audit`].
+    pub async fn gc(&self, actor: Actor, min_age: Duration) -> Result<GcReport, StoreError> {
+        let mut report = GcReport {
+            temp_files_removed: self.blobs.clean_tmp(min_age).await?,
+            ..GcReport::default()
+        };
+        let all = self.blobs.list().await?;
+        report.blobs_seen = all.len() as u64;
+        let mut candidates = Vec::new();
+        for hash in all {
+            if self.blobs.is_pending(&hash) || !self.unreferenced(&hash).await? {
+                continue;
+            }
+            let old = tokio::fs::metadata(self.blobs.path_of(&hash))
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            if old {
+                candidates.push(hash);
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(report);
+        }
+        let blobs = self.blobs.clone();
+        let event = AuditEvent::new(actor, "store.gc", "store");
+        let (_, removed) = self
+            .audit
+            .record_with(event, move |conn| {
+                Box::pin(async move {
+                    // Inside the writer's transaction: no commit can add a
+                    // reference between this check and the unlink.
+                    let mut removed = 0u64;
+                    let mut failed = None;
+                    for hash in candidates {
+                        let referenced: Result<Option<i64>, _> = sqlx::query_scalar(
+                            "SELECT 1 FROM object_versions WHERE blob = ? LIMIT 1",
+                        )
+                        .bind(&hash)
+                        .fetch_optional(&mut *conn)
+                        .await;
+                        match referenced {
+                            Ok(Some(_)) => {}
+                            Ok(None) => match blobs.remove_if_not_pending(&hash) {
+                                Ok(true) => removed += 1,
+                                Ok(false) => {}
+                                Err(e) => failed = Some(e.to_string()),
+                            },
+                            Err(e) => failed = Some(e.to_string()),
+                        }
+                    }
+                    if let Some(e) = failed {
+                        // Unlinks cannot be rolled back; partial GC is a valid state.
+                        tracing::warn!(error = %e, "garbage collection skipped some blobs");
+                    }
+                    Mutated {
+                        value: removed,
+                        failed: None,
+                        before_version: None,
+                        after_version: None,
+                    }
+                })
+            })
+            .await?;
+        report.blobs_removed = removed;
+        Ok(report)
+    }
+
+    async fn unreferenced(&self, hash: &str) -> Result<bool, StoreError> {
+        let r: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM object_versions WHERE blob = ? LIMIT 1")
+                .bind(hash)
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(db("find blob references"))?;
+        Ok(r.is_none())
+    }
+
+    /// Applies `policy`: removes non-current versions older than
+    /// `keep_old_versions_for` (recording a `store.retention` event by `actor`
+    /// in the same transaction), then garbage-collects blobs.
+    ///
+    /// # Errors
+    /// As [`BuiltinStore::gc`].
+    pub async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        actor: Actor,
+    ) -> Result<RetentionReport, StoreError> {
+        let keep = i64::try_from(policy.keep_old_versions_for.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = now_us().saturating_sub(keep);
+        let event = AuditEvent::new(actor.clone(), ops::STORE_RETENTION, "store")
+            .with_details(serde_json::json!({ "cutoff_us": cutoff }));
+        let (_, removed) = self
+            .audit
+            .record_with(event, move |conn| {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "DELETE FROM object_versions WHERE created_us < ? AND NOT EXISTS (\
+                         SELECT 1 FROM objects o WHERE o.dataset_id = object_versions.dataset_id \
+                         AND o.key = object_versions.key AND o.version = object_versions.version)",
+                    )
+                    .bind(cutoff)
+                    .execute(&mut *conn)
+                    .await;
+                    match r {
+                        Ok(done) => Mutated {
+                            value: Ok(done.rows_affected()),
+                            failed: None,
+                            before_version: None,
+                            after_version: None,
+                        },
+                        Err(e) => Mutated {
+                            failed: Some(e.to_string()),
+                            value: Err(db("remove old versions")(e)),
+                            before_version: None,
+                            after_version: None,
+                        },
+                    }
+                })
+            })
+            .await?;
+        let versions_removed = removed?;
+        let gc = self.gc(actor, policy.gc_min_age).await?;
+        Ok(RetentionReport {
+            versions_removed,
+            gc,
+        })
+    }
+
+    fn prepare(event: AuditEvent, operation: &str, resource: String) -> AuditEvent {
+        AuditEvent {
+            operation: operation.to_owned(),
+            resource,
+            ..event
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for BuiltinStore {
+    async fn create_dataset(
+        &self,
+        event: AuditEvent,
+        new: NewDataset,
+    ) -> Result<Audited<DatasetInfo>, StoreError> {
+        let id = match new.id {
+            Some(id) => id,
+            None => DatasetId::new(format!("ds_{}", random_hex(12)?))?,
+        };
+        let event = Self::prepare(event, ops::DATASET_CREATE, dataset_resource(&id));
+        let info = DatasetInfo {
+            id,
+            name: new.name,
+            owner: new.owner,
+            metadata: new.metadata,
+            created_us: now_us(),
+        };
+        let (event_id, value) = self
+            .audit
+            .record_with(event, move |conn| {
+                Box::pin(async move {
+                    let r: Result<DatasetInfo, StoreError> = async {
+                        if dataset_exists(conn, &info.id).await? {
+                            return Err(StoreError::DatasetExists(info.id.clone()));
+                        }
+                        sqlx::query("INSERT INTO datasets (id, name, owner, metadata, created_us) VALUES (?, ?, ?, ?, ?)")
+                            .bind(info.id.as_str())
+                            .bind(&info.name)
+                            .bind(&info.owner)
+                            .bind(metadata_text(&info.metadata))
+                            .bind(info.created_us)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(db("create dataset"))?;
+                        Ok(info)
+                    }
+                    .await;
+                    Mutated {
+                        failed: r.as_ref().err().map(ToString::to_string),
+                        value: r,
+                        before_version: None,
+                        after_version: None,
+                    }
+                })
+            })
+            .await?;
+        Ok(Audited {
+            value: value?,
+            event_id,
+        })
+    }
+
+    async fn get_dataset(&self, id: &DatasetId) -> Result<DatasetInfo, StoreError> {
+        let row: Option<(String, String, Option<String>, String, i64)> = sqlx::query_as(
+            "SELECT id, name, owner, metadata, created_us FROM datasets WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(db("read dataset"))?;
+        let row = row.ok_or_else(|| StoreError::DatasetNotFound(id.clone()))?;
+        dataset_info(row)
+    }
+
+    async fn list_datasets(&self) -> Result<Vec<DatasetInfo>, StoreError> {
+        let rows: Vec<(String, String, Option<String>, String, i64)> = sqlx::query_as(
+            "SELECT id, name, owner, metadata, created_us FROM datasets ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(db("list datasets"))?;
+        rows.into_iter().map(dataset_info).collect()
+    }
+
+    async fn put_object(
+        &self,
+        event: AuditEvent,
+        dataset: &DatasetId,
+        key: &ObjectKey,
+        expect: Expect,
+        metadata: Option<Metadata>,
+        content: ByteStream,
+    ) -> Result<Audited<ObjectInfo>, StoreError> {
+        let event = Self::prepare(event, ops::OBJECT_PUT, object_resource(dataset, key));
+        let blob: PendingBlob = match self.blobs.write(content).await {
+            Ok(b) => b,
+            Err(e) => return Err(self.record_failure(event, e).await),
+        };
+        let (ds, k) = (dataset.clone(), key.clone());
+        let (hash, size) = (
+            blob.hash.clone(),
+            i64::try_from(blob.size).unwrap_or(i64::MAX),
+        );
+        let r = self
+            .commit(event, move |conn| {
+                Box::pin(async move {
+                    write_version(conn, &ds, &k, expect, |_| {
+                        Ok(Some(NewContent {
+                            deleted: false,
+                            blob: Some(hash),
+                            size,
+                            metadata,
+                        }))
+                    })
+                    .await
+                })
+            })
+            .await;
+        // The version row (if committed) now protects the blob.
+        drop(blob);
+        r
+    }
+
+    async fn get_object(
+        &self,
+        dataset: &DatasetId,
+        key: &ObjectKey,
+        version: Option<Version>,
+    ) -> Result<(ObjectInfo, ByteStream), StoreError> {
+        let row = self.read_row(dataset, key, version).await?;
+        let info = row.info()?;
+        let Some(hash) = info.sha256.clone().filter(|_| !info.deleted) else {
+            return Err(StoreError::ObjectNotFound {
+                dataset: dataset.clone(),
+                key: key.clone(),
+                version,
+            });
+        };
+        let stream = self.blobs.read(&hash).await?;
+        Ok((info, stream))
+    }
+
+    async fn head_object(
+        &self,
+        dataset: &DatasetId,
+        key: &ObjectKey,
+        version: Option<Version>,
+    ) -> Result<ObjectInfo, StoreError> {
+        let info = self.read_row(dataset, key, version).await?.info()?;
+        if version.is_none() && info.deleted {
+            return Err(StoreError::ObjectNotFound {
+                dataset: dataset.clone(),
+                key: key.clone(),
+                version,
+            });
+        }
+        Ok(info)
+    }
+
+    async fn list_objects(
+        &self,
+        dataset: &DatasetId,
+        options: &ListObjects,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.get_dataset(dataset).await?;
+        let limit = if options.limit == 0 {
+            1000
+        } else {
+            options.limit.min(10_000)
+        };
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+            "{SELECT_VERSION} JOIN objects o ON o.dataset_id = v.dataset_id AND o.key = v.key AND o.version = v.version \
+             WHERE o.dataset_id = "
+        ));
+        qb.push_bind(dataset.as_str().to_owned())
+            .push(" AND v.deleted = 0");
+        if let Some(p) = &options.prefix {
+            qb.push(" AND o.key >= ").push_bind(p.clone());
+            qb.push(" AND o.key < ").push_bind(format!("{p}\u{10FFFF}"));
+        }
+        if let Some(a) = &options.after {
+            qb.push(" AND o.key > ").push_bind(a.as_str().to_owned());
+        }
+        qb.push(" ORDER BY o.key LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows: Vec<VersionRow> = qb
+            .build_query_as()
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(db("list objects"))?;
+        rows.iter().map(VersionRow::info).collect()
+    }
+
+    async fn delete_object(
+        &self,
+        event: AuditEvent,
+        dataset: &DatasetId,
+        key: &ObjectKey,
+        expect: Expect,
+    ) -> Result<Audited<ObjectInfo>, StoreError> {
+        let event = Self::prepare(event, ops::OBJECT_DELETE, object_resource(dataset, key));
+        let (ds, k) = (dataset.clone(), key.clone());
+        self.commit(event, move |conn| {
+            Box::pin(async move {
+                let (ds2, k2) = (ds.clone(), k.clone());
+                write_version(conn, &ds, &k, expect, move |cur| match cur {
+                    Some(c) if c.deleted == 0 => Ok(Some(NewContent {
+                        deleted: true,
+                        blob: None,
+                        size: 0,
+                        metadata: Some(Metadata::new()),
+                    })),
+                    _ => Err(StoreError::ObjectNotFound {
+                        dataset: ds2,
+                        key: k2,
+                        version: None,
+                    }),
+                })
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn set_metadata(
+        &self,
+        event: AuditEvent,
+        dataset: &DatasetId,
+        key: &ObjectKey,
+        expect: Expect,
+        metadata: Metadata,
+    ) -> Result<Audited<ObjectInfo>, StoreError> {
+        let event = Self::prepare(
+            event,
+            ops::OBJECT_SET_METADATA,
+            object_resource(dataset, key),
+        );
+        let (ds, k) = (dataset.clone(), key.clone());
+        self.commit(event, move |conn| {
+            Box::pin(async move {
+                let (ds2, k2) = (ds.clone(), k.clone());
+                write_version(conn, &ds, &k, expect, move |cur| match cur {
+                    Some(c) if c.deleted == 0 => Ok(Some(NewContent {
+                        deleted: false,
+                        blob: c.blob.clone(),
+                        size: c.size,
+                        metadata: Some(metadata),
+                    })),
+                    _ => Err(StoreError::ObjectNotFound {
+                        dataset: ds2,
+                        key: k2,
+                        version: None,
+                    }),
+                })
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn current_version(
+        &self,
+        dataset: &DatasetId,
+        key: &ObjectKey,
+    ) -> Result<Option<Version>, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM objects WHERE dataset_id = ? AND key = ?")
+                .bind(dataset.as_str())
+                .bind(key.as_str())
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(db("read object version"))?;
+        Ok(v.map(Version))
+    }
+
+    async fn list_versions(
+        &self,
+        dataset: &DatasetId,
+        key: &ObjectKey,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        let rows: Vec<VersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_VERSION} WHERE v.dataset_id = ? AND v.key = ? ORDER BY v.version"
+        )))
+        .bind(dataset.as_str())
+        .bind(key.as_str())
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(db("list versions"))?;
+        if rows.is_empty() {
+            return Err(StoreError::ObjectNotFound {
+                dataset: dataset.clone(),
+                key: key.clone(),
+                version: None,
+            });
+        }
+        rows.iter().map(VersionRow::info).collect()
+    }
+
+    async fn restore_version(
+        &self,
+        event: AuditEvent,
+        dataset: &DatasetId,
+        key: &ObjectKey,
+        to: Option<Version>,
+        expect: Expect,
+    ) -> Result<Audited<ObjectInfo>, StoreError> {
+        let event = Self::prepare(event, ops::OBJECT_REVERT, object_resource(dataset, key));
+        let (ds, k) = (dataset.clone(), key.clone());
+        self.commit(event, move |conn| {
+            Box::pin(async move {
+                let target = match to {
+                    None => None,
+                    Some(v) => match version_row(conn, &ds, &k, v).await {
+                        Ok(Some(row)) => Some(row),
+                        Ok(None) => {
+                            let e = StoreError::Purged {
+                                dataset: ds.clone(),
+                                key: k.clone(),
+                                version: v,
+                            };
+                            return Err((e, None));
+                        }
+                        Err(e) => return Err((e, None)),
+                    },
+                };
+                write_version(conn, &ds, &k, expect, move |cur| {
+                    let cur_live = cur.is_some_and(|c| c.deleted == 0);
+                    Ok(match target {
+                        Some(t) if t.deleted == 0 => Some(NewContent {
+                            deleted: false,
+                            blob: t.blob,
+                            size: t.size,
+                            metadata: Some(serde_json::from_str(&t.metadata).map_err(|_| {
+                                StoreError::Corrupt(format!("metadata of {}", t.key))
+                            })?),
+                        }),
+                        _ if cur_live => Some(NewContent {
+                            deleted: true,
+                            blob: None,
+                            size: 0,
+                            metadata: Some(Metadata::new()),
+                        }),
+                        _ => None,
+                    })
+                })
+                .await
+            })
+        })
+        .await
+    }
+}
+
+fn dataset_info(
+    row: (String, String, Option<String>, String, i64),
+) -> Result<DatasetInfo, StoreError> {
+    let (id, name, owner, metadata, created_us) = row;
+    Ok(DatasetInfo {
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|_| StoreError::Corrupt(format!("metadata of dataset {id}")))?,
+        id: DatasetId::new(id)?,
+        name,
+        owner,
+        created_us,
+    })
+}
