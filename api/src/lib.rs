@@ -11,6 +11,7 @@
 
 pub mod authz;
 pub mod limits;
+pub mod server;
 
 pub mod audit;
 pub mod db;
