@@ -11,5 +11,9 @@
 
 pub mod check_host;
 pub mod config;
+pub mod daemon;
 pub mod manifest;
+pub mod registry;
+pub mod supervisor;
+pub mod tasks;
 pub mod try_cmd;
