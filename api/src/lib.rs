@@ -10,6 +10,7 @@
 //! trust anything a plugin says about itself.
 
 pub mod authz;
+pub mod clock;
 pub mod limits;
 pub mod server;
 
