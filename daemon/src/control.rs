@@ -154,10 +154,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
+/// Serves the admin API on `listener` until `shutdown` resolves. Applies
+/// [`TEST_CLOCK_ENV`] first, if set.
 ///
 /// # Errors
-/// [`ControlError::Serve`] if the server fails.
+/// [`ControlError::Serve`] if the server fails, [`ControlError::BadTestClock`].
 ///
 /// # Cancel safety
 /// Dropping the future stops accepting; in-flight calls are dropped.
@@ -166,6 +167,7 @@ pub async fn serve(
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ControlError> {
+    apply_test_clock_from_env()?;
     let control = Control::new(daemon);
     tonic::transport::Server::builder()
         .add_service(
