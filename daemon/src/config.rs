@@ -400,7 +400,7 @@ impl Config {
         {
             return Err("paths.control_socket: must be an absolute path".into());
         }
-        if !(self.limits.cpu_max > 0.0 && self.limits.cpu_max.is_finite()) {
+        if !self.limits.cpu_max.is_finite() || self.limits.cpu_max <= 0.0 {
             return Err("limits.cpu_max: must be a positive number of CPUs".into());
         }
         if self.limits.pids_max == 0 {
@@ -418,7 +418,7 @@ impl Config {
         if self.logs.ring_lines == 0 || self.logs.max_line_bytes < 16 {
             return Err("logs.ring_lines/max_line_bytes: must be at least 1 and 16".into());
         }
-        if !(self.api.rate_per_sec > 0.0) {
+        if self.api.rate_per_sec.is_nan() || self.api.rate_per_sec <= 0.0 {
             return Err("api.rate_per_sec: must be positive".into());
         }
         Ok(())
