@@ -316,7 +316,8 @@ impl Hutchd {
             .into_iter()
             .filter(|p| {
                 // The parent itself may stay; anything below it is a plugin's.
-                p.file_name().is_some_and(|n| n != self.cgroup_parent.as_str())
+                p.file_name()
+                    .is_some_and(|n| n != self.cgroup_parent.as_str())
             })
             .collect()
     }
@@ -342,7 +343,10 @@ impl Drop for Hutchd {
     fn drop(&mut self) {
         self.stop();
         // Anything the daemon left (it should leave nothing): kill and remove.
-        for cg in crate::cgroups_matching(&self.cgroup_parent).into_iter().rev() {
+        for cg in crate::cgroups_matching(&self.cgroup_parent)
+            .into_iter()
+            .rev()
+        {
             if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                     let _ = nix::sys::signal::kill(

@@ -27,7 +27,10 @@ use tokio::sync::watch;
 type Cancels = Arc<Mutex<HashMap<String, watch::Sender<bool>>>>;
 
 fn main() -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("example plugin: runtime: {e}");
@@ -87,7 +90,10 @@ async fn run() -> Result<(), client::ClientError> {
                 }
             }
             Some(Incoming::Task(t)) => {
-                println!("task {} action {} args {}", t.task_id, t.action, t.args_json);
+                println!(
+                    "task {} action {} args {}",
+                    t.task_id, t.action, t.args_json
+                );
                 if t.action == "exit" {
                     let code = arg_u64(&t.args_json, "code", 3);
                     eprintln!("exiting with {code} as asked");
@@ -142,9 +148,13 @@ async fn work(
             let mut bright = 0u64;
             let n = t.inputs.len().max(1) as f32;
             for (i, input) in t.inputs.iter().enumerate() {
-                r.progress(100.0 * i as f32 / n, &format!("reading {}/{}", input.dataset_id, input.key))
-                    .await?;
-                let bytes = client::get_bytes(&mut data, task, &input.dataset_id, &input.key).await?;
+                r.progress(
+                    100.0 * i as f32 / n,
+                    &format!("reading {}/{}", input.dataset_id, input.key),
+                )
+                .await?;
+                let bytes =
+                    client::get_bytes(&mut data, task, &input.dataset_id, &input.key).await?;
                 let mut out = Vec::with_capacity(bytes.len());
                 for s in 0..steps {
                     let a = bytes.len() * s as usize / steps as usize;
@@ -153,13 +163,17 @@ async fn work(
                         out.push(if x >= level { 255 } else { 0 });
                     }
                     let done = (i as f32 + (s + 1) as f32 / steps as f32) / n;
-                    r.progress(100.0 * done, &format!("thresholding {} ({}/{steps})", input.key, s + 1))
-                        .await?;
+                    r.progress(
+                        100.0 * done,
+                        &format!("thresholding {} ({}/{steps})", input.key, s + 1),
+                    )
+                    .await?;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 bright += out.iter().filter(|&&x| x == 255).count() as u64;
                 let key = format!("{}.thresholded", input.key);
-                let info = client::put_bytes(&mut data, task, &input.dataset_id, &key, None, &out).await?;
+                let info =
+                    client::put_bytes(&mut data, task, &input.dataset_id, &key, None, &out).await?;
                 r.output(
                     &key,
                     &serde_json::json!({ "size": info.size, "sha256": info.sha256 }).to_string(),
@@ -170,8 +184,11 @@ async fn work(
                     }),
                 )
                 .await?;
-                r.log(pb::LogLevel::Info, &format!("wrote {key} version {}", info.version))
-                    .await?;
+                r.log(
+                    pb::LogLevel::Info,
+                    &format!("wrote {key} version {}", info.version),
+                )
+                .await?;
             }
             r.output("bright_bytes", &bright.to_string(), None).await?;
             r.completed(&serde_json::json!({ "bright_bytes": bright, "level": level }).to_string())
@@ -199,8 +216,11 @@ async fn work(
                     () = tokio::time::sleep(Duration::from_millis(step)) => {}
                 }
                 slept += step;
-                r.progress(100.0 * slept as f32 / ms as f32, &format!("slept {slept} ms"))
-                    .await?;
+                r.progress(
+                    100.0 * slept as f32 / ms as f32,
+                    &format!("slept {slept} ms"),
+                )
+                .await?;
             }
             r.completed("{}").await
         }
