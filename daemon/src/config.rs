@@ -220,8 +220,10 @@ pub struct SupervisorConfig {
     /// The crash-loop window.
     #[serde(deserialize_with = "de_duration")]
     pub crash_loop_window: Duration,
-    /// Once a plugin has sent a heartbeat, a gap longer than this gets it
-    /// killed (and restarted by the policy). `"0"` disables the watchdog.
+    /// Watchdog: a plugin that has sent a heartbeat, or that runs a task,
+    /// and then shows no sign of life (heartbeat, task event) for longer
+    /// than this is killed (and restarted by the policy). An idle plugin
+    /// that never heartbeats is left alone. `"0"` disables the watchdog.
     #[serde(deserialize_with = "de_duration")]
     pub watchdog_timeout: Duration,
     /// How long a task waits for the plugin's agent to connect.

@@ -510,7 +510,9 @@ impl Daemon {
     /// Upgrades an installed plugin to the version in `req.dir` (admin).
     /// Grants carry over only for scopes still requested; new scopes are
     /// granted only if listed in `req.grant`. A running instance restarts
-    /// on the new version.
+    /// on the new version. The plugin upgraded is the one `req.dir`'s
+    /// manifest names: callers that expect a given id check the manifest
+    /// (`Manifest::load`) first.
     ///
     /// # Errors
     /// As [`Daemon::install`]; not installed ([`ErrorKind::NotFound`]); not
@@ -1196,7 +1198,7 @@ fn config_of(c: &std::sync::RwLock<Arc<Config>>) -> Arc<Config> {
 
 fn kill_message(k: &KillSwitch) -> String {
     format!(
-        "the kill switch is engaged by {} ({}); an admin can lift it with `hutchctl killswitch off`",
+        "the kill switch is engaged by {} ({}); an admin can lift it with `hutchctl kill-switch off`",
         k.by, k.reason
     )
 }

@@ -15,9 +15,11 @@ pub struct InstallRequest {
     /// The plugin directory on the daemon's host (holding
     /// `hutch-plugin.toml`); read by the daemon as root.
     pub dir: PathBuf,
-    /// Scopes to grant: each must be requested by the manifest. `None` on
-    /// install grants nothing; on upgrade keeps the previous grants (only
-    /// those still requested).
+    /// Scopes to grant: each must be requested by the manifest. On install,
+    /// `None` grants every requested scope and `Some(list)` exactly `list`.
+    /// On upgrade the previous grants that are still requested carry over
+    /// and `list` adds to them (a newly requested scope is granted only if
+    /// listed).
     pub grant: Option<Vec<String>>,
     /// Limits to lower below the manifest's and the daemon's defaults.
     pub limits: LimitOverrides,
@@ -364,14 +366,20 @@ impl Registry {
             (None, false) => {}
         }
         let granted = match (&req.grant, &previous) {
-            (Some(g), _) => check_grant(&manifest, g)?,
-            (None, Some(p)) => p
-                .granted
-                .iter()
-                .filter(|s| manifest.scopes.contains(s))
-                .cloned()
-                .collect(),
-            (None, None) => Vec::new(),
+            // Upgrade: what was granted and is still requested, plus what
+            // is granted now; a newly requested scope is never implied.
+            (g, Some(p)) => {
+                let mut all: Vec<String> = p
+                    .granted
+                    .iter()
+                    .filter(|s| manifest.scopes.contains(s))
+                    .cloned()
+                    .collect();
+                all.extend(g.iter().flatten().cloned());
+                check_grant(&manifest, &all)?
+            }
+            (Some(g), None) => check_grant(&manifest, g)?,
+            (None, None) => check_grant(&manifest, &manifest.scopes)?,
         };
         let overrides = if upgrade && req.limits == LimitOverrides::default() {
             previous

@@ -449,6 +449,8 @@ pub(crate) struct Slot {
     logs: Arc<LogRing>,
     failures: Mutex<VecDeque<Instant>>,
     removed: AtomicBool,
+    /// Last task event from the plugin (a sign of life for the watchdog).
+    activity: Mutex<Option<Instant>>,
 }
 
 impl Slot {
@@ -538,6 +540,7 @@ impl Supervisor {
             logs: Arc::new(LogRing::new(id, self.config().logs.ring_lines)),
             failures: Mutex::new(VecDeque::new()),
             removed: AtomicBool::new(false),
+            activity: Mutex::new(None),
         });
         slots.insert(id.to_owned(), slot.clone());
         tokio::spawn(slot_loop(self.clone(), slot.clone(), control_rx));
@@ -692,6 +695,13 @@ impl Supervisor {
     /// Logs of `id`.
     pub fn logs(self: &Arc<Self>, id: &str, tail: usize) -> LogFollow {
         self.slot(id).logs.follow(tail)
+    }
+
+    /// Records a task event of `id`'s plugin (keeps the watchdog calm).
+    pub fn touch(&self, id: &str) {
+        if let Some(slot) = self.existing(id) {
+            *lock(&slot.activity) = Some(Instant::now());
+        }
     }
 
     /// Sets the number of running tasks shown in the status.
@@ -1026,7 +1036,7 @@ async fn run_instance(
     let mut requested_stop = false;
     let mut kill_reason: Option<String> = None;
     let mut running = false;
-    let watchdog = cfg.supervisor.watchdog_timeout;
+    let mut busy_since: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1081,8 +1091,23 @@ async fn run_instance(
                 }
             }
             _ = tick.tick() => {
+                // Read each tick: a SIGHUP reload applies to running instances.
+                let watchdog = sup.config().supervisor.watchdog_timeout;
+                // Armed by the first heartbeat, or while a task runs (a plugin
+                // that never heartbeats is left alone while idle).
+                let busy = slot.status.borrow().tasks_running > 0;
+                busy_since = match (busy, busy_since) {
+                    (true, None) => Some(Instant::now()),
+                    (true, s) => s,
+                    (false, _) => None,
+                };
+                let activity = busy_since.and(*lock(&slot.activity));
+                let last_sign = [live.hub.last_heartbeat(), busy_since, activity]
+                    .into_iter()
+                    .flatten()
+                    .max();
                 if running && !watchdog.is_zero() && kill_reason.is_none() && !requested_stop
-                    && let Some(hb) = live.hub.last_heartbeat()
+                    && let Some(hb) = last_sign
                     && hb.elapsed() > watchdog
                 {
                     let reason = format!("watchdog: no heartbeat for {}", humantime::format_duration(Duration::from_secs(hb.elapsed().as_secs())));

@@ -669,6 +669,7 @@ impl TaskManager {
                     break (state, Some(format!("{why}; the plugin did not stop it and was killed")));
                 }
             }
+            self.sup.touch(&info.plugin_id);
             live.info.send_replace(info.clone());
             if last_persist.elapsed() > Duration::from_secs(1) {
                 last_persist = Instant::now();
