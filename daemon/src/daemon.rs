@@ -290,7 +290,7 @@ impl Daemon {
         )
         .await
         .map_err(|e| DaemonError::internal("open store", e))?;
-        let core = ApiCore::new(Arc::new(store), audit)
+        let core = ApiCore::new(Arc::new(store.clone()), audit)
             .await
             .map_err(|e| DaemonError::internal("start api", e))?;
         let registry = Registry::new(
@@ -360,6 +360,7 @@ impl Daemon {
         )
         .await?;
         d.start_enabled();
+        spawn_retention(Arc::downgrade(&d.inner), store);
         Ok(d)
     }
 
@@ -1244,6 +1245,44 @@ async fn sweep_runtime(cfg: &Config) -> Result<RecoveryReport, DaemonError> {
         sockets,
         tasks: Vec::new(),
     })
+}
+
+/// Applies `[retention]` every `retention.interval` (first run one interval
+/// after start) until the daemon is gone or shutting down.
+fn spawn_retention(inner: std::sync::Weak<Inner>, store: hutch_api::store::BuiltinStore) {
+    tokio::spawn(async move {
+        loop {
+            let interval = match inner.upgrade() {
+                Some(i) => config_of(&i.config).retention.interval,
+                None => return,
+            };
+            tokio::time::sleep(interval.max(Duration::from_secs(1))).await;
+            let Some(i) = inner.upgrade() else { return };
+            if i.shutting_down.load(Ordering::SeqCst) {
+                return;
+            }
+            let r = config_of(&i.config).retention.clone();
+            let policy = hutch_api::store::RetentionPolicy {
+                keep_old_versions_for: r.keep_old_versions_for,
+                ..hutch_api::store::RetentionPolicy::default()
+            };
+            match store.apply_retention(&policy, Actor::daemon()).await {
+                Ok(rep) => tracing::info!(
+                    versions_removed = rep.versions_removed,
+                    blobs_removed = rep.gc.blobs_removed,
+                    "retention"
+                ),
+                Err(e) => tracing::error!(error = %e, "object retention"),
+            }
+            if !r.audit_keep_for.is_zero() {
+                let keep = i64::try_from(r.audit_keep_for.as_micros()).unwrap_or(i64::MAX);
+                let cutoff = hutch_api::audit::now_us().saturating_sub(keep);
+                if let Err(e) = i.core.audit().purge_before(cutoff, Actor::daemon()).await {
+                    tracing::error!(error = %e, "audit retention");
+                }
+            }
+        }
+    });
 }
 
 /// Best-effort removal of the (empty) cgroup parent at shutdown.

@@ -697,6 +697,22 @@ impl Supervisor {
         self.slot(id).logs.follow(tail)
     }
 
+    /// How `instance` of `id` ended, waiting up to `timeout` for it to end.
+    pub async fn instance_end(
+        &self,
+        id: &str,
+        instance: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        let slot = self.existing(id)?;
+        let mut status = slot.status.subscribe();
+        let ended = status.wait_for(|s| s.instance.as_deref() != Some(instance));
+        match tokio::time::timeout(timeout, ended).await {
+            Ok(Ok(s)) => s.last_exit.clone(),
+            _ => None,
+        }
+    }
+
     /// Records a task event of `id`'s plugin (keeps the watchdog calm).
     pub fn touch(&self, id: &str) {
         if let Some(slot) = self.existing(id) {
@@ -1179,5 +1195,93 @@ async fn run_instance(
         failed,
         summary,
         ran_for: started.elapsed(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neutralise_escapes_controls_and_bidi_and_cuts() {
+        assert_eq!(
+            neutralise(b"a\x1b[31mred\x07\tok", 100),
+            "a\\x1b[31mred\\x07\tok"
+        );
+        assert_eq!(neutralise("x\u{202e}y".as_bytes(), 100), "x\\u{202e}y");
+        assert_eq!(neutralise(b"\xff\xfeok", 100), "\u{fffd}\u{fffd}ok");
+        let long = neutralise(&[b'a'; 100], 10);
+        assert_eq!(long, format!("{}…[cut]", "a".repeat(10)));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let s = Duration::from_secs(1);
+        let m = Duration::from_secs(10);
+        let got: Vec<u64> = (1..=6).map(|n| backoff(s, m, n).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 10, 10]);
+    }
+
+    /// The pump splits lines, bounds their length and rate, and says how
+    /// many it dropped.
+    #[test]
+    fn pump_bounds_rate_and_line_length() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::from(w);
+            f.write_all(&[b'x'; 300]).unwrap();
+            f.write_all(b"\nhello\x1b\n").unwrap();
+            for i in 0..200 {
+                writeln!(f, "line {i}").unwrap();
+            }
+            f.write_all(b"tail without newline").unwrap();
+        });
+        let ring = Arc::new(LogRing::new("org.test.pump", 1000));
+        let cfg = LogsConfig {
+            ring_lines: 1000,
+            max_line_bytes: 64,
+            lines_per_sec: 1,
+            burst_lines: 10,
+        };
+        rt.block_on(pump(ring.clone(), r, LogStream::Stdout, "i-1".into(), cfg));
+        writer.join().unwrap();
+        let lines: Vec<String> = ring
+            .follow(1000)
+            .lines
+            .into_iter()
+            .map(|l| l.line)
+            .collect();
+        assert!(
+            lines[0].starts_with(&"x".repeat(64)) && lines[0].ends_with("…[cut]"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1], "hello\\x1b");
+        // Burst of 10: the two above and eight numbered lines, then drops.
+        assert_eq!(lines[9], "line 7");
+        assert!(lines.len() <= 12, "{lines:?}");
+        let last = lines.last().unwrap();
+        assert!(
+            last.ends_with("lines dropped (over logs.lines_per_sec)"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn ring_keeps_the_last_lines_and_numbers_them() {
+        let ring = LogRing::new("p", 3);
+        let mut follower = ring.follow(0).follow;
+        for i in 0..5 {
+            ring.push(LogStream::Stderr, "i", format!("l{i}"));
+        }
+        let f = ring.follow(2);
+        let got: Vec<(u64, String)> = f.lines.into_iter().map(|l| (l.seq, l.line)).collect();
+        assert_eq!(got, [(4, "l3".to_owned()), (5, "l4".to_owned())]);
+        assert_eq!(follower.try_recv().unwrap().line, "l0");
     }
 }

@@ -641,12 +641,13 @@ impl TaskManager {
                     Some(TaskEvent::Failed { error }) => {
                         break match stop_reason.take() {
                             Some((state, why)) => (state, Some(why)),
+                            None if error == AGENT_CLOSED => (TaskState::Failed, Some(self.instance_ended(info, &inst.instance_id).await)),
                             None => (TaskState::Failed, Some(neutralise(error.as_bytes(), 8192))),
                         };
                     }
                     None => break match stop_reason.take() {
                         Some((state, why)) => (state, Some(why)),
-                        None => (TaskState::Failed, Some("the plugin instance ended".into())),
+                        None => (TaskState::Failed, Some(self.instance_ended(info, &inst.instance_id).await)),
                     },
                 },
                 () = tokio::time::sleep_until(deadline), if stop_reason.is_none() => {
@@ -678,6 +679,24 @@ impl TaskManager {
         };
         self.sup.set_tasks_running(&info.plugin_id, -1);
         result
+    }
+}
+
+/// What the task hub reports when the agent stream of a running task ends.
+const AGENT_CLOSED: &str = "plugin agent stream closed";
+
+impl TaskManager {
+    /// The error of a task whose instance went away: how it ended, if the
+    /// supervisor learns that within a few seconds.
+    async fn instance_ended(&self, info: &TaskInfo, instance: &str) -> String {
+        match self
+            .sup
+            .instance_end(&info.plugin_id, instance, Duration::from_secs(5))
+            .await
+        {
+            Some(end) => format!("the plugin instance ended during the task ({end})"),
+            None => "the plugin closed its agent stream during the task".into(),
+        }
     }
 }
 

@@ -464,6 +464,8 @@ fn watchdog_kills_a_hung_plugin_and_its_task_fails() -> Result {
     let t = env.run_task("org.test.wd", "hang", "{}")?;
     let done = env.wait_task(&t, Duration::from_secs(40))?;
     assert_eq!(done.state, TaskState::Failed, "{done:?}");
+    let why = done.error.clone().unwrap_or_default();
+    assert!(why.contains("watchdog"), "{why}");
     let ops = env.audit_ops(AuditFilter {
         resource: Some("plugin/org.test.wd".into()),
         ..AuditFilter::default()
