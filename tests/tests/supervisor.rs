@@ -662,3 +662,69 @@ fn recovery_sweep_kills_leftovers_and_fails_their_tasks() -> Result {
     assert_eq!(ops.len(), 1);
     Ok(())
 }
+
+/// `hutchd` speaks sd_notify: READY with its pid once serving, WATCHDOG at
+/// half the period systemd asked for, STOPPING on SIGTERM, then exits 0.
+#[test]
+fn sd_notify_ready_watchdog_stopping() -> Result {
+    if !hutch_tests::privileged("sd_notify_ready_watchdog_stopping") {
+        return Ok(());
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("hutch-sv-notify-")
+        .tempdir()?;
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify.sock"))?;
+    notify.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let parent = format!("hutch-sv-{}-notify", std::process::id());
+    let cfg = dir.path().join("hutchd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[paths]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[sandbox]\ncgroup_parent = \"{parent}\"\n",
+            dir.path().display()
+        ),
+    )?;
+    let mut child = std::process::Command::new(hutch_tests::hutchd_path())
+        .arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut buf = [0u8; 512];
+    let mut recv = || -> Result<String> {
+        let n = notify.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let ready = recv();
+    let watchdog = recv();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let mut stopping = String::new();
+    for _ in 0..20 {
+        match recv() {
+            Ok(m) if m.contains("STOPPING=1") => {
+                stopping = m;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let status = child.wait()?;
+    let ready = ready?;
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("MAINPID={}", child.id())),
+        "{ready}"
+    );
+    assert_eq!(watchdog?, "WATCHDOG=1");
+    assert_eq!(stopping, "STOPPING=1");
+    assert_eq!(status.code(), Some(0));
+    assert!(!dir.path().join("run/control.sock").exists());
+    assert!(hutch_tests::cgroups_matching(&parent).is_empty());
+    Ok(())
+}
