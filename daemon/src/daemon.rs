@@ -420,6 +420,12 @@ impl Daemon {
             .map_err(|e| DaemonError::internal("audit", e))
     }
 
+    /// Resolves if the sandbox launcher process dies: the daemon cannot run
+    /// plugins any more and should exit (systemd restarts it).
+    pub async fn launcher_gone(&self) {
+        self.inner.sup.driver.wait_gone().await;
+    }
+
     /// The kill switch, if engaged.
     pub fn kill_switch(&self) -> Option<KillSwitch> {
         lock(&self.inner.kill).clone()

@@ -96,8 +96,14 @@ async fn serve(
     ));
     let watchdog = watchdog_interval();
     let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut failure = None;
     loop {
         tokio::select! {
+            () = daemon.launcher_gone() => {
+                tracing::error!("the sandbox launcher died; shutting down");
+                failure = Some(anyhow::anyhow!("the sandbox launcher process died"));
+                break;
+            }
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = hup.recv() => {
@@ -121,7 +127,10 @@ async fn serve(
     }
     let _ = std::fs::remove_file(&socket);
     tracing::info!("hutchd stopped");
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Half the systemd watchdog period, if systemd asked for pings for us.

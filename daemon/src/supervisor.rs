@@ -133,6 +133,7 @@ pub(crate) struct LauncherDriver {
     launcher: Mutex<Option<Launcher>>,
     routes: Mutex<HashMap<u64, mpsc::UnboundedSender<Routed>>>,
     gone: AtomicBool,
+    gone_tx: watch::Sender<bool>,
 }
 
 impl LauncherDriver {
@@ -146,6 +147,7 @@ impl LauncherDriver {
             launcher: Mutex::new(Some(launcher)),
             routes: Mutex::new(HashMap::new()),
             gone: AtomicBool::new(false),
+            gone_tx: watch::channel(false).0,
         });
         let router = me.clone();
         std::thread::Builder::new()
@@ -194,6 +196,17 @@ impl LauncherDriver {
         {
             tracing::error!(sandbox = id, error = %e, "kill sandbox");
         }
+    }
+
+    /// Whether the launcher process is gone (it died, or was shut down).
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when the launcher is gone.
+    pub async fn wait_gone(&self) {
+        let mut rx = self.gone_tx.subscribe();
+        let _ = rx.wait_for(|g| *g).await;
     }
 
     /// Closes the launcher (it kills what is left and exits) and waits for it.
@@ -261,6 +274,7 @@ fn route_events(me: &LauncherDriver, fd: &OwnedFd) {
     }
     me.gone.store(true, Ordering::SeqCst);
     lock(&me.routes).clear();
+    me.gone_tx.send_replace(true);
 }
 
 // ------------------------------------------------------------------ logs
@@ -791,6 +805,13 @@ async fn slot_loop(
         if end.requested_stop || !*desired.borrow() {
             consecutive = 0;
             slot.set_state(PluginState::Stopped);
+            continue;
+        }
+        if sup.driver.is_gone() {
+            // Not the plugin's fault: no restart, no crash-loop count. The
+            // daemon exits (see `service`) and systemd restarts it.
+            slot.desired.send_replace(false);
+            slot.set_state(PluginState::Failed);
             continue;
         }
         let cfg = sup.config();

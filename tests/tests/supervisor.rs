@@ -728,3 +728,65 @@ fn sd_notify_ready_watchdog_stopping() -> Result {
     assert!(hutch_tests::cgroups_matching(&parent).is_empty());
     Ok(())
 }
+
+/// If the sandbox launcher dies, hutchd cannot confine anything any more:
+/// it shuts down and exits non-zero (systemd then restarts it) rather than
+/// marking every plugin as crashing.
+#[test]
+fn launcher_death_stops_the_daemon() -> Result {
+    if !hutch_tests::privileged("launcher_death_stops_the_daemon") {
+        return Ok(());
+    }
+    let dir = tempfile::Builder::new().prefix("hutch-sv-ld-").tempdir()?;
+    let parent = format!("hutch-sv-{}-ld", std::process::id());
+    let cfg = dir.path().join("hutchd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[paths]\nstate_dir = \"{0}/state\"\nruntime_dir = \"{0}/run\"\n[sandbox]\ncgroup_parent = \"{parent}\"\n",
+            dir.path().display()
+        ),
+    )?;
+    let mut child = std::process::Command::new(hutch_tests::hutchd_path())
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let sock = dir.path().join("run/control.sock");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The launcher is hutchd's only child process.
+    let children = std::fs::read_dir(format!("/proc/{}/task", child.id()))?
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>();
+    let killed = children.len() == 1
+        && nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(children[0]),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .is_ok();
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(killed, "launcher not found among {children:?}");
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    assert!(hutch_tests::cgroups_matching(&parent).is_empty());
+    Ok(())
+}
