@@ -517,4 +517,37 @@ mod tests {
             Err(ConfigError::Read { .. })
         ));
     }
+
+    #[test]
+    fn every_section_parses_with_units_and_relations_are_checked() {
+        let text = "[paths]\nstate_dir = \"/srv/hutch\"\nruntime_dir = \"/run/h\"\n\
+            [limits]\nmemory_max = \"1G\"\nwall_timeout = \"0\"\n\
+            [supervisor]\nrestart = \"always\"\nbackoff_initial = 2\nwatchdog_timeout = \"1m\"\n\
+            [api]\nrate_per_sec = 10.0\n[logs]\nring_lines = 5\n[retention]\naudit_keep_for = \"90d\"\n";
+        let c = Config::parse(text, Path::new("h.toml")).unwrap();
+        assert_eq!(c.limits.memory_max, 1 << 30);
+        assert!(c.limits.wall_timeout.is_zero());
+        assert_eq!(c.supervisor.restart, RestartPolicy::Always);
+        assert_eq!(c.supervisor.backoff_initial, Duration::from_secs(2));
+        assert_eq!(
+            c.paths.control_socket(),
+            PathBuf::from("/run/h/control.sock")
+        );
+        assert_eq!(c.api.rate_per_sec, 10.0);
+        let bad = |t: &str| {
+            Config::parse(t, Path::new("h.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("[supervisor]\nbackoff_initial = \"2m\"\nbackoff_max = \"1m\"\n");
+        assert!(e.contains("supervisor.backoff_initial"), "{e}");
+        let e = bad("[limits]\nmemory_max = \"lots\"\n");
+        assert!(e.contains("line 2") && e.contains("lots"), "{e}");
+        let e = bad("[paths]\nstate_dir = \"relative\"\n");
+        assert!(e.contains("paths.state_dir"), "{e}");
+        let e = bad("[sandbox]\ncgroup_parent = \"../escape\"\n");
+        assert!(e.contains("sandbox.cgroup_parent"), "{e}");
+        let e = bad("[supervisor]\nrestart = \"sometimes\"\n");
+        assert!(e.contains("line 2"), "{e}");
+    }
 }
