@@ -223,6 +223,8 @@ pub(crate) struct Inner {
     pub kill: std::sync::Mutex<Option<KillSwitch>>,
     pub shutting_down: AtomicBool,
     pub recovery: RecoveryReport,
+    /// `state_dir/hutchd.lock`, held while the daemon runs.
+    pub state_lock: std::sync::Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
 }
 
 /// What the start-up sweep found left by a previous run.
@@ -271,6 +273,9 @@ impl Daemon {
         let config = options.config;
         let paths = config.paths.clone();
         mkdir(&paths.state_dir, 0o755)?;
+        // One daemon per state dir: a second one would sweep the first's
+        // sandboxes as leftovers.
+        let state_lock = lock_state(&paths.state_dir)?;
         mkdir(&paths.plugins_dir(), 0o755)?;
         mkdir(&paths.data_dir(), 0o711)?;
         mkdir(&paths.runtime_dir, 0o755)?;
@@ -331,6 +336,7 @@ impl Daemon {
             kill: std::sync::Mutex::new(kill),
             shutting_down: AtomicBool::new(false),
             recovery: recovery.clone(),
+            state_lock: std::sync::Mutex::new(Some(state_lock)),
         };
         let d = Daemon {
             inner: Arc::new(inner),
@@ -508,8 +514,12 @@ impl Daemon {
             }),
         )
         .await?;
-        if rec.enabled && self.kill_switch().is_none() {
-            self.inner.sup.start(&rec.id).await?;
+        if rec.enabled
+            && self.kill_switch().is_none()
+            && let Err(e) = self.inner.sup.start(&rec.id).await
+        {
+            // Installed all the same; the status shows how the start failed.
+            tracing::warn!(plugin = %rec.id, error = %e, "start after install");
         }
         Ok(self.info(&rec).await)
     }
@@ -1193,7 +1203,34 @@ impl Daemon {
             .await;
         self.inner.core.audit_sink().flush();
         remove_cgroup_parent(&self.config());
+        lock(&self.inner.state_lock).take();
     }
+}
+
+/// Takes `state_dir/hutchd.lock` (exclusive, non-blocking) and writes our
+/// pid into it.
+fn lock_state(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    use std::io::Write;
+    let path = state_dir.join("hutchd.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| DaemonError::internal(&format!("open {}", path.display()), e))?;
+    let mut locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, errno)| {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            DaemonError::Conflict(format!(
+                "another hutchd (pid {}) uses the state dir {} ({errno}); stop it first",
+                holder.trim(),
+                state_dir.display()
+            ))
+        })?;
+    let _ = locked.set_len(0);
+    let _ = writeln!(*locked, "{}", std::process::id());
+    Ok(locked)
 }
 
 fn config_of(c: &std::sync::RwLock<Arc<Config>>) -> Arc<Config> {

@@ -790,3 +790,34 @@ fn launcher_death_stops_the_daemon() -> Result {
     assert!(hutch_tests::cgroups_matching(&parent).is_empty());
     Ok(())
 }
+
+/// A second daemon on the same state dir is refused before it sweeps
+/// anything (it would otherwise kill the first one's sandboxes).
+#[test]
+fn one_daemon_per_state_dir() -> Result {
+    if !hutch_tests::privileged("one_daemon_per_state_dir") {
+        return Ok(());
+    }
+    let env = Env::new("lock", |_| {})?;
+    let dir = env.plugin("org.test.lock", "1.0.0", "")?;
+    env.install(&dir, None, true)?;
+    env.wait_state(
+        "org.test.lock",
+        PluginState::Running,
+        Duration::from_secs(20),
+    )?;
+    let second = env.block(Daemon::open(
+        DaemonOptions {
+            config: env.config.clone(),
+            config_path: None,
+        },
+        Launcher::start()?,
+    ));
+    let err = second.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("another hutchd"), "{err}");
+    // The first one's plugin is untouched.
+    let st = env.block(env.d().plugin("org.test.lock"))?.runtime;
+    assert_eq!(st.state, PluginState::Running);
+    Ok(())
+}
