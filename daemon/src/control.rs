@@ -13,7 +13,7 @@
 //!    also makes an admin;
 //! 3. the method checks what the identity may do ([`Identity::require_admin`],
 //!    [`Identity::caller`] for registered users); a refusal is audited
-//!    (`control.refused`, denied) and returned as `PERMISSION_DENIED` with a
+//!    (`control.refused`, denied, aggregated like plugin denials) and returned as `PERMISSION_DENIED` with a
 //!    message that says who the caller is and what to do;
 //! 4. the work is done by [`Daemon`] (registry, supervisor, tasks, policies,
 //!    kill switch: those methods audit themselves), by hutch-api directly
@@ -405,15 +405,15 @@ impl Control {
         })
     }
 
-    /// Audits a refusal and passes the status through.
+    /// Audits a refusal and passes the status through. Refusals go through
+    /// hutch-api's aggregating sink, so a local user hammering the socket
+    /// costs at most two audit rows per second per distinct refusal.
     async fn refused(&self, who: &Identity, op: &str, status: Status) -> Status {
         let actor = Actor::user(who.name());
         let ev = AuditEvent::new(actor, "control.refused", format!("control/{op}"))
             .denied(status.message().to_owned())
             .with_details(serde_json::json!({ "uid": who.uid }));
-        if let Err(e) = self.daemon.audit(ev).await {
-            tracing::error!(error = %e, "audit a control refusal");
-        }
+        self.daemon.core().audit_sink().deny(ev);
         status
     }
 

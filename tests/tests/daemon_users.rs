@@ -5,7 +5,9 @@
 //! nothing but `whoami`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use hutch_tests::daemon::{Hutchd, s};
+use std::time::Duration;
+
+use hutch_tests::daemon::{Hutchd, s, wait_for};
 use hutch_tests::privileged;
 
 // uids with no passwd entry: mapped to Hutch users explicitly.
@@ -178,23 +180,26 @@ fn non_admins_are_refused_and_see_only_their_own() {
     assert!(!ev.is_empty());
     assert!(ev.iter().all(|e| s(e, "actor_user") == "alice"), "{ev:?}");
     assert!(ev.iter().any(|e| s(e, "operation") == "data.object.get"));
-    // Her refusals were audited (visible to the admin).
-    let denied = d
-        .ctl(&[
-            "--json",
-            "audit",
-            "query",
-            "--op",
-            "control.refused",
-            "--user",
-            "alice",
-        ])
-        .ok()
-        .json();
-    assert!(
-        denied["events"].as_array().is_some_and(|v| !v.is_empty()),
-        "{denied}"
-    );
+    // Her refusals were audited (visible to the admin; denials are queued).
+    let denied = wait_for(Duration::from_secs(10), || {
+        let v = d
+            .ctl(&[
+                "--json",
+                "audit",
+                "query",
+                "--op",
+                "control.refused",
+                "--user",
+                "alice",
+            ])
+            .ok()
+            .json();
+        v["events"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty())
+            .then_some(())
+    });
+    assert!(denied.is_some(), "alice's refusals are audited");
 
     // Teams: once bob shares his dataset with a team alice is in, she reads it.
     d.ctl(&["team", "add-member", "lab", "alice"]).ok();
