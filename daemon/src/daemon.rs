@@ -375,6 +375,10 @@ impl Daemon {
     fn start_enabled(&self) {
         let d = self.clone();
         tokio::spawn(async move {
+            match d.inner.registry.list().await {
+                Ok(all) => all.iter().for_each(|r| d.inner.sup.track(&r.id)),
+                Err(e) => tracing::error!(error = %e, "list plugins"),
+            }
             let ids = match d.inner.registry.enabled_ids().await {
                 Ok(ids) => ids,
                 Err(e) => {
@@ -503,6 +507,7 @@ impl Daemon {
             .registry
             .install(&req, &caller.name, false, &cfg)
             .await?;
+        self.inner.sup.track(&rec.id);
         self.audit_admin(
             caller,
             "plugin.install",
@@ -796,7 +801,10 @@ impl Daemon {
     /// Not installed.
     pub fn logs(&self, caller: &Caller, id: &str, tail: usize) -> Result<LogFollow, DaemonError> {
         caller.require_admin("plugin logs")?;
-        Ok(self.inner.sup.logs(id, tail))
+        self.inner
+            .sup
+            .logs(id, tail)
+            .ok_or_else(|| crate::registry::not_installed(id))
     }
 
     // --------------------------------------------------------------- tasks

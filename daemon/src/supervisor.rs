@@ -706,9 +706,15 @@ impl Supervisor {
         )))
     }
 
-    /// Logs of `id`.
-    pub fn logs(self: &Arc<Self>, id: &str, tail: usize) -> LogFollow {
-        self.slot(id).logs.follow(tail)
+    /// Creates the (idle) supervision state of an installed plugin, so its
+    /// log can be followed before it first starts.
+    pub fn track(self: &Arc<Self>, id: &str) {
+        self.slot(id);
+    }
+
+    /// Logs of `id`, if it is tracked.
+    pub fn logs(&self, id: &str, tail: usize) -> Option<LogFollow> {
+        self.existing(id).map(|s| s.logs.follow(tail))
     }
 
     /// How `instance` of `id` ended, waiting up to `timeout` for it to end.
