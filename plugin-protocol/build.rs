@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     tonic_prost_build::configure()
+        // Admin messages print as `hutchctl --json`: enumerations are strings
+        // in admin.proto, so the derived JSON is readable as is.
+        .type_attribute(".hutch.admin.v1", "#[derive(serde::Serialize)]")
         .build_server(true)
         .build_client(true)
         .compile_with_config(config, &protos, &[root])?;

@@ -36,6 +36,7 @@
 //! ```
 
 pub mod authz;
+pub mod clock;
 pub mod limits;
 pub mod server;
 

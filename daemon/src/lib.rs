@@ -9,7 +9,16 @@
 //! `hutch-sandbox`, authorization and audit are `hutch-api`, the wire format is
 //! `hutch-plugin-protocol`.
 
+pub mod accounts;
 pub mod check_host;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod manifest;
+pub mod plugin_spec;
+pub mod registry;
+pub mod service;
+pub mod supervisor;
+pub mod tasks;
 pub mod try_cmd;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hutch_sandbox::launcher::{LaunchError, Launcher};
 use hutch_sandbox::outcome::Outcome;
-use hutch_sandbox::spec::{SandboxSpec, default_env};
+use hutch_sandbox::spec::SandboxSpec;
 
 use crate::manifest::{Exec, Manifest, ManifestError};
 
@@ -95,29 +95,42 @@ impl TryError {
 /// number is taken by an account in `passwd` or a group in `group` (read from
 /// `etc`, normally `/etc`). Never 0.
 pub fn plugin_uid(id: &str, etc: &Path) -> u32 {
-    let taken = |file: &str| -> Vec<u32> {
+    plugin_uid_in(id, etc, PLUGIN_ID_BASE, PLUGIN_ID_RANGE, &|_| false)
+}
+
+/// As [`plugin_uid`] in the range `base..base+count`, also skipping numbers
+/// for which `taken` is true (the registry's allocations).
+pub fn plugin_uid_in(
+    id: &str,
+    etc: &Path,
+    base: u32,
+    count: u32,
+    taken: &dyn Fn(u32) -> bool,
+) -> u32 {
+    let read = |file: &str| -> Vec<u32> {
         std::fs::read_to_string(etc.join(file))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split(':').nth(2)?.parse().ok())
             .collect()
     };
-    let mut used = taken("passwd");
-    used.extend(taken("group"));
+    let mut used = read("passwd");
+    used.extend(read("group"));
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    let mut off = (h % u64::from(PLUGIN_ID_RANGE)) as u32;
-    for _ in 0..PLUGIN_ID_RANGE {
-        let uid = PLUGIN_ID_BASE + off;
-        if !used.contains(&uid) {
+    let count = count.max(1);
+    let mut off = (h % u64::from(count)) as u32;
+    for _ in 0..count {
+        let uid = base.saturating_add(off);
+        if uid != 0 && !used.contains(&uid) && !taken(uid) {
             return uid;
         }
-        off = (off + 1) % PLUGIN_ID_RANGE;
+        off = (off + 1) % count;
     }
-    PLUGIN_ID_BASE
+    base.max(1)
 }
 
 /// Build the sandbox spec `try` runs: the production defaults plus the
@@ -146,41 +159,20 @@ pub fn build_spec(
         }
     }
     let uid = plugin_uid(&manifest.id, Path::new("/etc"));
-    let mut spec = SandboxSpec::new(
-        &manifest.id,
-        dir.clone(),
-        manifest.exec.in_sandbox(),
-        uid,
-        uid,
-    );
-    spec.args = manifest.args.iter().chain(&args.args).cloned().collect();
-    let mut env = default_env();
-    env.push((
-        "HUTCH_SOCKET".into(),
-        hutch_sandbox::spec::API_SOCKET_PATH.into(),
-    ));
-    env.push(("HUTCH_PLUGIN_ID".into(), manifest.id.clone()));
-    env.push(("HUTCH_PLUGIN_VERSION".into(), manifest.version.to_string()));
-    env.push((
-        "HUTCH_INSTANCE".into(),
-        format!("try-{}", std::process::id()),
-    ));
-    for (k, v) in &manifest.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
-    spec.env = env;
-    spec.read_only = manifest.read_only.clone();
-    let r = &manifest.resources;
-    spec.limits.memory_max = Some(r.memory_max.unwrap_or(DEFAULT_MEMORY_MAX));
-    spec.limits.swap_max = Some(0);
-    spec.limits.cpu_max = r.cpu_max;
-    spec.limits.pids_max = Some(r.pids_max.unwrap_or(DEFAULT_PIDS_MAX));
-    if let Some(t) = r.tmp_size {
-        spec.limits.tmp_size = t;
-    }
-    spec.limits.wall_timeout = args.timeout.or(r.wall_timeout).filter(|d| !d.is_zero());
+    let mut config = crate::config::Config::default();
+    // A parent cgroup of this run's own: a daemon's start-up sweep of its
+    // parent never touches a `try`, nor one `try` another's; the launcher
+    // removes it when the run ends.
+    config.sandbox.cgroup_parent = format!("hutch-try-{}", std::process::id());
+    let limits = crate::plugin_spec::resolve_limits(
+        &manifest.resources,
+        &config.limits,
+        &crate::registry::LimitOverrides::default(),
+    )
+    .map_err(TryError::Usage)?;
+    let instance = format!("try-{}", std::process::id());
     let mut scratch = None;
+    let mut data_dir = None;
     if manifest.persistent_data {
         let data = match &args.state {
             Some(state) => state.join("data").join(&manifest.id),
@@ -199,7 +191,24 @@ pub fn build_spec(
             }
         };
         prepare_data_dir(&data, uid)?;
-        spec.data_dir = Some(data);
+        data_dir = Some(data);
+    }
+    let mut spec = crate::plugin_spec::build(&crate::plugin_spec::SpecInput {
+        manifest: &manifest,
+        plugin_dir: dir.clone(),
+        uid,
+        instance: &instance,
+        extra_args: &args.args,
+        limits: &limits,
+        sandbox_wall_timeout: args.timeout.or(manifest.resources.wall_timeout),
+        data_dir,
+        api_socket: None,
+        config: &config,
+    });
+    // Run from a login shell, not a delegated systemd unit: the parent goes
+    // at the root of each hierarchy.
+    if let Some(c) = spec.cgroup.as_mut() {
+        c.own_cgroup = false;
     }
     Ok((spec, manifest, scratch))
 }

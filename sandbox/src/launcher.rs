@@ -292,6 +292,14 @@ impl Launcher {
     }
 }
 
+impl AsFd for Launcher {
+    /// The control socket: readable when an event waits, so an async caller
+    /// can wait for readiness and then [`Launcher::recv`] without blocking.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.chan.as_fd()
+    }
+}
+
 impl Drop for Launcher {
     fn drop(&mut self) {
         // EOF on the control socket: the launcher kills what is left,

@@ -45,6 +45,8 @@
 //!    -> Landlock -> seccomp (listener handed back over the channel) ->
 //!    `execve`.
 //!
+//! [`host`] probes what the kernel offers (behind `hutchd check-host`).
+//!
 //! Every failing step sends a [`StepError`](error::StepError) ("mount
 //! read-only /plugin: EPERM") back over the channel. See docs/sandbox.md.
 #![allow(unsafe_code)]

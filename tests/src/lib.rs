@@ -22,6 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
+pub mod daemon;
+
 /// Name of the variable that turns a privileged-test skip into a failure.
 pub const REQUIRE_PRIVILEGED: &str = "HUTCH_REQUIRE_PRIVILEGED_TESTS";
 

@@ -35,7 +35,7 @@ pub mod tasks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hutch_plugin_protocol::plugin::v1 as pb;
 use tokio::sync::oneshot;
@@ -164,6 +164,12 @@ impl ApiCore {
     /// The authorization tables (users, teams, dataset ACLs, policies).
     pub fn authz(&self) -> &Authz {
         &self.authz
+    }
+
+    /// The data backend (the daemon's control socket serves admin dataset
+    /// commands and revert through it).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 
     /// The audit store.
@@ -369,12 +375,9 @@ impl<'a> Refusal<'a> {
     }
 }
 
-/// Milliseconds since the epoch.
+/// Milliseconds since the epoch, by the policy clock ([`crate::clock`]).
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 /// Truncates a client-controlled string for the audit log.

@@ -1,7 +1,8 @@
 //! `hutchd`: the Hutch daemon.
 //!
 //! Thin: parses the command line and calls into `hutch_daemon`. The sandbox
-//! launcher is forked first thing, before any thread or runtime exists.
+//! launcher is forked first thing, before any thread or runtime exists
+//! (`hutch_daemon::service` for the daemon, `run_try` for `try`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,9 @@ struct Cli {
     /// file means built-in defaults).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Validate the config and exit (0 valid, 1 invalid) without starting.
+    #[arg(long)]
+    check: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -37,13 +41,32 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The daemon logs at info (plugin output is forwarded at info); the
+    // one-shot commands only warn.
+    let default_level = if cli.command.is_none() {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUTCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
+    if cli.check {
+        return match Config::load(cli.config.as_deref()) {
+            Ok(_) => {
+                println!("config ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hutchd: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match cli.command {
         Some(Command::Try(args)) => ExitCode::from(clamp(run_try(&args))),
         Some(Command::CheckHost { json }) => match check_host_cmd(cli.config, json) {
@@ -53,12 +76,8 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        None => {
-            eprintln!(
-                "hutchd: the daemon itself is not built yet; try `hutchd check-host` or `hutchd try`"
-            );
-            ExitCode::from(1)
-        }
+        // The launcher is forked inside, before the runtime starts.
+        None => ExitCode::from(clamp(hutch_daemon::service::run(cli.config))),
     }
 }
 

@@ -1,0 +1,96 @@
+//! `hutchctl` itself: help on every command, usage errors, an unreachable
+//! daemon. (Commands against a running daemon: the other `daemon_*` tests.)
+
+use std::process::Command;
+
+use hutch_tests::daemon::sibling_bin;
+
+fn hutchctl(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(sibling_bin("hutchctl"))
+        .args(args)
+        .env_remove("HUTCH_CONTROL_SOCKET")
+        .output()
+        .unwrap_or_else(|e| panic!("run hutchctl: {e}"));
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_command_has_help() {
+    let groups: &[(&str, &[&str])] = &[
+        (
+            "",
+            &[
+                "status",
+                "whoami",
+                "plugin",
+                "task",
+                "user",
+                "team",
+                "dataset",
+                "policy",
+                "audit",
+                "kill-switch",
+                "config",
+            ],
+        ),
+        (
+            "plugin",
+            &[
+                "install", "upgrade", "list", "status", "start", "stop", "restart", "enable",
+                "disable", "grants", "limits", "logs", "remove",
+            ],
+        ),
+        ("task", &["run", "list", "show", "watch", "cancel"]),
+        ("user", &["list", "add", "remove"]),
+        ("team", &["list", "add-member", "remove-member"]),
+        (
+            "dataset",
+            &["create", "list", "objects", "put", "get", "share"],
+        ),
+        ("policy", &["list", "add", "remove"]),
+        ("audit", &["query", "export", "verify", "revert"]),
+        ("kill-switch", &["on", "off"]),
+        ("config", &["show", "reload"]),
+    ];
+    for (group, cmds) in groups {
+        for cmd in *cmds {
+            let mut args: Vec<&str> = Vec::new();
+            if !group.is_empty() {
+                args.push(group);
+            }
+            args.push(cmd);
+            args.push("--help");
+            let (code, out, err) = hutchctl(&args);
+            assert_eq!(code, 0, "{args:?}: {err}");
+            assert!(out.contains("Usage: hutchctl"), "{args:?}: {out}");
+        }
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["plugin"][..],
+        &["frobnicate"],
+        &["task", "run", "only-plugin"],
+        &["audit", "revert", "notanumber"],
+    ] {
+        let (code, _, err) = hutchctl(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn unreachable_daemon_exits_1_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sock = dir.path().join("nope.sock");
+    let sock = sock.to_string_lossy();
+    let (code, _, err) = hutchctl(&["--socket", &sock, "status"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is hutchd running?"), "{err}");
+    assert!(err.contains(&*sock), "{err}");
+}
