@@ -244,7 +244,7 @@ pub enum TaskCmd {
         /// The action's arguments, a JSON document.
         #[arg(long, value_name = "JSON", default_value = "{}")]
         args: String,
-        /// An input object DATASET/OBJECT[@VERSION] (repeat).
+        /// An input object DATASET/OBJECT, or DATASET/OBJECT@VERSION (repeat).
         #[arg(long = "input", value_name = "DATASET/OBJECT")]
         inputs: Vec<String>,
         /// Print the task id and return at once instead of following it.
