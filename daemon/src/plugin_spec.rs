@@ -74,7 +74,7 @@ pub fn build(input: &SpecInput<'_>) -> SandboxSpec {
     spec.cgroup = Some(CgroupPlacement {
         parent: s.cgroup_parent.clone(),
         root: s.cgroup_root.clone(),
-        own_cgroup: delegated_cgroup(),
+        base: hutch_sandbox::cgroup::Placement::Auto,
     });
     spec.seccomp.additions = s.seccomp_additions.clone();
     spec.landlock.min_abi = u8::try_from(s.landlock_min_abi).unwrap_or(u8::MAX);
@@ -161,20 +161,6 @@ pub fn resolve_limits(
         return Err("limits must be positive".into());
     }
     Ok(l)
-}
-
-/// Where the daemon puts its parent cgroup: under its own cgroup on a pure
-/// cgroup v2 host (systemd with `Delegate=yes` hands the unit its subtree;
-/// the root belongs to systemd), at the root of each hierarchy on v1 and
-/// hybrid hosts, where the controllers Hutch uses are v1 hierarchies that
-/// systemd does not delegate. Detected once.
-pub fn delegated_cgroup() -> bool {
-    static DELEGATED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DELEGATED.get_or_init(|| {
-        hutch_sandbox::host::CgroupReport::detect(std::path::Path::new("/proc"))
-            .map(|r| r.layout == hutch_sandbox::host::CgroupLayout::V2)
-            .unwrap_or(false)
-    })
 }
 
 #[cfg(test)]

@@ -208,7 +208,7 @@ pub fn build_spec(
     // Run from a login shell, not a delegated systemd unit: the parent goes
     // at the root of each hierarchy.
     if let Some(c) = spec.cgroup.as_mut() {
-        c.own_cgroup = false;
+        c.base = hutch_sandbox::cgroup::Placement::HierarchyRoot;
     }
     Ok((spec, manifest, scratch))
 }

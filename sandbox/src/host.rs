@@ -666,12 +666,26 @@ mod tests {
         // fail and must agree with /proc.
         let ns = probe_namespaces().unwrap();
         assert_eq!(ns.len(), NAMESPACES.len());
+        // As root, a namespace type the kernel has (its /proc/self/ns entry
+        // exists) must probe available, and one it lacks must not.
+        if nix::unistd::geteuid().is_root() {
+            for n in &ns {
+                let file = if n.name == "mount" {
+                    "mnt"
+                } else {
+                    n.name.as_str()
+                };
+                let present = Path::new("/proc/self/ns").join(file).exists();
+                assert_eq!(n.available, present, "{}: {:?}", n.name, n.error);
+            }
+        }
         let r = HostReport::probe(Path::new("/proc"), Minimum::default()).unwrap();
         assert!(!r.kernel.is_empty());
-        assert_eq!(
-            r.landlock_abi.is_some(),
-            probe_landlock_abi().is_ok(),
-            "landlock probe is stable"
-        );
+        // The cgroup report agrees with the kernel's own list of hierarchies
+        let cgroups = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let has_v2_line = cgroups.lines().any(|l| l.starts_with("0::"));
+        // (A mounted cgroup2 always shows as a `0::` line; the converse need
+        // not hold when it is mounted only in another mount namespace.)
+        assert!(r.cgroups.mounts.v2.is_none() || has_v2_line, "{cgroups}");
     }
 }

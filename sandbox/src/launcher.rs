@@ -340,7 +340,7 @@ struct Server {
     ctrl: Channel<Event, Request>,
     ctrl_open: bool,
     running: HashMap<u64, Running>,
-    managers: HashMap<(String, PathBuf, bool), CgroupManager>,
+    managers: HashMap<(String, PathBuf, Placement), CgroupManager>,
     seccomp_cache: crate::policy::SeccompCache,
 }
 
@@ -513,17 +513,13 @@ impl Server {
         let key = (
             placement.parent.clone(),
             placement.root.clone(),
-            placement.own_cgroup,
+            placement.base,
         );
         if !self.managers.contains_key(&key) {
             let config = CgroupConfig {
                 parent: placement.parent.clone(),
                 cgroup_root: placement.root.clone(),
-                placement: if placement.own_cgroup {
-                    Placement::OwnCgroup
-                } else {
-                    Placement::HierarchyRoot
-                },
+                placement: placement.base,
                 ..CgroupConfig::default()
             };
             let m = CgroupManager::new(config).map_err(|e| e.to_string())?;

@@ -87,10 +87,11 @@ pub struct CgroupPlacement {
     pub parent: String,
     /// Root of the cgroup filesystem (default `/sys/fs/cgroup`).
     pub root: PathBuf,
-    /// Put `parent` under the caller's own cgroup (a systemd unit with
-    /// `Delegate=yes`: the daemon) instead of at the root of each hierarchy
-    /// (default: the root, right for `hutchd try` from a login shell).
-    pub own_cgroup: bool,
+    /// Where `parent` goes: at the root of each hierarchy (the default,
+    /// right for `hutchd try` from a login shell), under the caller's own
+    /// cgroup, or `Auto` (own cgroup on pure v2, where systemd's
+    /// `Delegate=yes` hands the daemon its subtree; root on v1 and hybrid).
+    pub base: crate::cgroup::Placement,
 }
 
 impl Default for CgroupPlacement {
@@ -98,7 +99,7 @@ impl Default for CgroupPlacement {
         Self {
             parent: "hutch".into(),
             root: PathBuf::from("/sys/fs/cgroup"),
-            own_cgroup: false,
+            base: crate::cgroup::Placement::HierarchyRoot,
         }
     }
 }

@@ -159,7 +159,9 @@ pub struct CgroupStats {
 }
 
 /// Where `<base>` (the directory holding Hutch's parent cgroup) is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum Placement {
     /// v2: the daemon's own cgroup (a systemd `Delegate=yes` subtree);
     /// v1: the hierarchy root.
