@@ -207,15 +207,26 @@ def write_object(
     if expected_version is not None:
         header.expected_version = expected_version
 
+    failure: List[BaseException] = []
+
     def requests() -> Iterator[pb.PutObjectRequest]:
         yield pb.PutObjectRequest(header=header)
-        for chunk in _chunks(content):
-            _check()
-            yield pb.PutObjectRequest(chunk=chunk)
+        try:
+            for chunk in _chunks(content):
+                _check()
+                yield pb.PutObjectRequest(chunk=chunk)
+        except BaseException as e:
+            # Raising here makes grpc cancel the call, so a content source
+            # that fails half-way never stores a truncated object; the
+            # original error is re-raised below instead of grpc's UNKNOWN.
+            failure.append(e)
+            raise
 
     try:
         return stub.PutObject(requests(), metadata=_metadata(task_id))
     except grpc.RpcError as e:
+        if failure:
+            raise failure[0] from None
         _check()
         raise from_rpc_error(op, e) from None
 

@@ -37,6 +37,10 @@ name = "write"
 description = "write one object (denied without data:write)"
 
 [[actions]]
+name = "badsource"
+description = "a content source that fails half-way"
+
+[[actions]]
 name = "spin"
 description = "progress until cancelled"
 """
@@ -102,6 +106,13 @@ def write(task: Task):
         return {"type": type(e).__name__, "message": str(e), "reason": e.reason,
                 "op": e.op, "is_hutch_error": isinstance(e, hutch_plugin.HutchError)}
     return {"type": "none"}
+
+@plugin.action("badsource")
+def badsource(task: Task):
+    def content():
+        yield b"x" * 2_500_000
+        raise hutch_plugin.TaskFailed("source broke after 2.5 MB")
+    task.write_object(task.args["dataset"], "partial.bin", content())
 
 @plugin.action("spin")
 def spin(task: Task):
@@ -189,6 +200,15 @@ def test_denied_call_is_a_readable_exception(hutchd: Hutchd) -> None:
     assert t["task"]["error"] == r["message"], t
     denied = hutchd.ctl("--json", "audit", "query", "--decision", "denied").ok().json()
     assert any(e["operation"] == "data.object.put" for e in denied["events"]), denied
+
+
+def test_failing_content_source_stores_nothing(hutchd: Hutchd) -> None:
+    install_probe(hutchd)
+    hutchd.ctl("dataset", "create", "D", "--id", "ds1").ok()
+    t = hutchd.task(PLUGIN_ID, "badsource", {"dataset": "ds1"})
+    assert t["task"]["state"] == "failed" and t["task"]["error"] == "source broke after 2.5 MB", t
+    objs = hutchd.ctl("--json", "dataset", "objects", "ds1").ok().json()
+    assert objs.get("objects", []) == [], objs
 
 
 def test_cancel_stops_the_handler_and_reports_cancelled(hutchd: Hutchd) -> None:
