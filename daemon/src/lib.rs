@@ -22,3 +22,5 @@ pub mod service;
 pub mod supervisor;
 pub mod tasks;
 pub mod try_cmd;
+pub mod try_summary;
+pub mod try_task;

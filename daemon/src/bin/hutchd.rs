@@ -36,7 +36,7 @@ enum Command {
         json: bool,
     },
     /// Run one plugin once in the foreground under the production sandbox.
-    Try(hutch_daemon::try_cmd::TryArgs),
+    Try(Box<hutch_daemon::try_cmd::TryArgs>),
 }
 
 fn main() -> ExitCode {
@@ -102,20 +102,18 @@ fn check_host_cmd(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCod
 
 fn run_try(args: &hutch_daemon::try_cmd::TryArgs) -> i32 {
     // Forked before any thread exists: the launcher must be single-threaded.
-    let mut launcher = match hutch_sandbox::launcher::Launcher::start() {
+    let launcher = match hutch_sandbox::launcher::Launcher::start() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("hutchd try: {e}");
             return 1;
         }
     };
-    let code = match hutch_daemon::try_cmd::run(&mut launcher, args) {
+    match hutch_daemon::try_cmd::run(launcher, args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hutchd try: {e}");
             e.exit_code()
         }
-    };
-    drop(launcher);
-    code
+    }
 }
