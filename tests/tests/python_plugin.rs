@@ -223,3 +223,53 @@ fn plugin_authors_walkthrough_runs_as_written() {
     let tasks = d.ctl(&["--json", "task", "list"]).ok().json();
     assert_eq!(tasks["tasks"][0]["state"], "completed", "{tasks}");
 }
+
+#[test]
+fn try_names_a_denied_scope_as_the_docs_show() {
+    if !privileged("try_names_a_denied_scope_as_the_docs_show") {
+        return;
+    }
+    // python-blur without data:write: its write is denied, and `hutchd try`
+    // says so in the form docs/plugin-authors.md shows.
+    let tmp = hutch_tests::python::vendored_copy(&repo_root().join("examples/plugins/python-blur"))
+        .unwrap();
+    let plugin = tmp.path().join("plugin");
+    let manifest = std::fs::read_to_string(plugin.join("hutch-plugin.toml")).unwrap();
+    let narrowed = manifest.replace(
+        "scopes = [\"data:read\", \"data:write\"]",
+        "scopes = [\"data:read\"]",
+    );
+    assert_ne!(manifest, narrowed, "the manifest requests data:write");
+    std::fs::write(plugin.join("hutch-plugin.toml"), narrowed).unwrap();
+    let image = tmp.path().join("cells.pgm");
+    let mut pgm = b"P5\n64 48\n255\n".to_vec();
+    pgm.extend((0..64 * 48).map(|i| (i % 251) as u8));
+    std::fs::write(&image, pgm).unwrap();
+    let out = Command::new(hutchd_path())
+        .arg("try")
+        .arg(&plugin)
+        .args(["--task", "threshold", "--input"])
+        .arg(&image)
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    let doc = docs();
+    for line in [
+        "permission denied: scope data:write is not granted to this plugin",
+        "hutch: API denied: data.object.put dataset/try/object/cells.threshold.pgm x1: scope data:write is not granted to this plugin",
+        "hutch:   -> request it: scopes = [.., \"data:write\"] in hutch-plugin.toml (an admin grants it at install)",
+    ] {
+        assert!(stderr.contains(line), "try prints {line:?}:\n{stderr}");
+    }
+    for shown in [
+        "hutch: API denied: data.object.put dataset/try/object/cells.inverted.pgm x1: scope data:write is not granted to this plugin",
+        "hutch:   -> request it: scopes = [.., \"data:write\"] in hutch-plugin.toml (an admin grants it at install)",
+        "hutch: nothing was denied",
+    ] {
+        assert!(doc.contains(shown), "the docs show {shown:?}");
+    }
+}
