@@ -35,6 +35,11 @@ plugin = hutch_plugin.Plugin(client="python-blur 1.0.0")
 BLOCKS = 20
 
 
+def compact(value: object) -> str:
+    """JSON without spaces (as serde_json writes it, so both example plugins agree)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def parse_pgm(data: bytes, name: str) -> "np.ndarray":
     """Parses a binary P5 PGM with maxval 255 (``#`` comments allowed in the header)."""
     bad = TaskFailed(f"input {name}: not a P5 PGM with maxval 255")
@@ -127,7 +132,7 @@ def run(task: Task, args: dict) -> dict:
     """Applies ``task.action`` to every input and writes the results."""
     if not task.inputs:
         raise TaskFailed(f"{task.action}: no input objects (pass --input DATASET/KEY)")
-    task.log(f"{task.action} {json.dumps(args)} on {len(task.inputs)} input(s)")
+    task.log(f"{task.action} {compact(args)} on {len(task.inputs)} input(s)")
     outputs: list[str] = []
     pixels = 0
     share = 100.0 / len(task.inputs)
@@ -153,7 +158,9 @@ def run(task: Task, args: dict) -> dict:
             "action": task.action,
             "args": args,
         }
-        info = task.write_object(ref.dataset_id, key, pgm_chunks(img), metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
+        # metadata values are strings: JSON (compact) unless already a string
+        metadata = {k: v if isinstance(v, str) else compact(v) for k, v in meta.items()}
+        info = task.write_object(ref.dataset_id, key, pgm_chunks(img), metadata=metadata)
         task.output(key, value=meta, object=info)
         outputs.append(key)
         pixels += int(img.size)
