@@ -53,11 +53,14 @@ def _bin(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def kit() -> Iterator[Path]:
     """A vendor/ dir built by vendor.sh once per session (hard-linked into plugins)."""
-    root = tmp_path_factory.mktemp("kit")
-    subprocess.run([str(PYTHON_DIR / "vendor.sh"), str(root)], check=True)
-    return root / "vendor"
+    root = Path(tempfile.mkdtemp(prefix="hutch-py-kit-"))
+    try:
+        subprocess.run([str(PYTHON_DIR / "vendor.sh"), str(root)], check=True)
+        yield root / "vendor"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class Ctl:
