@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 pub mod daemon;
+pub mod examples;
 pub mod python;
 
 /// Name of the variable that turns a privileged-test skip into a failure.
