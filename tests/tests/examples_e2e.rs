@@ -31,3 +31,18 @@ fn rust_blur_cancel_leaves_no_output() -> std::io::Result<()> {
     // 3 Mpixel, 16 passes: long enough to be cancelled mid-way.
     run_cancel_e2e("rust-blur-cancel", &dir, 2048, 1536)
 }
+
+#[test]
+fn python_blur_end_to_end() -> std::io::Result<()> {
+    if !privileged("python_blur_end_to_end") {
+        return Ok(());
+    }
+    // The plugin dir as its README builds it: a copy vendored by
+    // plugin-protocol/python/vendor.sh (grpcio, protobuf, stubs, helper),
+    // running on /usr/bin/python3 in the full default sandbox.
+    let src = hutch_tests::python::repo_root().join("examples/plugins/python-blur");
+    let tmp = hutch_tests::python::vendored_copy(&src)?;
+    let dir = tmp.path().join("plugin");
+    run_image_e2e("python-blur", &dir)?;
+    run_cancel_e2e("python-blur-cancel", &dir, 2048, 1536)
+}
