@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use hutch_api::audit::{Actor, AuditEvent, AuditFilter, Decision};
 use hutch_sandbox::outcome::{Outcome, format_size};
-use hutch_sandbox::seccomp::profile::HARD_DENIED;
+use hutch_sandbox::seccomp::profile::{HARD_DENIED, PROFILE, Rule};
 use hutch_sandbox::spec::SandboxSpec;
 use serde::Serialize;
 
@@ -150,9 +150,14 @@ pub fn api_hint(reason: &str) -> Option<String> {
 
 /// How to get a denied syscall allowed.
 pub fn syscall_hint(name: &str) -> String {
-    match HARD_DENIED.iter().find(|(n, _)| *n == name) {
-        Some((_, why)) => format!("{name} is never allowed (hard-denied: {why})"),
-        None => format!(
+    if let Some((_, why)) = HARD_DENIED.iter().find(|(n, _)| *n == name) {
+        return format!("{name} is never allowed (hard-denied: {why})");
+    }
+    match PROFILE.iter().find(|(n, _, _)| *n == name) {
+        Some((_, rule, why)) if *rule != Rule::Always => format!(
+            "{name} is allowed only with restricted arguments ({why}); these arguments are never allowed"
+        ),
+        _ => format!(
             "{name} is not in the sandbox's seccomp profile; only an admin can add it ([sandbox] seccomp_additions in hutchd.toml, not recommended): ask whether your plugin really needs it"
         ),
     }
@@ -321,7 +326,8 @@ mod tests {
         let h = api_hint("scope data:write is not granted to this plugin");
         assert!(h.is_some_and(|h| h.contains("\"data:write\"") && h.contains("scopes")));
         assert!(syscall_hint("bpf").contains("never allowed"));
-        assert!(syscall_hint("mincore").contains("seccomp_additions"));
+        assert!(syscall_hint("nr:999").contains("seccomp_additions"));
+        assert!(syscall_hint("ioctl").contains("restricted arguments"));
         assert_eq!(api_hint("something else"), None);
     }
 }
