@@ -183,6 +183,43 @@ pub fn rust_blur_dir(root: &Path) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The metadata stored with `dataset/key@version`, read from the daemon's
+/// SQLite file (`object_versions.metadata`, a JSON object of strings):
+/// `hutchctl` shows objects without their metadata.
+///
+/// # Errors
+/// The database cannot be read or has no such version.
+pub fn stored_metadata(
+    state_dir: &Path,
+    dataset: &str,
+    key: &str,
+    version: i64,
+) -> Result<serde_json::Value, String> {
+    use sqlx::ConnectOptions;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async {
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(state_dir.join("hutch.db"))
+            .read_only(true)
+            .connect()
+            .await
+            .map_err(|e| format!("open {}/hutch.db: {e}", state_dir.display()))?;
+        let text: String = sqlx::query_scalar(
+            "SELECT metadata FROM object_versions WHERE dataset_id = ? AND key = ? AND version = ?",
+        )
+        .bind(dataset)
+        .bind(key)
+        .bind(version)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| format!("metadata of {dataset}/{key}@{version}: {e}"))?;
+        serde_json::from_str(&text).map_err(|e| format!("metadata {text:?}: {e}"))
+    })
+}
+
 fn fail(d: &Hutchd, what: &str) -> ! {
     panic!("{what}\n--- hutchd log ---\n{}", d.log())
 }
@@ -223,8 +260,10 @@ fn run_task(d: &Hutchd, plugin: &str, action: &str, args: &str, input: &str) -> 
 /// 4. run `blur {"passes": 3}` and `threshold {"level": 100}` on it
 ///    (`task run --detach`, `task watch`, `task show --json`): each must
 ///    complete with result `{"outputs": [KEY], "pixels": 49601}`, yield
-///    `KEY` with the contract's metadata value (source, source_version,
-///    action, args);
+///    `KEY` with the contract's metadata as its value (source,
+///    source_version, action, args), and store it with the same metadata
+///    (strings; `args` as JSON text; read from the daemon's SQLite file,
+///    [`stored_metadata`]);
 /// 5. fetch `raw/cells.blur.pgm` and `raw/cells.threshold.pgm` with
 ///    `dataset get` and compare them byte for byte with [`encode_pgm`] of the
 ///    reference;
@@ -310,6 +349,14 @@ pub fn run_image_e2e(test: &str, plugin_dir: &Path) -> io::Result<()> {
         assert_eq!(s(&meta, "action"), *action, "{meta}");
         assert_eq!(meta["source_version"].as_u64(), Some(1), "{meta}");
         assert_eq!(&meta["args"], args_value, "{meta}");
+        // The metadata stored with the object: strings, `args` as JSON text.
+        let version = out["object"]["version"].as_i64().unwrap_or(1);
+        let stored = stored_metadata(&d.state, "imgs", &key, version)
+            .unwrap_or_else(|e| fail(&d, &format!("{action}: {e}")));
+        assert_eq!(s(&stored, "source"), "imgs/raw/cells.pgm", "{stored}");
+        assert_eq!(s(&stored, "source_version"), "1", "{stored}");
+        assert_eq!(s(&stored, "action"), *action, "{stored}");
+        assert_eq!(&json_of(s(&stored, "args")), args_value, "{stored}");
         // The pixels, byte for byte (header included: writers emit it exactly).
         let got = d.root().join(format!("{action}.pgm"));
         let get = d.ctl(&["dataset", "get", "imgs", &key, "-o", &got.to_string_lossy()]);
