@@ -195,14 +195,7 @@ async fn handle(
                 let mut img = img;
                 for pass in 0..passes {
                     let step = share * 0.9 / passes as f32;
-                    img = apply(
-                        &img,
-                        &report,
-                        done + step * pass as f32,
-                        step,
-                        |s, d, a, b| blur_rows(s, d, a, b),
-                    )
-                    .await?;
+                    img = apply(&img, &report, done + step * pass as f32, step, blur_rows).await?;
                 }
                 img
             }
