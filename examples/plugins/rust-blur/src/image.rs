@@ -78,7 +78,7 @@ pub fn encode_pgm(img: &Image) -> Vec<u8> {
 }
 
 /// Rows `y0..y1` of one pass of the 3x3 binomial kernel
-/// [[1,2,1],[2,4,2],[1,2,1]] with clamped edges, `(sum + 8) >> 4`.
+/// `[[1,2,1],[2,4,2],[1,2,1]]` with clamped edges, `(sum + 8) >> 4`.
 pub fn blur_rows(src: &Image, dst: &mut [u8], y0: usize, y1: usize) {
     let (w, h) = (src.width, src.height);
     let p = |y: usize, x: usize| u32::from(src.pixels[y * w + x]);
