@@ -18,6 +18,7 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hutch_api::authz::{Role, ScopeSet};
@@ -300,6 +301,41 @@ fn scratch_parent() -> PathBuf {
     std::env::temp_dir()
 }
 
+/// Removes throw-away state dirs left by `try` runs that were killed
+/// (SIGKILL leaves no chance to clean up; under `/dev/shm` they would hold
+/// memory): a `hutch-try-*` dir of ours, older than a minute, whose
+/// `hutchd.lock` nobody holds (a running `try` holds it for its whole run).
+fn sweep_stale_scratch(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for e in entries.flatten() {
+        let path = e.path();
+        let stale = e.file_name().to_string_lossy().starts_with("hutch-try-")
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| {
+                m.is_dir()
+                    && m.uid() == me
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(60))
+            });
+        if !stale {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(path.join("hutchd.lock")) else {
+            continue;
+        };
+        if let Ok(held) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
+            let _ = std::fs::remove_dir_all(&path);
+            drop(held);
+        }
+    }
+}
+
 /// The Hutch user `try` acts as: the invoking account's name.
 fn acting_user() -> String {
     match nix::unistd::User::from_uid(nix::unistd::getuid()) {
@@ -337,6 +373,7 @@ async fn run_async(launcher: Launcher, args: &TryArgs, plan: Plan) -> Result<i32
         }
         None => {
             let parent = scratch_parent();
+            sweep_stale_scratch(&parent);
             let t = tempfile::Builder::new()
                 .prefix("hutch-try-")
                 .tempdir_in(&parent)
@@ -405,9 +442,17 @@ async fn run_in(
     };
     let spec = build_spec(plan, args, config, &instance, data_dir, Some(socket));
     let driver = daemon.inner.sup.driver.clone();
+    // Ctrl-C and SIGTERM are counted (and no longer end hutchd at once), so
+    // an interrupted run still reports, stops the plugin and cleans up.
+    let (intr_tx, intr) = tokio::sync::watch::channel(0u32);
+    let signals = tokio::spawn(count_interrupts(intr_tx));
     let (sid, events) = driver.spawn(&spec)?;
     let (ended_tx, ended) = tokio::sync::watch::channel(false);
     let fg = tokio::spawn(foreground(events, spec.name.clone(), ended_tx));
+    let stopper = plan
+        .task
+        .is_none()
+        .then(|| tokio::spawn(stop_on_interrupt(driver.clone(), sid, intr.clone())));
     let task = match &plan.task {
         Some(t) => Some(
             t.drive(
@@ -418,6 +463,7 @@ async fn run_in(
                 &instance,
                 &plan.manifest,
                 ended.clone(),
+                intr.clone(),
                 config.supervisor.agent_connect_timeout,
                 since_us,
             )
@@ -431,7 +477,12 @@ async fn run_in(
     if stopped_by_us {
         driver.stop(sid);
     }
-    let outcome = match fg.await {
+    let outcome = fg.await;
+    signals.abort();
+    if let Some(s) = stopper {
+        s.abort();
+    }
+    let outcome = match outcome {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => return Err(e),
         Err(e) => return Err(DaemonError::internal("sandbox task", e).into()),
@@ -503,6 +554,42 @@ fn print_outcome(outcome: &Outcome, spec: &SandboxSpec, stopped: bool) {
         lines.push("(stopped by hutch)".into());
     }
     print_lines(&lines);
+}
+
+/// Counts SIGINT and SIGTERM on `count`.
+async fn count_interrupts(count: tokio::sync::watch::Sender<u32>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        count.send_modify(|n| *n += 1);
+    }
+}
+
+/// Without a task: the first interrupt stops the plugin (SIGTERM, grace,
+/// kill), the second kills it now.
+async fn stop_on_interrupt(
+    driver: Arc<crate::supervisor::LauncherDriver>,
+    sid: u64,
+    mut intr: tokio::sync::watch::Receiver<u32>,
+) {
+    while intr.changed().await.is_ok() {
+        if *intr.borrow() == 1 {
+            crate::try_task::say("interrupted: stopping the plugin (interrupt again to kill it)");
+            driver.stop(sid);
+        } else {
+            driver.kill(sid);
+            return;
+        }
+    }
 }
 
 /// Runs one sandbox to its end through the daemon's launcher driver: its

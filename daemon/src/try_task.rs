@@ -266,6 +266,7 @@ impl TaskPlan {
         instance: &str,
         manifest: &Manifest,
         mut ended: watch::Receiver<bool>,
+        mut intr: watch::Receiver<u32>,
         hello_timeout: Duration,
         since_us: i64,
     ) -> Result<TaskRun, TryError> {
@@ -281,6 +282,11 @@ impl TaskPlan {
                 return Err(TryError::Daemon(DaemonError::Conflict(
                     "the plugin ended before it said hello: a task needs the Agent session on \
                      $HUTCH_SOCKET (see docs/plugin-authors.md)".into(),
+                )));
+            }
+            _ = intr.wait_for(|n| *n > 0) => {
+                return Err(TryError::Daemon(DaemonError::Conflict(
+                    "interrupted before the plugin said hello".into(),
                 )));
             }
         }
@@ -346,6 +352,10 @@ impl TaskPlan {
         let mut last_progress: Option<Instant> = None;
         let mut ended_seen = *ended.borrow();
         let mut grace = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        // Set by the first interrupt (the task is cancelled; the plugin's
+        // final event then ends it as cancelled).
+        let mut cancelled: Option<String> = None;
+        let mut intr_open = true;
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -386,6 +396,11 @@ impl TaskPlan {
                         run.result_json = Some(result_json);
                         break;
                     }
+                    Some(TaskEvent::Failed { error }) if cancelled.is_some() => {
+                        run.state = TaskState::Cancelled;
+                        run.error = Some(format!("{} ({})", cancelled.take().unwrap_or_default(), neutralise(error.as_bytes(), 2000)));
+                        break;
+                    }
                     Some(TaskEvent::Failed { error }) => {
                         run.state = TaskState::Failed;
                         run.error = Some(if error == "plugin agent stream closed" {
@@ -412,13 +427,27 @@ impl TaskPlan {
                     run.error = Some("the plugin ended during the task".into());
                     break;
                 }
+                r = intr.changed(), if intr_open => {
+                    if r.is_err() {
+                        intr_open = false;
+                    } else if cancelled.is_none() {
+                        let why = "interrupted (Ctrl-C)".to_owned();
+                        let _ = hub.cancel(&id, &why);
+                        say("interrupted: cancelling the task (interrupt again to stop the plugin)");
+                        cancelled = Some(why);
+                    } else {
+                        run.state = TaskState::Cancelled;
+                        run.error = cancelled.take();
+                        break;
+                    }
+                }
             }
         }
         run.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let op = if run.completed() {
-            "task.completed"
-        } else {
-            "task.failed"
+        let op = match run.state {
+            TaskState::Completed => "task.completed",
+            TaskState::Cancelled => "task.cancelled",
+            _ => "task.failed",
         };
         let mut ev = AuditEvent::new(Actor::daemon(), op, format!("task/{id}"))
             .with_task(id.clone())

@@ -281,3 +281,59 @@ fn usage_errors_exit_2_and_say_what_is_wrong() {
         "{r:?}"
     );
 }
+
+#[test]
+fn an_interrupt_cancels_the_task_and_stops_the_plugin() {
+    if !privileged("an_interrupt_cancels_the_task_and_stops_the_plugin") {
+        return;
+    }
+    use std::io::BufRead;
+    let (root, dir, _) = setup(|m| m);
+    let big = root.path().join("big.pgm");
+    std::fs::write(&big, encode_pgm(&test_image(2048, 1536, 3))).unwrap();
+    let mut child = Command::new(hutchd_path())
+        .args([
+            "try",
+            &s(&dir),
+            "--task",
+            "blur",
+            "--args",
+            r#"{"passes": 16}"#,
+        ])
+        .args([
+            "--input",
+            &s(&big),
+            "--output",
+            &s(&root.path().join("out")),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Interrupt once the blur reports progress.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let go = line.contains("%] rows");
+        seen.push(line);
+        if go {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+            break;
+        }
+    }
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    let text = seen.join("\n");
+    assert_eq!(status.code(), Some(1), "{text}");
+    for needle in [
+        "interrupted: cancelling the task",
+        "cancelled: interrupted (Ctrl-C)",
+        "the plugin was stopped by hutch after the task",
+        "outputs written: none",
+    ] {
+        assert!(text.contains(needle), "stderr lacks {needle:?}:\n{text}");
+    }
+}
