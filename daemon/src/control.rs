@@ -1122,9 +1122,24 @@ impl Admin for Control {
     ) -> Result<Response<pb::Plugin>, Status> {
         let c = self.admin(&req, "plugin limits").await?;
         let r = req.into_inner();
+        // 0 = keep (admin.proto): a field not given keeps its current override.
+        let current = self
+            .daemon
+            .plugin(&r.id)
+            .await
+            .map_err(daemon_status)?
+            .limit_overrides;
+        let given = limits_from_pb(r.limits);
+        let limits = LimitOverrides {
+            memory_max: given.memory_max.or(current.memory_max),
+            cpu_max: given.cpu_max.or(current.cpu_max),
+            pids_max: given.pids_max.or(current.pids_max),
+            tmp_size: given.tmp_size.or(current.tmp_size),
+            wall_timeout: given.wall_timeout.or(current.wall_timeout),
+        };
         let p = self
             .daemon
-            .set_limits(&c, &r.id, limits_from_pb(r.limits))
+            .set_limits(&c, &r.id, limits)
             .await
             .map_err(daemon_status)?;
         Ok(Response::new(pb_plugin(&p)))

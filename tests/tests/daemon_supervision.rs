@@ -578,6 +578,12 @@ fn limits_apply_live_to_the_running_instance() {
     // The supervisor noted it in the plugin's log.
     let logs = d.ctl(&["plugin", "logs", id]).ok();
     assert!(logs.stdout.contains("limits changed live"), "{logs:?}");
+    // Another limit alone keeps the others (0 = keep): pids stays at 8.
+    d.ctl(&["plugin", "limits", id, "--cpu-max", "0.25"]).ok();
+    assert_eq!(pids_max(), "10");
+    assert_eq!(memory_max(), (256u64 << 20).to_string());
+    let quota = cpu_quota();
+    assert!(quota == "25000" || quota == "25000 100000", "{quota}");
     // A restart starts with the new limits from the beginning.
     d.ctl(&["plugin", "restart", id]).ok();
     let p = running(&d, id, Some(&instance));
