@@ -903,7 +903,7 @@ impl Admin for Control {
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::DaemonStatus>, Status> {
         self.handle(req, Need::User, "status", |_, _| async move {
-            Ok::<_, Status>(self.pb_status().await?)
+            self.pb_status().await
         })
         .await
     }
@@ -953,7 +953,7 @@ impl Admin for Control {
                     .set_kill_switch(&caller, reason)
                     .await
                     .map_err(daemon_status)?;
-                Ok::<_, Status>(self.pb_status().await?)
+                self.pb_status().await
             },
         )
         .await
@@ -964,7 +964,7 @@ impl Admin for Control {
         req: Request<pb::GetConfigRequest>,
     ) -> Result<Response<pb::ConfigInfo>, Status> {
         self.handle(req, Need::Admin, "config show", |_, _| async move {
-            Ok::<_, Status>(self.config_info().await?)
+            self.config_info().await
         })
         .await
     }
@@ -1017,7 +1017,7 @@ impl Admin for Control {
             }
             self.daemon.audit(ev).await.map_err(daemon_status)?;
             outcome.map_err(daemon_status)?;
-            Ok::<_, Status>(self.config_info().await?)
+            self.config_info().await
         })
         .await
     }
