@@ -2,7 +2,8 @@
 //! and its control socket: crash-loop disable, the watchdog killing a hung
 //! plugin, `plugin logs -f` (neutralised, rate- and size-bounded), and
 //! limits changed live on a running instance's cgroup (by `plugin limits`
-//! and by a config reload). Short timings come from the config file.
+//! and by a config reload), and a wall timeout set on a running plugin.
+//! Short timings come from the config file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -589,4 +590,28 @@ fn limits_apply_live_to_the_running_instance() {
     let p = running(&d, id, Some(&instance));
     let pid2 = p["pid"].as_u64().unwrap();
     assert_eq!(read(cgroup_dir(pid2, "pids").join("pids.max")), "10");
+}
+
+#[test]
+fn wall_timeout_set_on_a_running_plugin_fails_the_next_long_task() {
+    if !privileged("wall_timeout_set_on_a_running_plugin_fails_the_next_long_task") {
+        return;
+    }
+    let d = start("sup-wall", "");
+    let id = "org.test.wall";
+    let p = example(&d, id, "");
+    let instance = s(&p, "instance_id").to_owned();
+    // Applies to tasks assigned from now on, without a restart.
+    d.ctl(&["plugin", "limits", id, "--wall-timeout", "1s"])
+        .ok();
+    let t = task_end(
+        &d,
+        &run_task(&d, id, "sleep", r#"{"ms": 60000, "step_ms": 100}"#),
+    );
+    assert_eq!(s(&t["task"], "state"), "failed", "{t}");
+    assert!(s(&t["task"], "error").contains("wall timeout"), "{t}");
+    // The plugin honoured the cancel: same instance, still running.
+    let now = d.ctl(&["--json", "plugin", "status", id]).ok().json();
+    assert_eq!(s(&now, "instance_id"), instance, "{now}");
+    assert_eq!(s(&now, "state"), "running", "{now}");
 }
