@@ -12,7 +12,10 @@
 //!    (table `user_uids`, else the login name) with its role; role `admin`
 //!    also makes an admin;
 //! 3. the method checks what the identity may do ([`Identity::require_admin`],
-//!    [`Identity::caller`] for registered users); a refusal is audited
+//!    [`Identity::caller`] for registered users; steps 1-3 are
+//!    `Control::handle`, which every method but `WhoAmI` goes through, and
+//!    names given in requests are checked the same way everywhere by
+//!    `user_name` and `team_name`); a refusal is audited
 //!    (`control.refused`, denied, aggregated like plugin denials) and returned as `PERMISSION_DENIED` with a
 //!    message that says who the caller is and what to do;
 //! 4. the work is done by [`Daemon`] (registry, supervisor, tasks, policies,
@@ -286,6 +289,35 @@ fn in_group(login: &str, gid: nix::unistd::Gid, group: &str) -> bool {
     nix::unistd::getgrouplist(&name, gid).is_ok_and(|gs| gs.contains(&g.gid))
 }
 
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Admins only ([`Identity::require_admin`]).
+    Admin,
+    /// Admins and registered users ([`Identity::caller`]).
+    User,
+}
+
+/// A user name as given to the control API: trimmed, 1 to 64 characters,
+/// no `/` or control characters.
+fn user_name(name: &str) -> Result<String, Status> {
+    let n = name.trim();
+    if n.is_empty() || n.len() > 64 || n.chars().any(|ch| ch.is_control() || ch == '/') {
+        return Err(Status::invalid_argument(format!(
+            "user name {name:?}: 1..64 characters, no '/' or control characters"
+        )));
+    }
+    Ok(n.to_owned())
+}
+
+/// A team name as given to the control API: not blank (kept as given).
+fn team_name(name: &str) -> Result<String, Status> {
+    if name.trim().is_empty() {
+        return Err(Status::invalid_argument("team name must not be empty"));
+    }
+    Ok(name.to_owned())
+}
+
 /// The admin service.
 #[derive(Clone)]
 pub struct Control {
@@ -431,6 +463,30 @@ impl Control {
             Ok(c) => Ok(c),
             Err(s) => Err(self.refused(&who, what, s).await),
         }
+    }
+
+    /// The shape of every method but `who_am_i`: identify the caller from
+    /// the connection, check that they may do `what` (`need`; a refusal is
+    /// audited and returned as `PERMISSION_DENIED`), then run `work` with
+    /// the caller and the request body. `work` validates its input
+    /// (`INVALID_ARGUMENT` before anything changes), calls the daemon,
+    /// records what it changed and builds the reply.
+    async fn handle<Req, T, F, Fut>(
+        &self,
+        req: Request<Req>,
+        need: Need,
+        what: &str,
+        work: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Caller, Req) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let caller = match need {
+            Need::Admin => self.admin(&req, what).await?,
+            Need::User => self.registered(&req, what).await?,
+        };
+        work(caller, req.into_inner()).await.map(Response::new)
     }
 
     /// Records an admin/user change made here.
@@ -846,8 +902,10 @@ impl Admin for Control {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::DaemonStatus>, Status> {
-        self.registered(&req, "status").await?;
-        Ok(Response::new(self.pb_status().await?))
+        self.handle(req, Need::User, "status", |_, _| async move {
+            self.pb_status().await
+        })
+        .await
     }
 
     async fn who_am_i(
@@ -877,257 +935,283 @@ impl Admin for Control {
         &self,
         req: Request<pb::SetKillSwitchRequest>,
     ) -> Result<Response<pb::DaemonStatus>, Status> {
-        let caller = self.admin(&req, "the kill switch").await?;
-        let r = req.into_inner();
-        let reason = if r.engaged {
-            Some(if r.reason.is_empty() {
-                format!("engaged by {}", caller.name)
-            } else {
-                r.reason
-            })
-        } else {
-            None
-        };
-        self.daemon
-            .set_kill_switch(&caller, reason)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(self.pb_status().await?))
+        self.handle(
+            req,
+            Need::Admin,
+            "the kill switch",
+            |caller, r| async move {
+                let reason = if r.engaged {
+                    Some(if r.reason.is_empty() {
+                        format!("engaged by {}", caller.name)
+                    } else {
+                        r.reason
+                    })
+                } else {
+                    None
+                };
+                self.daemon
+                    .set_kill_switch(&caller, reason)
+                    .await
+                    .map_err(daemon_status)?;
+                self.pb_status().await
+            },
+        )
+        .await
     }
 
     async fn get_config(
         &self,
         req: Request<pb::GetConfigRequest>,
     ) -> Result<Response<pb::ConfigInfo>, Status> {
-        self.admin(&req, "config show").await?;
-        Ok(Response::new(self.config_info().await?))
+        self.handle(req, Need::Admin, "config show", |_, _| async move {
+            self.config_info().await
+        })
+        .await
     }
 
     async fn reload_config(
         &self,
         req: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ConfigInfo>, Status> {
-        let caller = self.admin(&req, "config reload").await?;
-        let r = req.into_inner();
-        let status = self.daemon.status().await.map_err(daemon_status)?;
-        let mut details = serde_json::json!({ "replaced_file": !r.new_toml.is_empty() });
-        if !r.new_toml.is_empty() {
-            let Some(path) = status.config_path.clone() else {
-                return Err(Status::failed_precondition(
-                    "hutchd runs on built-in defaults (no config file); start it with \
-                     --config FILE to change its config remotely",
-                ));
-            };
-            if let Err(e) = Config::parse(&r.new_toml, &path) {
-                let ev = AuditEvent::new(
-                    caller.actor(),
-                    "admin.config.set",
-                    format!("config/{}", path.display()),
-                )
-                .denied(e.to_string());
-                self.daemon.audit(ev).await.map_err(daemon_status)?;
-                return Err(Status::invalid_argument(format!(
-                    "{e}; the config was not changed"
-                )));
+        self.handle(req, Need::Admin, "config reload", |caller, r| async move {
+            let status = self.daemon.status().await.map_err(daemon_status)?;
+            let mut details = serde_json::json!({ "replaced_file": !r.new_toml.is_empty() });
+            if !r.new_toml.is_empty() {
+                let Some(path) = status.config_path.clone() else {
+                    return Err(Status::failed_precondition(
+                        "hutchd runs on built-in defaults (no config file); start it with \
+                         --config FILE to change its config remotely",
+                    ));
+                };
+                if let Err(e) = Config::parse(&r.new_toml, &path) {
+                    let ev = AuditEvent::new(
+                        caller.actor(),
+                        "admin.config.set",
+                        format!("config/{}", path.display()),
+                    )
+                    .denied(e.to_string());
+                    self.daemon.audit(ev).await.map_err(daemon_status)?;
+                    return Err(Status::invalid_argument(format!(
+                        "{e}; the config was not changed"
+                    )));
+                }
+                let tmp = path.with_extension("toml.new");
+                std::fs::write(&tmp, &r.new_toml)
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| Status::internal(format!("write {}: {e}", path.display())))?;
+                details["bytes"] = serde_json::json!(r.new_toml.len());
             }
-            let tmp = path.with_extension("toml.new");
-            std::fs::write(&tmp, &r.new_toml)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| Status::internal(format!("write {}: {e}", path.display())))?;
-            details["bytes"] = serde_json::json!(r.new_toml.len());
-        }
-        let outcome = self.daemon.reload_config().await;
-        let resource = format!(
-            "config/{}",
-            status
-                .config_path
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
-        let mut ev =
-            AuditEvent::new(caller.actor(), "admin.config.reload", resource).with_details(details);
-        if let Err(e) = &outcome {
-            ev = ev.denied(e.to_string());
-        }
-        self.daemon.audit(ev).await.map_err(daemon_status)?;
-        outcome.map_err(daemon_status)?;
-        Ok(Response::new(self.config_info().await?))
+            let outcome = self.daemon.reload_config().await;
+            let resource = format!(
+                "config/{}",
+                status
+                    .config_path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+            let mut ev = AuditEvent::new(caller.actor(), "admin.config.reload", resource)
+                .with_details(details);
+            if let Err(e) = &outcome {
+                ev = ev.denied(e.to_string());
+            }
+            self.daemon.audit(ev).await.map_err(daemon_status)?;
+            outcome.map_err(daemon_status)?;
+            self.config_info().await
+        })
+        .await
     }
 
     async fn install_plugin(
         &self,
         req: Request<pb::InstallPluginRequest>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let caller = self.admin(&req, "plugin install").await?;
-        let r = req.into_inner();
-        let dir = absolute_dir(&r.path)?;
-        let grant = if r.grant_all {
-            None
-        } else {
-            Some(r.grant_scopes)
-        };
-        let info = self
-            .daemon
-            .install(
-                &caller,
-                crate::daemon::InstallRequest {
-                    dir,
-                    grant,
-                    limits: limits_from_pb(r.limits),
-                    enable: r.enable,
-                },
-            )
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_plugin(&info)))
+        self.handle(req, Need::Admin, "plugin install", |caller, r| async move {
+            let dir = absolute_dir(&r.path)?;
+            let grant = if r.grant_all {
+                None
+            } else {
+                Some(r.grant_scopes)
+            };
+            let info = self
+                .daemon
+                .install(
+                    &caller,
+                    crate::daemon::InstallRequest {
+                        dir,
+                        grant,
+                        limits: limits_from_pb(r.limits),
+                        enable: r.enable,
+                    },
+                )
+                .await
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb_plugin(&info))
+        })
+        .await
     }
 
     async fn upgrade_plugin(
         &self,
         req: Request<pb::UpgradePluginRequest>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let caller = self.admin(&req, "plugin upgrade").await?;
-        let r = req.into_inner();
-        let dir = absolute_dir(&r.path)?;
-        let current = self.daemon.plugin(&r.id).await.map_err(daemon_status)?;
-        let info = self
-            .daemon
-            .upgrade(
-                &caller,
-                crate::daemon::InstallRequest {
-                    dir,
-                    grant: Some(r.grant_scopes),
-                    limits: current.limit_overrides,
-                    enable: current.enabled,
-                },
-            )
-            .await
-            .map_err(daemon_status)?;
-        if info.id != r.id {
-            return Err(Status::invalid_argument(format!(
-                "the directory holds plugin {}, not {}",
-                info.id, r.id
-            )));
-        }
-        Ok(Response::new(pb_plugin(&info)))
+        self.handle(req, Need::Admin, "plugin upgrade", |caller, r| async move {
+            let dir = absolute_dir(&r.path)?;
+            let current = self.daemon.plugin(&r.id).await.map_err(daemon_status)?;
+            let info = self
+                .daemon
+                .upgrade(
+                    &caller,
+                    crate::daemon::InstallRequest {
+                        dir,
+                        grant: Some(r.grant_scopes),
+                        limits: current.limit_overrides,
+                        enable: current.enabled,
+                    },
+                )
+                .await
+                .map_err(daemon_status)?;
+            if info.id != r.id {
+                return Err(Status::invalid_argument(format!(
+                    "the directory holds plugin {}, not {}",
+                    info.id, r.id
+                )));
+            }
+            Ok::<_, Status>(pb_plugin(&info))
+        })
+        .await
     }
 
     async fn list_plugins(
         &self,
         req: Request<pb::ListPluginsRequest>,
     ) -> Result<Response<pb::ListPluginsResponse>, Status> {
-        self.registered(&req, "plugin list").await?;
-        let list = self.daemon.list_plugins().await.map_err(daemon_status)?;
-        Ok(Response::new(pb::ListPluginsResponse {
-            plugins: list.iter().map(pb_plugin).collect(),
-        }))
+        self.handle(req, Need::User, "plugin list", |_, _| async move {
+            let list = self.daemon.list_plugins().await.map_err(daemon_status)?;
+            Ok::<_, Status>(pb::ListPluginsResponse {
+                plugins: list.iter().map(pb_plugin).collect(),
+            })
+        })
+        .await
     }
 
     async fn get_plugin(
         &self,
         req: Request<pb::PluginRef>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        self.registered(&req, "plugin status").await?;
-        let p = self
-            .daemon
-            .plugin(&req.get_ref().id)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_plugin(&p)))
+        self.handle(req, Need::User, "plugin status", |_, r| async move {
+            let p = self.daemon.plugin(&r.id).await.map_err(daemon_status)?;
+            Ok::<_, Status>(pb_plugin(&p))
+        })
+        .await
     }
 
     async fn start_plugin(
         &self,
         req: Request<pb::PluginRef>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let c = self.admin(&req, "plugin start").await?;
-        let p = self
-            .daemon
-            .start(&c, &req.get_ref().id)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_plugin(&p)))
+        self.handle(req, Need::Admin, "plugin start", |c, r| async move {
+            let p = self.daemon.start(&c, &r.id).await.map_err(daemon_status)?;
+            Ok::<_, Status>(pb_plugin(&p))
+        })
+        .await
     }
 
     async fn stop_plugin(
         &self,
         req: Request<pb::PluginRef>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let c = self.admin(&req, "plugin stop").await?;
-        let p = self
-            .daemon
-            .stop(&c, &req.get_ref().id)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_plugin(&p)))
+        self.handle(req, Need::Admin, "plugin stop", |c, r| async move {
+            let p = self.daemon.stop(&c, &r.id).await.map_err(daemon_status)?;
+            Ok::<_, Status>(pb_plugin(&p))
+        })
+        .await
     }
 
     async fn restart_plugin(
         &self,
         req: Request<pb::PluginRef>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let c = self.admin(&req, "plugin restart").await?;
-        let p = self
-            .daemon
-            .restart(&c, &req.get_ref().id)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_plugin(&p)))
+        self.handle(req, Need::Admin, "plugin restart", |c, r| async move {
+            let p = self
+                .daemon
+                .restart(&c, &r.id)
+                .await
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb_plugin(&p))
+        })
+        .await
     }
 
     async fn enable_plugin(
         &self,
         req: Request<pb::PluginRef>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let c = self.admin(&req, "plugin enable").await?;
-        let p = self
-            .daemon
-            .enable(&c, &req.get_ref().id)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_plugin(&p)))
+        self.handle(req, Need::Admin, "plugin enable", |c, r| async move {
+            let p = self.daemon.enable(&c, &r.id).await.map_err(daemon_status)?;
+            Ok::<_, Status>(pb_plugin(&p))
+        })
+        .await
     }
 
     async fn disable_plugin(
         &self,
         req: Request<pb::PluginRef>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let c = self.admin(&req, "plugin disable").await?;
-        let p = self
-            .daemon
-            .disable(&c, &req.get_ref().id)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_plugin(&p)))
+        self.handle(req, Need::Admin, "plugin disable", |c, r| async move {
+            let p = self
+                .daemon
+                .disable(&c, &r.id)
+                .await
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb_plugin(&p))
+        })
+        .await
     }
 
     async fn set_grants(
         &self,
         req: Request<pb::SetGrantsRequest>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let c = self.admin(&req, "plugin grants").await?;
-        let r = req.into_inner();
-        let p = self
-            .daemon
-            .set_grants(&c, &r.id, r.scopes)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_plugin(&p)))
+        self.handle(req, Need::Admin, "plugin grants", |c, r| async move {
+            let p = self
+                .daemon
+                .set_grants(&c, &r.id, r.scopes)
+                .await
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb_plugin(&p))
+        })
+        .await
     }
 
     async fn set_limits(
         &self,
         req: Request<pb::SetLimitsRequest>,
     ) -> Result<Response<pb::Plugin>, Status> {
-        let c = self.admin(&req, "plugin limits").await?;
-        let r = req.into_inner();
-        let p = self
-            .daemon
-            .set_limits(&c, &r.id, limits_from_pb(r.limits))
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_plugin(&p)))
+        self.handle(req, Need::Admin, "plugin limits", |c, r| async move {
+            // 0 = keep (admin.proto): a field not given keeps its current override.
+            let current = self
+                .daemon
+                .plugin(&r.id)
+                .await
+                .map_err(daemon_status)?
+                .limit_overrides;
+            let given = limits_from_pb(r.limits);
+            let limits = LimitOverrides {
+                memory_max: given.memory_max.or(current.memory_max),
+                cpu_max: given.cpu_max.or(current.cpu_max),
+                pids_max: given.pids_max.or(current.pids_max),
+                tmp_size: given.tmp_size.or(current.tmp_size),
+                wall_timeout: given.wall_timeout.or(current.wall_timeout),
+            };
+            let p = self
+                .daemon
+                .set_limits(&c, &r.id, limits)
+                .await
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb_plugin(&p))
+        })
+        .await
     }
 
     type PluginLogsStream = BoxStream<pb::PluginLogLine>;
@@ -1136,187 +1220,190 @@ impl Admin for Control {
         &self,
         req: Request<pb::PluginLogsRequest>,
     ) -> Result<Response<Self::PluginLogsStream>, Status> {
-        let c = self.admin(&req, "plugin logs").await?;
-        let r = req.into_inner();
-        let tail = if r.tail == 0 {
-            usize::MAX
-        } else {
-            r.tail as usize
-        };
-        let mut f = self.daemon.logs(&c, &r.id, tail).map_err(daemon_status)?;
-        let (tx, rx) = mpsc::channel(256);
-        let conv = |l: crate::daemon::LogLine| pb::PluginLogLine {
-            unix_ms: l.ts_ms,
-            stream: match l.stream {
-                crate::daemon::LogStream::Stdout => "stdout",
-                crate::daemon::LogStream::Stderr => "stderr",
-                crate::daemon::LogStream::Supervisor => "daemon",
-            }
-            .to_owned(),
-            line: l.line,
-            instance_id: l.instance,
-        };
-        tokio::spawn(async move {
-            let mut last_seq = 0;
-            for l in std::mem::take(&mut f.lines) {
-                last_seq = l.seq;
-                if tx.send(Ok(conv(l))).await.is_err() {
+        self.handle(req, Need::Admin, "plugin logs", |c, r| async move {
+            let tail = if r.tail == 0 {
+                usize::MAX
+            } else {
+                r.tail as usize
+            };
+            let mut f = self.daemon.logs(&c, &r.id, tail).map_err(daemon_status)?;
+            let (tx, rx) = mpsc::channel(256);
+            let conv = |l: crate::daemon::LogLine| pb::PluginLogLine {
+                unix_ms: l.ts_ms,
+                stream: match l.stream {
+                    crate::daemon::LogStream::Stdout => "stdout",
+                    crate::daemon::LogStream::Stderr => "stderr",
+                    crate::daemon::LogStream::Supervisor => "daemon",
+                }
+                .to_owned(),
+                line: l.line,
+                instance_id: l.instance,
+            };
+            tokio::spawn(async move {
+                let mut last_seq = 0;
+                for l in std::mem::take(&mut f.lines) {
+                    last_seq = l.seq;
+                    if tx.send(Ok(conv(l))).await.is_err() {
+                        return;
+                    }
+                }
+                if !r.follow {
                     return;
                 }
-            }
-            if !r.follow {
-                return;
-            }
-            loop {
-                match f.follow.recv().await {
-                    Ok(l) if l.seq <= last_seq && last_seq != 0 => {}
-                    Ok(l) => {
-                        if tx.send(Ok(conv(l))).await.is_err() {
-                            return;
+                loop {
+                    match f.follow.recv().await {
+                        Ok(l) if l.seq <= last_seq && last_seq != 0 => {}
+                        Ok(l) => {
+                            if tx.send(Ok(conv(l))).await.is_err() {
+                                return;
+                            }
                         }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let note = pb::PluginLogLine {
-                            unix_ms: hutch_api::clock::system_ms(),
-                            stream: "daemon".into(),
-                            line: format!("[{n} lines skipped: reader too slow]"),
-                            instance_id: String::new(),
-                        };
-                        if tx.send(Ok(note)).await.is_err() {
-                            return;
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let note = pb::PluginLogLine {
+                                unix_ms: hutch_api::clock::system_ms(),
+                                stream: "daemon".into(),
+                                line: format!("[{n} lines skipped: reader too slow]"),
+                                instance_id: String::new(),
+                            };
+                            if tx.send(Ok(note)).await.is_err() {
+                                return;
+                            }
                         }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            });
+            Ok::<BoxStream<_>, Status>(Box::pin(ReceiverStream::new(rx)))
+        })
+        .await
     }
 
     async fn remove_plugin(
         &self,
         req: Request<pb::RemovePluginRequest>,
     ) -> Result<Response<pb::RemovePluginResponse>, Status> {
-        let c = self.admin(&req, "plugin remove").await?;
-        let id = req.into_inner().id;
-        let p = self.daemon.plugin(&id).await.map_err(daemon_status)?;
-        self.daemon.remove(&c, &id).await.map_err(daemon_status)?;
-        Ok(Response::new(pb::RemovePluginResponse {
-            id,
-            version: p.version,
-        }))
+        self.handle(req, Need::Admin, "plugin remove", |c, r| async move {
+            let id = r.id;
+            let p = self.daemon.plugin(&id).await.map_err(daemon_status)?;
+            self.daemon.remove(&c, &id).await.map_err(daemon_status)?;
+            Ok::<_, Status>(pb::RemovePluginResponse {
+                id,
+                version: p.version,
+            })
+        })
+        .await
     }
 
     async fn run_task(
         &self,
         req: Request<pb::RunTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let c = self.registered(&req, "task run").await?;
-        let r = req.into_inner();
-        let inputs = r
-            .inputs
-            .into_iter()
-            .map(|i| InputRef {
-                dataset: i.dataset_id,
-                key: i.key,
-                version: (i.version != 0).then_some(i.version),
-            })
-            .collect();
-        let t = self
-            .daemon
-            .run_task(
-                &c,
-                TaskRequest {
-                    plugin_id: r.plugin_id,
-                    action: r.action,
-                    args_json: if r.args_json.is_empty() {
-                        "{}".into()
-                    } else {
-                        r.args_json
+        self.handle(req, Need::User, "task run", |c, r| async move {
+            let inputs = r
+                .inputs
+                .into_iter()
+                .map(|i| InputRef {
+                    dataset: i.dataset_id,
+                    key: i.key,
+                    version: (i.version != 0).then_some(i.version),
+                })
+                .collect();
+            let t = self
+                .daemon
+                .run_task(
+                    &c,
+                    TaskRequest {
+                        plugin_id: r.plugin_id,
+                        action: r.action,
+                        args_json: if r.args_json.is_empty() {
+                            "{}".into()
+                        } else {
+                            r.args_json
+                        },
+                        inputs,
                     },
-                    inputs,
-                },
-            )
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_task(&t)))
+                )
+                .await
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb_task(&t))
+        })
+        .await
     }
 
     async fn list_tasks(
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let c = self.registered(&req, "task list").await?;
-        let r = req.into_inner();
-        let mut user = opt(r.user);
-        if !c.admin {
-            if user.as_ref().is_some_and(|u| *u != c.name) {
-                return Err(Status::permission_denied(format!(
-                    "permission denied: only admins may list other users' tasks; you are uid {} ({})",
-                    c.uid, c.name
-                )));
+        self.handle(req, Need::User, "task list", |c, r| async move {
+            let mut user = opt(r.user);
+            if !c.admin {
+                if user.as_ref().is_some_and(|u| *u != c.name) {
+                    return Err(Status::permission_denied(format!(
+                        "permission denied: only admins may list other users' tasks; you are uid {} ({})",
+                        c.uid, c.name
+                    )));
+                }
+                user = Some(c.name.clone());
             }
-            user = Some(c.name.clone());
-        }
-        let states = match r.state.as_str() {
-            "" => Vec::new(),
-            s => vec![TaskState::parse(s).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "state {s:?}: expected queued, running, completed, failed or cancelled"
-                ))
-            })?],
-        };
-        let tasks = self
-            .daemon
-            .list_tasks(
-                &c,
-                TaskFilter {
-                    plugin_id: opt(r.plugin_id),
-                    user,
-                    states,
-                    limit: if r.limit == 0 { 100 } else { r.limit as usize },
-                },
-            )
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks.iter().map(pb_task).collect(),
-        }))
+            let states = match r.state.as_str() {
+                "" => Vec::new(),
+                s => vec![TaskState::parse(s).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "state {s:?}: expected queued, running, completed, failed or cancelled"
+                    ))
+                })?],
+            };
+            let tasks = self
+                .daemon
+                .list_tasks(
+                    &c,
+                    TaskFilter {
+                        plugin_id: opt(r.plugin_id),
+                        user,
+                        states,
+                        limit: if r.limit == 0 { 100 } else { r.limit as usize },
+                    },
+                )
+                .await
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb::ListTasksResponse {
+                tasks: tasks.iter().map(pb_task).collect(),
+            })
+        })
+        .await
     }
 
     async fn get_task(
         &self,
         req: Request<pb::TaskRef>,
     ) -> Result<Response<pb::TaskDetail>, Status> {
-        let c = self.registered(&req, "task show").await?;
-        let t = self
-            .daemon
-            .task(&c, &req.get_ref().id)
-            .await
-            .map_err(daemon_status)?;
-        let audit = self.audit_trail(&t.id).await?;
-        Ok(Response::new(pb::TaskDetail {
-            task: Some(pb_task(&t)),
-            outputs: t
-                .outputs
-                .iter()
-                .map(|o| pb::TaskOutput {
-                    name: o.name.clone(),
-                    value_json: o.value_json.clone(),
-                    object: o.object.as_ref().map(pb_ref),
-                })
-                .collect(),
-            log: t
-                .logs
-                .iter()
-                .map(|l| pb::TaskLogLine {
-                    unix_ms: l.ts_ms,
-                    level: l.level.clone(),
-                    line: l.line.clone(),
-                })
-                .collect(),
-            audit,
-        }))
+        self.handle(req, Need::User, "task show", |c, r| async move {
+            let t = self.daemon.task(&c, &r.id).await.map_err(daemon_status)?;
+            let audit = self.audit_trail(&t.id).await?;
+            Ok::<_, Status>(pb::TaskDetail {
+                task: Some(pb_task(&t)),
+                outputs: t
+                    .outputs
+                    .iter()
+                    .map(|o| pb::TaskOutput {
+                        name: o.name.clone(),
+                        value_json: o.value_json.clone(),
+                        object: o.object.as_ref().map(pb_ref),
+                    })
+                    .collect(),
+                log: t
+                    .logs
+                    .iter()
+                    .map(|l| pb::TaskLogLine {
+                        unix_ms: l.ts_ms,
+                        level: l.level.clone(),
+                        line: l.line.clone(),
+                    })
+                    .collect(),
+                audit,
+            })
+        })
+        .await
     }
 
     type WatchTaskStream = BoxStream<pb::Task>;
@@ -1325,333 +1412,344 @@ impl Admin for Control {
         &self,
         req: Request<pb::TaskRef>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let c = self.registered(&req, "task watch").await?;
-        let mut rx = self
-            .daemon
-            .watch_task(&c, &req.get_ref().id)
-            .await
-            .map_err(daemon_status)?;
-        let (tx, out) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let t = rx.borrow_and_update().clone();
-                let done = t.state.is_final();
-                if tx.send(Ok(pb_task(&t))).await.is_err() || done {
-                    return;
+        self.handle(req, Need::User, "task watch", |c, r| async move {
+            let mut rx = self
+                .daemon
+                .watch_task(&c, &r.id)
+                .await
+                .map_err(daemon_status)?;
+            let (tx, out) = mpsc::channel(64);
+            tokio::spawn(async move {
+                loop {
+                    let t = rx.borrow_and_update().clone();
+                    let done = t.state.is_final();
+                    if tx.send(Ok(pb_task(&t))).await.is_err() || done {
+                        return;
+                    }
+                    if rx.changed().await.is_err() {
+                        let t = rx.borrow().clone();
+                        let _ = tx.send(Ok(pb_task(&t))).await;
+                        return;
+                    }
                 }
-                if rx.changed().await.is_err() {
-                    let t = rx.borrow().clone();
-                    let _ = tx.send(Ok(pb_task(&t))).await;
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+            });
+            Ok::<BoxStream<_>, Status>(Box::pin(ReceiverStream::new(out)))
+        })
+        .await
     }
 
     async fn cancel_task(
         &self,
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let c = self.registered(&req, "task cancel").await?;
-        let t = self
-            .daemon
-            .cancel_task(&c, &req.get_ref().id)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_task(&t)))
+        self.handle(req, Need::User, "task cancel", |c, r| async move {
+            let t = self
+                .daemon
+                .cancel_task(&c, &r.id)
+                .await
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb_task(&t))
+        })
+        .await
     }
 
     async fn list_users(
         &self,
         req: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let c = self.registered(&req, "user list").await?;
-        let mut users = self.accounts.list().await.map_err(account_status)?;
-        if !c.admin {
-            users.retain(|u| u.name == c.name);
-        }
-        Ok(Response::new(pb::ListUsersResponse {
-            users: users.iter().map(pb_user).collect(),
-        }))
+        self.handle(req, Need::User, "user list", |c, _| async move {
+            let mut users = self.accounts.list().await.map_err(account_status)?;
+            if !c.admin {
+                users.retain(|u| u.name == c.name);
+            }
+            Ok::<_, Status>(pb::ListUsersResponse {
+                users: users.iter().map(pb_user).collect(),
+            })
+        })
+        .await
     }
 
     async fn set_user(
         &self,
         req: Request<pb::SetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let c = self.admin(&req, "user add/set").await?;
-        let r = req.into_inner();
-        let name = r.name.trim().to_owned();
-        if name.is_empty() || name.len() > 64 || name.chars().any(|ch| ch.is_control() || ch == '/')
-        {
-            return Err(Status::invalid_argument(format!(
-                "user name {:?}: 1..64 characters, no '/' or control characters",
-                r.name
-            )));
-        }
-        let role = Role::parse(&r.role).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "role {:?}: expected admin, member or viewer",
-                r.role
-            ))
-        })?;
-        let u = self
-            .accounts
-            .set(&name, role, r.uid)
-            .await
-            .map_err(account_status)?;
-        self.record(
-            &c,
-            "admin.user.set",
-            format!("user/{name}"),
-            serde_json::json!({ "role": role.as_str(), "uid": r.uid }),
-        )
-        .await?;
-        Ok(Response::new(pb_user(&u)))
+        self.handle(req, Need::Admin, "user add/set", |c, r| async move {
+            let name = user_name(&r.name)?;
+            let role = Role::parse(&r.role).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "role {:?}: expected admin, member or viewer",
+                    r.role
+                ))
+            })?;
+            let u = self
+                .accounts
+                .set(&name, role, r.uid)
+                .await
+                .map_err(account_status)?;
+            self.record(
+                &c,
+                "admin.user.set",
+                format!("user/{name}"),
+                serde_json::json!({ "role": role.as_str(), "uid": r.uid }),
+            )
+            .await?;
+            Ok::<_, Status>(pb_user(&u))
+        })
+        .await
     }
 
     async fn remove_user(
         &self,
         req: Request<pb::RemoveUserRequest>,
     ) -> Result<Response<pb::RemoveUserResponse>, Status> {
-        let c = self.admin(&req, "user remove").await?;
-        let name = req.into_inner().name;
-        self.accounts.remove(&name).await.map_err(account_status)?;
-        self.record(
-            &c,
-            "admin.user.remove",
-            format!("user/{name}"),
-            serde_json::Value::Null,
-        )
-        .await?;
-        Ok(Response::new(pb::RemoveUserResponse { name }))
+        self.handle(req, Need::Admin, "user remove", |c, r| async move {
+            let name = user_name(&r.name)?;
+            self.accounts.remove(&name).await.map_err(account_status)?;
+            self.record(
+                &c,
+                "admin.user.remove",
+                format!("user/{name}"),
+                serde_json::Value::Null,
+            )
+            .await?;
+            Ok::<_, Status>(pb::RemoveUserResponse { name })
+        })
+        .await
     }
 
     async fn list_teams(
         &self,
         req: Request<pb::ListTeamsRequest>,
     ) -> Result<Response<pb::ListTeamsResponse>, Status> {
-        let c = self.registered(&req, "team list").await?;
-        let teams = self.accounts.teams().await.map_err(account_status)?;
-        Ok(Response::new(pb::ListTeamsResponse {
-            teams: teams
-                .into_iter()
-                .filter(|(_, m)| c.admin || m.contains(&c.name))
-                .map(|(name, members)| pb::Team { name, members })
-                .collect(),
-        }))
+        self.handle(req, Need::User, "team list", |c, _| async move {
+            let teams = self.accounts.teams().await.map_err(account_status)?;
+            Ok::<_, Status>(pb::ListTeamsResponse {
+                teams: teams
+                    .into_iter()
+                    .filter(|(_, m)| c.admin || m.contains(&c.name))
+                    .map(|(name, members)| pb::Team { name, members })
+                    .collect(),
+            })
+        })
+        .await
     }
 
     async fn add_team_member(
         &self,
         req: Request<pb::TeamMemberRequest>,
     ) -> Result<Response<pb::Team>, Status> {
-        let c = self.admin(&req, "team add-member").await?;
-        let r = req.into_inner();
-        if r.team.trim().is_empty() {
-            return Err(Status::invalid_argument("team name must not be empty"));
-        }
-        let members = self
-            .accounts
-            .add_member(&r.team, &r.user)
-            .await
-            .map_err(account_status)?;
-        self.record(
-            &c,
-            "admin.team.add_member",
-            format!("team/{}", r.team),
-            serde_json::json!({ "user": r.user }),
-        )
-        .await?;
-        Ok(Response::new(pb::Team {
-            name: r.team,
-            members,
-        }))
+        self.handle(req, Need::Admin, "team add-member", |c, r| async move {
+            let (team, user) = (team_name(&r.team)?, user_name(&r.user)?);
+            let members = self
+                .accounts
+                .add_member(&team, &user)
+                .await
+                .map_err(account_status)?;
+            self.record(
+                &c,
+                "admin.team.add_member",
+                format!("team/{team}"),
+                serde_json::json!({ "user": user }),
+            )
+            .await?;
+            Ok::<_, Status>(pb::Team {
+                name: team,
+                members,
+            })
+        })
+        .await
     }
 
     async fn remove_team_member(
         &self,
         req: Request<pb::TeamMemberRequest>,
     ) -> Result<Response<pb::Team>, Status> {
-        let c = self.admin(&req, "team remove-member").await?;
-        let r = req.into_inner();
-        let members = self
-            .accounts
-            .remove_member(&r.team, &r.user)
-            .await
-            .map_err(account_status)?;
-        self.record(
-            &c,
-            "admin.team.remove_member",
-            format!("team/{}", r.team),
-            serde_json::json!({ "user": r.user }),
-        )
-        .await?;
-        Ok(Response::new(pb::Team {
-            name: r.team,
-            members,
-        }))
+        self.handle(req, Need::Admin, "team remove-member", |c, r| async move {
+            let (team, user) = (team_name(&r.team)?, user_name(&r.user)?);
+            let members = self
+                .accounts
+                .remove_member(&team, &user)
+                .await
+                .map_err(account_status)?;
+            self.record(
+                &c,
+                "admin.team.remove_member",
+                format!("team/{team}"),
+                serde_json::json!({ "user": user }),
+            )
+            .await?;
+            Ok::<_, Status>(pb::Team {
+                name: team,
+                members,
+            })
+        })
+        .await
     }
 
     async fn create_dataset(
         &self,
         req: Request<pb::CreateDatasetRequest>,
     ) -> Result<Response<pb::Dataset>, Status> {
-        let c = self.registered(&req, "dataset create").await?;
-        let r = req.into_inner();
-        let owner = if c.admin {
-            match (opt(r.owner_user), opt(r.owner_team)) {
-                (Some(_), Some(_)) => {
-                    return Err(Status::invalid_argument(
-                        "a dataset has one owner: give --owner or --team, not both",
-                    ));
+        self.handle(req, Need::User, "dataset create", |c, r| async move {
+            let owner = if c.admin {
+                match (opt(r.owner_user), opt(r.owner_team)) {
+                    (Some(_), Some(_)) => {
+                        return Err(Status::invalid_argument(
+                            "a dataset has one owner: give --owner or --team, not both",
+                        ));
+                    }
+                    (Some(u), None) => Owner::User(u),
+                    (None, Some(t)) => Owner::Team(t),
+                    (None, None) => Owner::User(c.name.clone()),
                 }
-                (Some(u), None) => Owner::User(u),
-                (None, Some(t)) => Owner::Team(t),
-                (None, None) => Owner::User(c.name.clone()),
-            }
-        } else {
-            if !r.owner_user.is_empty() || !r.owner_team.is_empty() {
-                return Err(Status::permission_denied(format!(
-                    "permission denied: only admins may create datasets for others; you are uid {} ({})",
-                    c.uid, c.name
-                )));
-            }
+            } else {
+                if !r.owner_user.is_empty() || !r.owner_team.is_empty() {
+                    return Err(Status::permission_denied(format!(
+                        "permission denied: only admins may create datasets for others; you are uid {} ({})",
+                        c.uid, c.name
+                    )));
+                }
+                self.daemon
+                    .core()
+                    .authz()
+                    .snapshot()
+                    .user_may(&c.name, OpClass::Create, None)
+                    .map_err(|r| Status::permission_denied(format!("permission denied: {r}")))?;
+                Owner::User(c.name.clone())
+            };
+            let id = match opt(r.id) {
+                Some(id) => Some(dataset_id(&id)?),
+                None => None,
+            };
+            let name = if r.name.is_empty() {
+                id.as_ref().map(ToString::to_string).unwrap_or_default()
+            } else {
+                r.name
+            };
+            let backend = self.daemon.core().backend().clone();
+            let created = backend
+                .create_dataset(
+                    AuditEvent::new(c.actor(), ops::DATASET_CREATE, ""),
+                    NewDataset {
+                        id,
+                        name,
+                        owner: match &owner {
+                            Owner::User(u) => Some(u.clone()),
+                            Owner::Team(_) => None,
+                        },
+                        metadata: Default::default(),
+                    },
+                )
+                .await
+                .map_err(store_status)?;
             self.daemon
                 .core()
                 .authz()
-                .snapshot()
-                .user_may(&c.name, OpClass::Create, None)
-                .map_err(|r| Status::permission_denied(format!("permission denied: {r}")))?;
-            Owner::User(c.name.clone())
-        };
-        let id = match opt(r.id) {
-            Some(id) => Some(dataset_id(&id)?),
-            None => None,
-        };
-        let name = if r.name.is_empty() {
-            id.as_ref().map(ToString::to_string).unwrap_or_default()
-        } else {
-            r.name
-        };
-        let backend = self.daemon.core().backend().clone();
-        let created = backend
-            .create_dataset(
-                AuditEvent::new(c.actor(), ops::DATASET_CREATE, ""),
-                NewDataset {
-                    id,
-                    name,
-                    owner: match &owner {
-                        Owner::User(u) => Some(u.clone()),
-                        Owner::Team(_) => None,
-                    },
-                    metadata: Default::default(),
-                },
-            )
-            .await
-            .map_err(store_status)?;
-        self.daemon
-            .core()
-            .authz()
-            .set_dataset_owner(created.value.id.as_str(), &owner)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(self.pb_dataset(&created.value)))
+                .set_dataset_owner(created.value.id.as_str(), &owner)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok::<_, Status>(self.pb_dataset(&created.value))
+        })
+        .await
     }
 
     async fn list_datasets(
         &self,
         req: Request<pb::ListDatasetsRequest>,
     ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
-        let c = self.registered(&req, "dataset list").await?;
-        let all = self
-            .daemon
-            .core()
-            .backend()
-            .list_datasets()
-            .await
-            .map_err(store_status)?;
-        let snap = self.daemon.core().authz().snapshot();
-        let mut out = Vec::new();
-        for d in all
-            .iter()
-            .filter(|d| c.admin || snap.may_read(&c.name, d.id.as_str()))
-        {
-            let mut pd = self.pb_dataset(d);
-            pd.shares = self.shares_of(d.id.as_str()).await;
-            out.push(pd);
-        }
-        Ok(Response::new(pb::ListDatasetsResponse { datasets: out }))
+        self.handle(req, Need::User, "dataset list", |c, _| async move {
+            let all = self
+                .daemon
+                .core()
+                .backend()
+                .list_datasets()
+                .await
+                .map_err(store_status)?;
+            let snap = self.daemon.core().authz().snapshot();
+            let mut out = Vec::new();
+            for d in all
+                .iter()
+                .filter(|d| c.admin || snap.may_read(&c.name, d.id.as_str()))
+            {
+                let mut pd = self.pb_dataset(d);
+                pd.shares = self.shares_of(d.id.as_str()).await;
+                out.push(pd);
+            }
+            Ok::<_, Status>(pb::ListDatasetsResponse { datasets: out })
+        })
+        .await
     }
 
     async fn list_objects(
         &self,
         req: Request<pb::ListObjectsRequest>,
     ) -> Result<Response<pb::ListObjectsResponse>, Status> {
-        let c = self.registered(&req, "dataset objects").await?;
-        let r = req.into_inner();
-        self.may(&c, OpClass::Read, &r.dataset_id)?;
-        let objects = self
-            .daemon
-            .core()
-            .backend()
-            .list_objects(
-                &dataset_id(&r.dataset_id)?,
-                &ListObjects {
-                    prefix: opt(r.prefix),
-                    after: None,
-                    limit: 0,
-                },
-            )
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(pb::ListObjectsResponse {
-            objects: objects.iter().map(object_info).collect(),
-        }))
+        self.handle(req, Need::User, "dataset objects", |c, r| async move {
+            self.may(&c, OpClass::Read, &r.dataset_id)?;
+            let objects = self
+                .daemon
+                .core()
+                .backend()
+                .list_objects(
+                    &dataset_id(&r.dataset_id)?,
+                    &ListObjects {
+                        prefix: opt(r.prefix),
+                        after: None,
+                        limit: 0,
+                    },
+                )
+                .await
+                .map_err(store_status)?;
+            Ok::<_, Status>(pb::ListObjectsResponse {
+                objects: objects.iter().map(object_info).collect(),
+            })
+        })
+        .await
     }
 
     async fn put_object(
         &self,
         req: Request<Streaming<pb::PutObjectRequest>>,
     ) -> Result<Response<pb::ObjectInfo>, Status> {
-        let c = self.registered(&req, "dataset put").await?;
-        let mut stream = req.into_inner();
-        let header = match stream.message().await? {
-            Some(pb::PutObjectRequest {
-                part: Some(pb::put_object_request::Part::Header(h)),
-            }) => h,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must carry the header",
-                ));
-            }
-        };
-        self.may(&c, OpClass::Write, &header.dataset_id)?;
-        let ds = dataset_id(&header.dataset_id)?;
-        let key = object_key(&header.key)?;
-        let content: ByteStream = Box::pin(stream.map(|m| match m {
-            Ok(pb::PutObjectRequest {
-                part: Some(pb::put_object_request::Part::Chunk(c)),
-            }) => Ok(c),
-            Ok(_) => Err(StoreError::Input("expected a chunk".into())),
-            Err(s) => Err(StoreError::Input(s.message().to_owned())),
-        }));
-        let put = self
-            .daemon
-            .core()
-            .backend()
-            .put_object(
-                AuditEvent::new(c.actor(), ops::OBJECT_PUT, ""),
-                &ds,
-                &key,
-                hutch_api::store::Expect::Any,
-                None,
-                content,
-            )
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(object_info(&put.value)))
+        self.handle(req, Need::User, "dataset put", |c, r| async move {
+            let mut stream = r;
+            let header = match stream.message().await? {
+                Some(pb::PutObjectRequest {
+                    part: Some(pb::put_object_request::Part::Header(h)),
+                }) => h,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "the first message must carry the header",
+                    ));
+                }
+            };
+            self.may(&c, OpClass::Write, &header.dataset_id)?;
+            let ds = dataset_id(&header.dataset_id)?;
+            let key = object_key(&header.key)?;
+            let content: ByteStream = Box::pin(stream.map(|m| match m {
+                Ok(pb::PutObjectRequest {
+                    part: Some(pb::put_object_request::Part::Chunk(c)),
+                }) => Ok(c),
+                Ok(_) => Err(StoreError::Input("expected a chunk".into())),
+                Err(s) => Err(StoreError::Input(s.message().to_owned())),
+            }));
+            let put = self
+                .daemon
+                .core()
+                .backend()
+                .put_object(
+                    AuditEvent::new(c.actor(), ops::OBJECT_PUT, ""),
+                    &ds,
+                    &key,
+                    hutch_api::store::Expect::Any,
+                    None,
+                    content,
+                )
+                .await
+                .map_err(store_status)?;
+            Ok::<_, Status>(object_info(&put.value))
+        })
+        .await
     }
 
     type GetObjectStream = BoxStream<pb::GetObjectResponse>;
@@ -1660,174 +1758,179 @@ impl Admin for Control {
         &self,
         req: Request<pb::GetObjectRequest>,
     ) -> Result<Response<Self::GetObjectStream>, Status> {
-        let c = self.registered(&req, "dataset get").await?;
-        let r = req.into_inner();
-        self.may(&c, OpClass::Read, &r.dataset_id)?;
-        let ds = dataset_id(&r.dataset_id)?;
-        let key = object_key(&r.key)?;
-        let version = (r.version != 0)
-            .then(|| i64::try_from(r.version).map(Version))
-            .transpose()
-            .map_err(|_| Status::invalid_argument("version out of range"))?;
-        let (info, content) = self
-            .daemon
-            .core()
-            .backend()
-            .get_object(&ds, &key, version)
-            .await
-            .map_err(store_status)?;
-        self.record(
-            &c,
-            "data.object.get",
-            hutch_api::store::object_resource(&ds, &key),
-            serde_json::json!({ "version": info.version.0, "via": "control" }),
-        )
-        .await?;
-        let first = pb::GetObjectResponse {
-            part: Some(pb::get_object_response::Part::Info(object_info(&info))),
-        };
-        let rest = content.map(|c| match c {
-            Ok(bytes) => Ok(pb::GetObjectResponse {
-                part: Some(pb::get_object_response::Part::Chunk(bytes)),
-            }),
-            Err(e) => Err(store_status(e)),
-        });
-        Ok(Response::new(Box::pin(
-            futures::stream::once(async { Ok(first) }).chain(rest),
-        )))
+        self.handle(req, Need::User, "dataset get", |c, r| async move {
+            self.may(&c, OpClass::Read, &r.dataset_id)?;
+            let ds = dataset_id(&r.dataset_id)?;
+            let key = object_key(&r.key)?;
+            let version = (r.version != 0)
+                .then(|| i64::try_from(r.version).map(Version))
+                .transpose()
+                .map_err(|_| Status::invalid_argument("version out of range"))?;
+            let (info, content) = self
+                .daemon
+                .core()
+                .backend()
+                .get_object(&ds, &key, version)
+                .await
+                .map_err(store_status)?;
+            self.record(
+                &c,
+                "data.object.get",
+                hutch_api::store::object_resource(&ds, &key),
+                serde_json::json!({ "version": info.version.0, "via": "control" }),
+            )
+            .await?;
+            let first = pb::GetObjectResponse {
+                part: Some(pb::get_object_response::Part::Info(object_info(&info))),
+            };
+            let rest = content.map(|c| match c {
+                Ok(bytes) => Ok(pb::GetObjectResponse {
+                    part: Some(pb::get_object_response::Part::Chunk(bytes)),
+                }),
+                Err(e) => Err(store_status(e)),
+            });
+            Ok::<BoxStream<_>, Status>(Box::pin(
+                futures::stream::once(async { Ok(first) }).chain(rest),
+            ))
+        })
+        .await
     }
 
     async fn share_dataset(
         &self,
         req: Request<pb::ShareDatasetRequest>,
     ) -> Result<Response<pb::Dataset>, Status> {
-        let c = self.registered(&req, "dataset share").await?;
-        let r = req.into_inner();
-        let access = match r.access.as_str() {
-            "" | "read" => Access::Read,
-            "write" => Access::Write,
-            a => {
-                return Err(Status::invalid_argument(format!(
-                    "access {a:?}: expected read or write"
+        self.handle(req, Need::User, "dataset share", |c, r| async move {
+            let access = match r.access.as_str() {
+                "" | "read" => Access::Read,
+                "write" => Access::Write,
+                a => {
+                    return Err(Status::invalid_argument(format!(
+                        "access {a:?}: expected read or write"
+                    )));
+                }
+            };
+            let ds = dataset_id(&r.dataset_id)?;
+            let info = self
+                .daemon
+                .core()
+                .backend()
+                .get_dataset(&ds)
+                .await
+                .map_err(store_status)?;
+            let snap = self.daemon.core().authz().snapshot();
+            let owns = matches!(snap.owner(ds.as_str()), Some(Owner::User(u)) if *u == c.name);
+            if !c.admin && !owns {
+                return Err(Status::permission_denied(format!(
+                    "permission denied: only the dataset's owner or an admin may share it; you are uid {} ({})",
+                    c.uid, c.name
                 )));
             }
-        };
-        let ds = dataset_id(&r.dataset_id)?;
-        let info = self
-            .daemon
-            .core()
-            .backend()
-            .get_dataset(&ds)
-            .await
-            .map_err(store_status)?;
-        let snap = self.daemon.core().authz().snapshot();
-        let owns = matches!(snap.owner(ds.as_str()), Some(Owner::User(u)) if *u == c.name);
-        if !c.admin && !owns {
-            return Err(Status::permission_denied(format!(
-                "permission denied: only the dataset's owner or an admin may share it; you are uid {} ({})",
-                c.uid, c.name
-            )));
-        }
-        self.daemon
-            .core()
-            .authz()
-            .share_dataset(ds.as_str(), &r.team, access)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.record(
-            &c,
-            "dataset.share",
-            hutch_api::store::dataset_resource(&ds),
-            serde_json::json!({ "team": r.team, "access": r.access }),
-        )
-        .await?;
-        let mut pd = self.pb_dataset(&info);
-        pd.shares = self.shares_of(ds.as_str()).await;
-        Ok(Response::new(pd))
+            self.daemon
+                .core()
+                .authz()
+                .share_dataset(ds.as_str(), &r.team, access)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            self.record(
+                &c,
+                "dataset.share",
+                hutch_api::store::dataset_resource(&ds),
+                serde_json::json!({ "team": r.team, "access": r.access }),
+            )
+            .await?;
+            let mut pd = self.pb_dataset(&info);
+            pd.shares = self.shares_of(ds.as_str()).await;
+            Ok::<_, Status>(pd)
+        })
+        .await
     }
 
     async fn list_policies(
         &self,
         req: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
-        self.admin(&req, "policy list").await?;
-        let now = hutch_api::clock::now_ms();
-        let list = self.daemon.list_policies().await.map_err(daemon_status)?;
-        Ok(Response::new(pb::ListPoliciesResponse {
-            policies: list.iter().map(|p| pb_policy(p, now)).collect(),
-            now_unix_ms: now,
-        }))
+        self.handle(req, Need::Admin, "policy list", |_, _| async move {
+            let now = hutch_api::clock::now_ms();
+            let list = self.daemon.list_policies().await.map_err(daemon_status)?;
+            Ok::<_, Status>(pb::ListPoliciesResponse {
+                policies: list.iter().map(|p| pb_policy(p, now)).collect(),
+                now_unix_ms: now,
+            })
+        })
+        .await
     }
 
     async fn add_policy(
         &self,
         req: Request<pb::AddPolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
-        let c = self.admin(&req, "policy add").await?;
-        let p = policy_from_pb(
-            req.into_inner()
-                .policy
-                .ok_or_else(|| Status::invalid_argument("no policy given"))?,
-        )?;
-        let id = self
-            .daemon
-            .add_policy(&c, p.clone())
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb_policy(
-            &Policy { id, ..p },
-            hutch_api::clock::now_ms(),
-        )))
+        self.handle(req, Need::Admin, "policy add", |c, r| async move {
+            let p = policy_from_pb(
+                r.policy
+                    .ok_or_else(|| Status::invalid_argument("no policy given"))?,
+            )?;
+            let id = self
+                .daemon
+                .add_policy(&c, p.clone())
+                .await
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb_policy(&Policy { id, ..p }, hutch_api::clock::now_ms()))
+        })
+        .await
     }
 
     async fn remove_policy(
         &self,
         req: Request<pb::PolicyRef>,
     ) -> Result<Response<pb::RemovePolicyResponse>, Status> {
-        let c = self.admin(&req, "policy remove").await?;
-        let r = req.into_inner();
-        let id = if r.name.is_empty() {
-            r.id
-        } else {
+        self.handle(req, Need::Admin, "policy remove", |c, r| async move {
+            let id = if r.name.is_empty() {
+                r.id
+            } else {
+                self.daemon
+                    .list_policies()
+                    .await
+                    .map_err(daemon_status)?
+                    .into_iter()
+                    .find(|p| p.name == r.name)
+                    .map(|p| p.id)
+                    .ok_or_else(|| Status::not_found(format!("no policy named {:?}", r.name)))?
+            };
             self.daemon
-                .list_policies()
+                .remove_policy(&c, id)
                 .await
-                .map_err(daemon_status)?
-                .into_iter()
-                .find(|p| p.name == r.name)
-                .map(|p| p.id)
-                .ok_or_else(|| Status::not_found(format!("no policy named {:?}", r.name)))?
-        };
-        self.daemon
-            .remove_policy(&c, id)
-            .await
-            .map_err(daemon_status)?;
-        Ok(Response::new(pb::RemovePolicyResponse { id }))
+                .map_err(daemon_status)?;
+            Ok::<_, Status>(pb::RemovePolicyResponse { id })
+        })
+        .await
     }
 
     async fn query_audit(
         &self,
         req: Request<pb::AuditQuery>,
     ) -> Result<Response<pb::AuditEvents>, Status> {
-        let c = self.registered(&req, "audit query").await?;
-        let mut f = filter_from_pb(req.into_inner())?;
-        if !c.admin {
-            f.user = Some(c.name.clone());
-        }
-        if f.limit.is_none() {
-            f.limit = Some(1000);
-        }
-        self.daemon.core().audit_sink().flush();
-        let events = self
-            .daemon
-            .core()
-            .audit()
-            .query(&f)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::AuditEvents {
-            events: events.iter().map(pb_event).collect(),
-        }))
+        self.handle(req, Need::User, "audit query", |c, r| async move {
+            let mut f = filter_from_pb(r)?;
+            if !c.admin {
+                f.user = Some(c.name.clone());
+            }
+            if f.limit.is_none() {
+                f.limit = Some(1000);
+            }
+            self.daemon.core().audit_sink().flush();
+            let events = self
+                .daemon
+                .core()
+                .audit()
+                .query(&f)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok::<_, Status>(pb::AuditEvents {
+                events: events.iter().map(pb_event).collect(),
+            })
+        })
+        .await
     }
 
     type ExportAuditStream = BoxStream<pb::ExportChunk>;
@@ -1836,96 +1939,103 @@ impl Admin for Control {
         &self,
         req: Request<pb::AuditQuery>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
-        let c = self.registered(&req, "audit export").await?;
-        let mut f = filter_from_pb(req.into_inner())?;
-        if !c.admin {
-            f.user = Some(c.name.clone());
-        }
-        self.daemon.core().audit_sink().flush();
-        let audit = self.daemon.core().audit().clone();
-        let (mut w, mut r) = tokio::io::duplex(CHUNK);
-        let (tx, rx) = mpsc::channel(4);
-        let err_tx = tx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = audit.export_jsonl(&f, &mut w).await {
-                let _ = err_tx.send(Err(Status::internal(e.to_string()))).await;
+        self.handle(req, Need::User, "audit export", |c, r| async move {
+            let mut f = filter_from_pb(r)?;
+            if !c.admin {
+                f.user = Some(c.name.clone());
             }
-        });
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                match r.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        let chunk = pb::ExportChunk {
-                            data: buf[..n].to_vec(),
-                        };
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return;
+            self.daemon.core().audit_sink().flush();
+            let audit = self.daemon.core().audit().clone();
+            let (mut w, mut r) = tokio::io::duplex(CHUNK);
+            let (tx, rx) = mpsc::channel(4);
+            let err_tx = tx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = audit.export_jsonl(&f, &mut w).await {
+                    let _ = err_tx.send(Err(Status::internal(e.to_string()))).await;
+                }
+            });
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let chunk = pb::ExportChunk {
+                                data: buf[..n].to_vec(),
+                            };
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            });
+            Ok::<BoxStream<_>, Status>(Box::pin(ReceiverStream::new(rx)))
+        })
+        .await
     }
 
     async fn verify_audit(
         &self,
         req: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyReport>, Status> {
-        self.registered(&req, "audit verify").await?;
-        let r = self
-            .daemon
-            .core()
-            .audit()
-            .verify()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::VerifyReport {
-            checked: r.checked,
-            last_id: r.last_id,
-            ok: r.is_ok(),
-            problems: r.problems.iter().map(ToString::to_string).collect(),
-        }))
+        self.handle(req, Need::User, "audit verify", |_, _| async move {
+            let r = self
+                .daemon
+                .core()
+                .audit()
+                .verify()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok::<_, Status>(pb::VerifyReport {
+                checked: r.checked,
+                last_id: r.last_id,
+                ok: r.is_ok(),
+                problems: r.problems.iter().map(ToString::to_string).collect(),
+            })
+        })
+        .await
     }
 
     async fn revert(
         &self,
         req: Request<pb::RevertRequest>,
     ) -> Result<Response<pb::RevertReport>, Status> {
-        let c = self.admin(&req, "audit revert").await?;
-        let r = req.into_inner();
-        let reverter = Reverter::new(
-            self.daemon.core().audit().clone(),
-            Arc::clone(self.daemon.core().backend()),
-        );
-        let report = match (r.event_id, r.task_id.is_empty()) {
-            (id, true) if id > 0 => reverter.revert_event(EventId(id), c.actor(), r.force).await,
-            (0, false) => reverter.revert_task(&r.task_id, c.actor(), r.force).await,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "give exactly one of an event id or --task TASK",
-                ));
+        self.handle(req, Need::Admin, "audit revert", |c, r| async move {
+            let reverter = Reverter::new(
+                self.daemon.core().audit().clone(),
+                Arc::clone(self.daemon.core().backend()),
+            );
+            let report = match (r.event_id, r.task_id.is_empty()) {
+                (id, true) if id > 0 => {
+                    reverter.revert_event(EventId(id), c.actor(), r.force).await
+                }
+                (0, false) => reverter.revert_task(&r.task_id, c.actor(), r.force).await,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "give exactly one of an event id or --task TASK",
+                    ));
+                }
             }
-        }
-        .map_err(revert_status)?;
-        Ok(Response::new(pb::RevertReport {
-            forced: report.forced,
-            objects: report
-                .objects
-                .iter()
-                .map(|o| pb::RevertedObject {
-                    dataset_id: o.dataset.to_string(),
-                    key: o.key.to_string(),
-                    restored_version: o.restored.map(|v| v.0),
-                    new_version: o.new_version.0,
-                    reverted_events: o.reverted_events.iter().map(|e| e.0).collect(),
-                    event_id: o.event_id.0,
-                })
-                .collect(),
-        }))
+            .map_err(revert_status)?;
+            Ok::<_, Status>(pb::RevertReport {
+                forced: report.forced,
+                objects: report
+                    .objects
+                    .iter()
+                    .map(|o| pb::RevertedObject {
+                        dataset_id: o.dataset.to_string(),
+                        key: o.key.to_string(),
+                        restored_version: o.restored.map(|v| v.0),
+                        new_version: o.new_version.0,
+                        reverted_events: o.reverted_events.iter().map(|e| e.0).collect(),
+                        event_id: o.event_id.0,
+                    })
+                    .collect(),
+            })
+        })
+        .await
     }
 }
 
@@ -1963,6 +2073,20 @@ mod tests {
         );
         assert!(id(None, Some("uid 0")).require_admin("x").is_ok());
         assert_eq!(member.caller().unwrap().name, "alice");
+    }
+
+    #[test]
+    fn names_are_checked_alike_for_every_method() {
+        assert_eq!(user_name(" alice ").unwrap(), "alice");
+        for bad in ["", "  ", "a/b", "a\u{1b}b", &"x".repeat(65)] {
+            let e = user_name(bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+        assert_eq!(team_name("lab").unwrap(), "lab");
+        assert_eq!(
+            team_name(" ").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]

@@ -640,8 +640,17 @@ impl Daemon {
     /// Sets admin limits (admin); each may only lower what the manifest and
     /// daemon defaults give. `None` fields reset to the default.
     ///
+    /// A running instance is not restarted: its memory, CPU and pids limits
+    /// change live in its cgroup; `wall_timeout` applies to tasks assigned
+    /// from now on; `tmp_size` at the next start. The audit event
+    /// (`plugin.limits`) records the effective limits and what was written
+    /// live.
+    ///
     /// # Errors
-    /// A limit above the default ([`ErrorKind::Invalid`]), not installed.
+    /// A limit above the default ([`ErrorKind::Invalid`]), not installed;
+    /// [`ErrorKind::Conflict`] when the new limits were saved but writing
+    /// them to the running instance's cgroup failed (e.g. memory that cannot
+    /// be reclaimed below the new limit on cgroup v1).
     pub async fn set_limits(
         &self,
         caller: &Caller,
@@ -649,21 +658,67 @@ impl Daemon {
         limits: LimitOverrides,
     ) -> Result<PluginInfo, DaemonError> {
         caller.require_admin("plugin limits")?;
-        let before = self.inner.registry.require(id).await?.overrides;
+        let caps = self.config().limits.clone();
+        let old = self.inner.registry.require(id).await?;
         let rec = self
             .inner
             .registry
-            .set_overrides(id, &limits, &self.config().limits)
+            .set_overrides(id, &limits, &caps)
             .await?;
+        let effective = rec.limits(&caps);
+        let live = self.inner.sup.apply_limits(id, &effective).await;
         self.audit_admin(
             caller,
             "plugin.limits",
             format!("plugin/{id}"),
-            serde_json::json!({ "before": before, "after": rec.overrides }),
+            serde_json::json!({
+                "before": old.overrides,
+                "after": rec.overrides,
+                "effective_before": old.limits(&caps),
+                "effective": effective,
+                "live": live.as_ref().map(crate::supervisor::LiveLimitsChange::details),
+            }),
         )
         .await?;
-        self.restart_if_running(id).await?;
+        if let Some(err) = live.and_then(|l| l.error.map(|e| (l.instance, e))) {
+            return Err(DaemonError::Conflict(format!(
+                "the new limits of {id} are saved and apply at its next start, but changing \
+                 them on the running instance {} failed: {}; run `hutchctl plugin restart {id}` \
+                 to apply them now",
+                err.0, err.1
+            )));
+        }
         Ok(self.info(&rec).await)
+    }
+
+    /// After a config reload: running instances whose effective memory, CPU
+    /// or pids limit changed with the new `[limits]` get it live
+    /// (`plugin.limits.live`, actor daemon).
+    async fn apply_default_limits_live(&self) {
+        let caps = self.config().limits.clone();
+        let Ok(list) = self.inner.registry.list().await else {
+            return;
+        };
+        for rec in list {
+            let effective = rec.limits(&caps);
+            if let Some(change) = self.inner.sup.apply_limits(&rec.id, &effective).await {
+                let mut details = change.details();
+                details["effective"] = serde_json::json!(effective);
+                details["cause"] = serde_json::json!("config reload");
+                let mut ev = AuditEvent::new(
+                    Actor::daemon(),
+                    "plugin.limits.live",
+                    format!("plugin/{}", rec.id),
+                )
+                .with_details(details);
+                if let Some(e) = &change.error {
+                    ev.outcome = hutch_api::audit::Outcome::Error(e.clone());
+                }
+                if let Err(e) = self.audit(ev).await {
+                    tracing::error!(plugin = %rec.id, error = %e, "audit a live limit change");
+                }
+            }
+        }
     }
 
     /// Stops and uninstalls a plugin (admin); its audit trail, task history
@@ -1184,7 +1239,9 @@ impl Daemon {
             AuditEvent::new(Actor::daemon(), "config.reload", "daemon")
                 .with_details(serde_json::json!({ "path": path })),
         )
-        .await
+        .await?;
+        self.apply_default_limits_live().await;
+        Ok(())
     }
 
     /// Graceful shutdown: refuse new work, cancel tasks, stop every plugin

@@ -115,7 +115,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::{Config, LogsConfig, RestartPolicy};
 use crate::daemon::{DaemonError, LogFollow, now_ms};
-use crate::registry::{PluginRecord, Registry};
+use crate::registry::{PluginLimits, PluginRecord, Registry};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
@@ -401,7 +401,25 @@ async fn pump(
         }
     };
     loop {
-        let n = match rx.read(&mut buf).await {
+        // While lines are being dropped, a quiet second reports the count
+        // (a flood followed by silence must not hide it until the end).
+        let read = if dropped > 0 {
+            match tokio::time::timeout(Duration::from_secs(1), rx.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    ring.push(
+                        LogStream::Supervisor,
+                        &instance,
+                        format!("{dropped} lines dropped (over logs.lines_per_sec)"),
+                    );
+                    dropped = 0;
+                    continue;
+                }
+            }
+        } else {
+            rx.read(&mut buf).await
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -442,6 +460,36 @@ pub(crate) struct LiveInstance {
     pub instance_id: String,
     pub version: String,
     pub hub: TaskHub,
+    /// The sandbox's spec name (its cgroup is named after it).
+    sandbox_name: String,
+    /// The limits its cgroup has now (set at spawn, changed live).
+    limits: Mutex<PluginLimits>,
+}
+
+/// What [`Supervisor::apply_limits`] did to a running instance.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct LiveLimitsChange {
+    /// The instance changed.
+    pub instance: String,
+    /// The cgroup files written and their values (empty when the failure
+    /// came before any write).
+    pub written: Vec<hutch_sandbox::cgroup::live::Written>,
+    /// Why it failed (some files may have been written before).
+    pub error: Option<String>,
+}
+
+impl LiveLimitsChange {
+    /// The change as audit details.
+    pub fn details(&self) -> serde_json::Value {
+        serde_json::json!({
+            "instance": self.instance,
+            "applied": self.error.is_none(),
+            "written": self.written.iter().map(|w| serde_json::json!({
+                "file": w.path, "value": w.value,
+            })).collect::<Vec<_>>(),
+            "error": self.error,
+        })
+    }
 }
 
 enum Control {
@@ -733,6 +781,78 @@ impl Supervisor {
         }
     }
 
+    /// Applies `limits` to the cgroup of `id`'s running instance, if it has
+    /// one: memory, CPU and pids limits that differ from what it runs with
+    /// are written live (`hutch_sandbox::cgroup::live`). `tmp_size` and
+    /// `wall_timeout` are not cgroup limits: `/tmp` keeps its size until the
+    /// next start, and the wall timeout is read when a task is assigned.
+    /// Returns `None` when no instance runs or no cgroup limit changed.
+    pub async fn apply_limits(&self, id: &str, limits: &PluginLimits) -> Option<LiveLimitsChange> {
+        let slot = self.existing(id)?;
+        let live = slot.instance.borrow().clone()?;
+        let pid = slot.status.borrow().pid?;
+        let update = {
+            let now = lock(&live.limits);
+            hutch_sandbox::cgroup::live::LiveLimits {
+                memory_max: (limits.memory_max != now.memory_max).then_some(limits.memory_max),
+                cpu_max: (limits.cpu_max != now.cpu_max).then_some(limits.cpu_max),
+                pids_max: (limits.pids_max != now.pids_max).then_some(limits.pids_max),
+            }
+        };
+        if update == hutch_sandbox::cgroup::live::LiveLimits::default() {
+            return None;
+        }
+        let cfg = self.config();
+        let cg = hutch_sandbox::cgroup::CgroupConfig {
+            parent: cfg.sandbox.cgroup_parent.clone(),
+            cgroup_root: cfg.sandbox.cgroup_root.clone(),
+            placement: hutch_sandbox::cgroup::Placement::Auto,
+            ..hutch_sandbox::cgroup::CgroupConfig::default()
+        };
+        let name = live.sandbox_name.clone();
+        let u = update.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            hutch_sandbox::cgroup::live::update_running_limits(&cg, &name, pid, &u)
+        })
+        .await;
+        let (written, error) = match result {
+            Ok(Ok(w)) => (w, None),
+            Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+            Err(e) => (Vec::new(), Some(format!("limit update task: {e}"))),
+        };
+        if error.is_none() {
+            let mut now = lock(&live.limits);
+            now.memory_max = limits.memory_max;
+            now.cpu_max = limits.cpu_max;
+            now.pids_max = limits.pids_max;
+        }
+        let text = match &error {
+            None => format!(
+                "limits changed live: {}",
+                written
+                    .iter()
+                    .map(|w| format!(
+                        "{}={}",
+                        w.path
+                            .file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default(),
+                        w.value
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Some(e) => format!("changing limits live failed: {e}"),
+        };
+        slot.logs
+            .push(LogStream::Supervisor, &live.instance_id, text);
+        Some(LiveLimitsChange {
+            instance: live.instance_id.clone(),
+            written,
+            error,
+        })
+    }
+
     /// Records a task event of `id`'s plugin (keeps the watchdog calm).
     pub fn touch(&self, id: &str) {
         if let Some(slot) = self.existing(id) {
@@ -862,6 +982,7 @@ async fn slot_loop(
                         "window_ms": sc.crash_loop_window.as_millis() as u64,
                         "last_exit": end.summary,
                         "action": "disabled",
+                        "reason": reason,
                     })),
                 )
                 .await;
@@ -896,6 +1017,21 @@ async fn slot_loop(
         consecutive += 1;
         let delay = backoff(sc.backoff_initial, sc.backoff_max, consecutive);
         slot.set_state(PluginState::Backoff);
+        sup.audit(
+            AuditEvent::new(
+                Actor::daemon(),
+                "plugin.restart",
+                format!("plugin/{}", slot.id),
+            )
+            .with_details(serde_json::json!({
+                "after": end.summary,
+                "failed": end.failed,
+                "consecutive": consecutive,
+                "delay_ms": u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "policy": sc.restart,
+            })),
+        )
+        .await;
         slot.logs.push(
             LogStream::Supervisor,
             "-",
@@ -1072,6 +1208,8 @@ async fn run_instance(
         instance_id: instance_id.clone(),
         version: rec.version.clone(),
         hub: handle.hub().clone(),
+        sandbox_name: spec.name.clone(),
+        limits: Mutex::new(limits.clone()),
     });
     let mut pumps = Vec::new();
     let mut monitor: Option<DenialMonitor> = None;

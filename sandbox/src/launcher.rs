@@ -404,7 +404,8 @@ fn mark(id: u64, started: Instant, what: &str) {
     );
 }
 
-fn sanitize(name: &str) -> String {
+/// The label of a sandbox's cgroup name (`<label>-<launcher pid>-<id>`).
+pub(crate) fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {

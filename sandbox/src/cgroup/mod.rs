@@ -21,6 +21,7 @@
 
 mod hierarchy;
 pub mod layout;
+pub mod live;
 #[cfg(test)]
 mod tests;
 

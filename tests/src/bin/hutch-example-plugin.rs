@@ -13,6 +13,13 @@
 //! - `fail`: reports failure. `exit` `{"code": 3}`: the process exits
 //!   (a crash, for restart tests). `hang`: stops heartbeating and blocks
 //!   (for watchdog tests).
+//! - `print` `{"text": "...", "count": 1, "bytes": 0}`: prints `text`
+//!   (`<text> <n>` when `count` > 1) to stdout `count` times, raw (control
+//!   characters included), plus one line of `bytes` `x`s if non-zero; for
+//!   log capture and flood tests. Outputs how many lines it printed.
+//! - `threads` `{"count": 20, "hold_ms": 1000}`: starts `count` threads that
+//!   each live `hold_ms`, and outputs how many could be started (the cgroup
+//!   pids limit counts threads).
 //!
 //! Every line it prints goes to stdout/stderr, which hutchd captures.
 
@@ -50,7 +57,16 @@ async fn run() -> Result<(), client::ClientError> {
     let channel = client::connect_from_env().await?;
     let mut agent = AgentSession::hello(
         channel.clone(),
-        &["threshold", "count", "sleep", "fail", "exit", "hang"],
+        &[
+            "threshold",
+            "count",
+            "sleep",
+            "fail",
+            "exit",
+            "hang",
+            "print",
+            "threads",
+        ],
     )
     .await?;
     println!(
@@ -131,6 +147,53 @@ fn arg_u64(args: &str, key: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.get(key).and_then(serde_json::Value::as_u64))
         .unwrap_or(default)
+}
+
+/// Prints raw lines to stdout (one write per line, like a chatty program).
+fn print_lines(text: &str, count: u64, bytes: u64) -> u64 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let mut n = 0;
+    for i in 0..count {
+        let ok = if count > 1 {
+            writeln!(out, "{text} {i}")
+        } else {
+            writeln!(out, "{text}")
+        };
+        if ok.and_then(|()| out.flush()).is_err() {
+            return n;
+        }
+        n += 1;
+    }
+    if bytes > 0 {
+        let long = "x".repeat(usize::try_from(bytes).unwrap_or(0));
+        if writeln!(out, "{long}").and_then(|()| out.flush()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Starts up to `count` threads living `hold` each; returns how many started.
+fn start_threads(count: u64, hold: Duration) -> u64 {
+    let mut handles = Vec::new();
+    for _ in 0..count {
+        match std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || std::thread::sleep(hold))
+        {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                println!("thread {} not started: {e}", handles.len());
+                break;
+            }
+        }
+    }
+    let n = handles.len() as u64;
+    for h in handles {
+        let _ = h.join();
+    }
+    n
 }
 
 async fn work(
@@ -225,6 +288,23 @@ async fn work(
             r.completed("{}").await
         }
         "fail" => r.failed("failing as asked").await,
+        "print" => {
+            let args: serde_json::Value = serde_json::from_str(&t.args_json).unwrap_or_default();
+            let text = args.get("text").and_then(|v| v.as_str()).unwrap_or("hello");
+            let count = arg_u64(&t.args_json, "count", 1);
+            let bytes = arg_u64(&t.args_json, "bytes", 0);
+            let printed = print_lines(text, count, bytes);
+            r.output("printed", &printed.to_string(), None).await?;
+            r.completed(&printed.to_string()).await
+        }
+        "threads" => {
+            let count = arg_u64(&t.args_json, "count", 20);
+            let hold = Duration::from_millis(arg_u64(&t.args_json, "hold_ms", 1000));
+            // Blocks this single-threaded runtime for `hold` at most: fine for a test.
+            let started = start_threads(count, hold);
+            r.output("started", &started.to_string(), None).await?;
+            r.completed(&started.to_string()).await
+        }
         other => r.failed(&format!("unknown action {other:?}")).await,
     }
 }
