@@ -94,3 +94,29 @@ fn unreachable_daemon_exits_1_and_says_what_to_do() {
     assert!(err.contains("is hutchd running?"), "{err}");
     assert!(err.contains(&*sock), "{err}");
 }
+
+/// `hutchctl ... | head`: a reader that closes the pipe early ends hutchctl
+/// quietly with 141 (as a shell reports SIGPIPE), never with a panic.
+#[test]
+fn closed_stdout_ends_quietly() -> Result<(), Box<dyn std::error::Error>> {
+    use hutch_tests::daemon::Hutchd;
+    if !hutch_tests::privileged("closed_stdout_ends_quietly") {
+        return Ok(());
+    }
+    let d = Hutchd::start("closed-stdout")?;
+    for args in [&["status"][..], &["--json", "audit", "query"][..]] {
+        let (read_end, write_end) = nix::unistd::pipe()?;
+        drop(read_end);
+        let o = Command::new(sibling_bin("hutchctl"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .stdout(std::process::Stdio::from(write_end))
+            .output()?;
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    Ok(())
+}

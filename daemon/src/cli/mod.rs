@@ -563,6 +563,11 @@ pub enum CliError {
     /// The command ran but the result is a failure (task failed, chain broken).
     #[error("{0}")]
     Failed(String),
+    /// Standard output was closed by the reader (`hutchctl ... | head`): not
+    /// an error worth a message; exits quietly with status 141 as a shell
+    /// reports a process ended by SIGPIPE.
+    #[error("standard output closed")]
+    OutputClosed,
 }
 
 /// The exit status for an error: 1 error, 2 usage, 3 permission denied, 4 not found.
@@ -576,6 +581,7 @@ pub fn exit_code(e: &CliError) -> u8 {
         },
         CliError::Usage(_) => 2,
         CliError::Connect { .. } | CliError::Io { .. } | CliError::Failed(_) => 1,
+        CliError::OutputClosed => 141,
     }
 }
 
@@ -594,6 +600,7 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::OutputClosed) => ExitCode::from(exit_code(&CliError::OutputClosed)),
         Err(e) => {
             eprintln!("hutchctl: {e}");
             ExitCode::from(exit_code(&e))
@@ -641,8 +648,22 @@ pub async fn connect(socket: &Path) -> Result<AdminClient<Channel>, CliError> {
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v).map_err(|e| CliError::Failed(e.to_string()))?;
-    println!("{s}");
-    Ok(())
+    write_stdout(&format!("{s}\n"))
+}
+
+/// Writes to standard output; a reader that went away (`| head`) is
+/// [`CliError::OutputClosed`] instead of a panic.
+fn write_stdout(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::OutputClosed),
+        Err(source) => Err(CliError::Io {
+            op: "write",
+            path: "stdout".into(),
+            source,
+        }),
+    }
 }
 
 /// Prints `v` as JSON or as `human(v)`.
@@ -654,8 +675,7 @@ fn show<T: serde::Serialize>(
     if json {
         print_json(v)
     } else {
-        print!("{}", human(v));
-        Ok(())
+        write_stdout(&human(v))
     }
 }
 
