@@ -65,3 +65,4 @@ pub mod policy;
 pub mod seccomp;
 pub mod spawn;
 pub mod spec;
+pub mod trace;
