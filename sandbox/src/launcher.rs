@@ -471,6 +471,49 @@ struct Server {
     pools: HashMap<PoolKey, Pool>,
     pool_seq: u64,
     graveyard: Vec<Grave>,
+    janitor: Option<Janitor>,
+}
+
+/// A helper process that closes the descriptors it is sent: the last
+/// reference to a finished sandbox's mount namespace goes there, so the
+/// namespace's teardown (`umount_tree`, then an RCU grace period) blocks the
+/// janitor, never the launcher.
+struct Janitor {
+    chan: Channel<(), ()>,
+    pid: Pid,
+}
+
+impl Janitor {
+    fn start() -> Result<Self, String> {
+        let (ours, theirs) = channel::pair::<(), ()>().map_err(|e| e.to_string())?;
+        let launcher = nix::unistd::getpid();
+        // SAFETY: the launcher is single-threaded, so the child's copy of every lock and allocator is consistent.
+        match unsafe { fork() }.map_err(|e| format!("fork janitor: {e:?}"))? {
+            ForkResult::Child => {
+                drop(ours);
+                let _ = crate::identity::close_fds_except(&[theirs.as_raw_fd()]);
+                let _ = crate::identity::die_with_parent(launcher);
+                // Each message's descriptors are dropped (closed) here.
+                while let Ok(Some(_)) = theirs.recv() {}
+                spawn::exit_now(0)
+            }
+            ForkResult::Parent { child } => Ok(Self {
+                chan: ours,
+                pid: child,
+            }),
+        }
+    }
+
+    /// Hand `fd` over; `false` if the janitor is gone (the caller closes it).
+    fn close(&self, fd: &impl AsRawFd) -> bool {
+        self.chan.send(&(), &[fd.as_raw_fd()]).is_ok()
+    }
+
+    /// Close the channel and wait until every handed-over descriptor is closed.
+    fn stop(self) {
+        drop(self.chan);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
 }
 
 fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), LaunchError> {
@@ -488,6 +531,11 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
         pools: HashMap::new(),
         pool_seq: 0,
         graveyard: Vec::new(),
+        janitor: Janitor::start()
+            .map_err(
+                |e| tracing::warn!(error = %e, "janitor; mount namespaces are released inline"),
+            )
+            .ok(),
     };
     let result = loop {
         if !server.ctrl_open && server.running.is_empty() {
@@ -499,6 +547,9 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
     };
     server.drain_pools();
     server.bury_all();
+    if let Some(j) = server.janitor.take() {
+        j.stop();
+    }
     // Every sandbox cgroup is gone by now; drop the parents too unless
     // someone else still uses them.
     for manager in server.managers.values() {
@@ -695,6 +746,11 @@ impl Server {
         };
         let t = Instant::now();
         if let Some(ns) = g.mount_ns.take() {
+            if let Some(j) = &self.janitor
+                && !j.close(&ns)
+            {
+                self.janitor = None;
+            }
             drop(ns);
             tracing::debug!(
                 us = t.elapsed().as_micros() as u64,
