@@ -1086,6 +1086,13 @@ impl Server {
             self.fail_spawn(id, started, format!("cgroup: {e}"));
             return Err(None);
         }
+        // Back from SCHED_IDLE (pre-warm) to the launcher's own policy, so
+        // the claimed stub runs like a cold one.
+        if let Err(e) = spawn::SchedPolicy::current().and_then(|p| p.set_for(stub.stub)) {
+            tracing::warn!(error = %e, "scheduling policy of a pre-warmed stub; spawning cold");
+            self.bury_pooled(stub);
+            return Err(Some(Box::new(prepared)));
+        }
         trace.push(point("launcher: limits set on pooled cgroup"));
         // The stub's root was pivoted long ago: it gets the spec's bind
         // sources as detached mounts, checked here (device and inode).
@@ -1110,7 +1117,11 @@ impl Server {
                 _ => Err(None),
             };
         }
-        trace.push(point("launcher: claim sent"));
+        trace.push(point(if stub.ready {
+            "launcher: claim sent"
+        } else {
+            "launcher: claim sent (stub still warming up)"
+        }));
         let Pooled {
             stub: pid,
             pidfd,

@@ -391,6 +391,10 @@ fn pool_stub_steps(
 ) -> Result<i32, StepError> {
     let mut trace = Trace::new();
     trace.mark("prewarm: forked");
+    // Pre-warm work must not take CPU from running sandboxes: SCHED_IDLE
+    // until claimed (the launcher gives it its own policy back before it
+    // sends the claim, so the stub wakes up at normal priority).
+    SchedPolicy::idle().set_for(Pid::from_raw(0))?;
     identity::close_fds_except(&[chan.as_raw_fd(), io.stdout, io.stderr])?;
     identity::die_with_parent(launcher)?;
     trace.mark("prewarm: fds closed, pdeathsig");
@@ -426,6 +430,50 @@ fn pool_stub_steps(
     let trees = std::mem::ManuallyDrop::new(trees);
     mounts::check_base(&p.plan)?;
     stub_fork_init(&p, chan, io, &mut trace, Start::Warm, &trees)
+}
+
+/// A scheduling policy and nice value (the pool stub's pre-warm runs as
+/// `SCHED_IDLE` and gets the launcher's back when claimed).
+pub(crate) struct SchedPolicy {
+    policy: libc::c_int,
+    nice: libc::c_int,
+}
+
+impl SchedPolicy {
+    /// The calling process's policy and nice value.
+    pub(crate) fn current() -> Result<Self, StepError> {
+        // SAFETY: sched_getscheduler takes a pid (0 = self) and only returns a value.
+        let policy =
+            Errno::result(unsafe { libc::sched_getscheduler(0) }).step("sched_getscheduler", "")?;
+        Errno::clear();
+        // SAFETY: getpriority takes a which/who pair and only returns a value (errno tells -1 apart).
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        if nice == -1 && Errno::last_raw() != 0 {
+            return Err(StepError::sys("getpriority", "", Errno::last()));
+        }
+        Ok(Self { policy, nice })
+    }
+
+    fn idle() -> Self {
+        Self {
+            policy: libc::SCHED_IDLE,
+            nice: 19,
+        }
+    }
+
+    /// Give process `pid` (0: the caller) this policy and nice value.
+    pub(crate) fn set_for(&self, pid: Pid) -> Result<(), StepError> {
+        let param = libc::sched_param { sched_priority: 0 };
+        let who = pid.as_raw();
+        // SAFETY: `param` is a live sched_param; `who` is a pid (0 = this process).
+        Errno::result(unsafe { libc::sched_setscheduler(who, self.policy, &raw const param) })
+            .step("sched_setscheduler", who)?;
+        let id = libc::id_t::try_from(who).unwrap_or(0);
+        // SAFETY: setpriority takes plain integers.
+        Errno::result(unsafe { libc::setpriority(libc::PRIO_PROCESS, id, self.nice) })
+            .step("setpriority", who)?;
+        Ok(())
+    }
 }
 
 /// Step (pre-warmed stub): move this process into its cgroup, in every
