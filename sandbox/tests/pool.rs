@@ -170,10 +170,9 @@ fn a_pooled_stub_is_used_once_and_carries_nothing_over() {
         b.spawn_trace
     );
     assert!(!out_a.contains("LEFTOVER") && !out_b.contains("LEFTOVER"));
-    let ns = |out: &str| -> Vec<String> { out.lines().take(4).map(str::to_owned).collect() };
-    for (x, y) in ns(&out_a).iter().zip(ns(&out_b).iter()) {
-        assert_ne!(x, y, "namespace shared between two pooled spawns");
-    }
+    // (Namespace inode numbers are not compared: a freed namespace's number
+    // is reused, and A's namespaces are gone before B's stub may unshare.
+    // A's stub is dead before B runs, and B's /tmp has nothing of A's.)
     assert!(
         out_a.contains("hutch") && out_a.contains(&UID.to_string()),
         "{out_a}"
