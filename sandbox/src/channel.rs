@@ -18,8 +18,9 @@ use serde::de::DeserializeOwned;
 
 /// Largest message accepted (a spec with many paths still fits easily).
 pub const MAX_MESSAGE: usize = 256 * 1024;
-/// Most descriptors carried by one message.
-const MAX_FDS: usize = 8;
+/// Most descriptors carried by one message (a pooled claim carries one per
+/// spec-dependent bind).
+pub const MAX_FDS: usize = 32;
 
 /// A channel error.
 #[derive(Debug, thiserror::Error)]

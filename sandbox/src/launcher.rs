@@ -10,6 +10,15 @@
 //! enforces wall timeouts (SIGTERM, grace period, cgroup kill), reads cgroup
 //! stats and removes the cgroup when a sandbox ends. When the daemon goes
 //! away (control socket EOF) it kills every sandbox, cleans up and exits.
+//!
+//! It also keeps a small **pool of pre-warmed stubs** per cgroup placement
+//! ([`LauncherConfig::pool_size`], docs/sandbox.md "The spawn pool"): each
+//! already sits in a fresh cgroup of its own and in fresh mount, pid, net
+//! (`lo` up), ipc and uts namespaces. A spawn claims one (writing the
+//! sandbox's limits to its cgroup first), sends it the prepared spec, and the
+//! stub goes on from forking init; the pool is refilled while the launcher is
+//! otherwise idle. Finished sandboxes' cgroups and mount namespaces are
+//! likewise released when idle, after the outcome was reported.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,12 +32,16 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{ForkResult, Pid, fork};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{CgroupConfig, CgroupLimits, CgroupManager, Placement, SandboxCgroup};
+use crate::cgroup::{
+    CgroupConfig, CgroupLimits, CgroupManager, Controller, Placement, SandboxCgroup,
+};
 use crate::channel::{self, Channel, ChannelError};
+use crate::mounts::{BaseFingerprint, MountPlan};
 use crate::outcome::{LandlockReport, Outcome};
 use crate::seccomp::DenialMonitor;
 use crate::spawn::{self, ChildMsg, Forked, LauncherMsg, ParentChannel, Prepared};
 use crate::spec::{CgroupPlacement, SandboxSpec};
+use crate::trace::{TracePoint, now_ns};
 
 /// A request from the daemon to the launcher.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +64,34 @@ pub enum Request {
         /// The sandbox.
         id: u64,
     },
+    /// Fill the spawn pool for this cgroup placement (`None`: sandboxes
+    /// without a cgroup) now rather than after its first spawn.
+    Prewarm {
+        /// The placement later specs will name.
+        placement: Option<CgroupPlacement>,
+    },
+}
+
+/// Default [`LauncherConfig::pool_size`]: two pre-warmed stubs per cgroup
+/// placement in use (each is one sleeping process, its namespaces and an
+/// empty cgroup; well under 1 MiB).
+pub const DEFAULT_POOL_SIZE: usize = 2;
+
+/// How the launcher runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LauncherConfig {
+    /// Pre-warmed stubs kept ready per cgroup placement; 0 turns the pool
+    /// off (every spawn is cold). A placement's pool is filled after its
+    /// first spawn or on [`Launcher::prewarm`].
+    pub pool_size: usize,
+}
+
+impl Default for LauncherConfig {
+    fn default() -> Self {
+        Self {
+            pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
 }
 
 /// An event from the launcher to the daemon.
@@ -125,12 +166,20 @@ impl Launcher {
     /// # Errors
     /// The socketpair or `fork` failed.
     pub fn start() -> Result<Self, LaunchError> {
+        Self::start_with(LauncherConfig::default())
+    }
+
+    /// [`Launcher::start`] with a configuration (pool size).
+    ///
+    /// # Errors
+    /// The socketpair or `fork` failed.
+    pub fn start_with(config: LauncherConfig) -> Result<Self, LaunchError> {
         let (daemon_end, launcher_end) = channel::pair::<Request, Event>()?;
         // SAFETY: the child only runs the launcher loop, which uses no lock another thread of the caller could hold (glibc fork resets malloc's).
         match unsafe { fork() }.map_err(LaunchError::Fork)? {
             ForkResult::Child => {
                 drop(daemon_end);
-                let code = match serve(launcher_end) {
+                let code = match serve(launcher_end, config) {
                     Ok(()) => 0,
                     Err(e) => {
                         tracing::error!(error = %e, "launcher failed");
@@ -175,6 +224,24 @@ impl Launcher {
     /// The launcher is gone.
     pub fn stop(&self, id: u64) -> Result<(), LaunchError> {
         Ok(self.chan.send(&Request::Stop { id }, &[])?)
+    }
+
+    /// Fill the spawn pool for `placement` (the `cgroup` of the specs to
+    /// come; `None` for sandboxes without one) now: the launcher forks the
+    /// stubs when it reads this request and each warms up on its own, so
+    /// even the first spawn with it is warm (it may claim a stub still
+    /// warming up, which then reads the claim when it is ready). Does
+    /// nothing when the pool is off.
+    ///
+    /// # Errors
+    /// The launcher is gone.
+    pub fn prewarm(&self, placement: Option<&CgroupPlacement>) -> Result<(), LaunchError> {
+        Ok(self.chan.send(
+            &Request::Prewarm {
+                placement: placement.cloned(),
+            },
+            &[],
+        )?)
     }
 
     /// Ask the launcher to kill a sandbox now.
@@ -327,13 +394,71 @@ struct Running {
     kill_at: Option<Instant>,
     grace: Duration,
     outcome: Outcome,
-    /// The sandbox's mount namespace, closed after the exit is reported.
+    /// The sandbox's mount namespace, released after the exit is reported.
     mount_ns: Option<std::fs::File>,
     /// The plugin's ids, for user-namespace maps.
     ids: (u32, u32),
     /// A cgroup attach failure; reported only if the child reported nothing
     /// (an early setup failure makes the attach fail with ESRCH too).
     attach_error: Option<String>,
+    /// Claimed from the pool: the stub joined its cgroup before it was
+    /// claimed, so there is nothing to attach.
+    pooled: bool,
+    /// No `Executing` yet: pool refills wait (they would compete for CPU).
+    setting_up: bool,
+    /// Launcher-side and child-side trace points.
+    trace: Vec<TracePoint>,
+}
+
+/// A pre-warmed stub in the pool (see [`spawn::fork_pool_stub`]).
+struct Pooled {
+    stub: Pid,
+    pidfd: OwnedFd,
+    chan: ParentChannel,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    /// Its own cgroup, without limits until claimed.
+    cgroup: Option<SandboxCgroup>,
+    /// It reported `PoolReady` (a claim may also go to one still warming
+    /// up: it reads the claim when it gets there).
+    ready: bool,
+    /// Its pre-warm steps.
+    trace: Vec<TracePoint>,
+    /// The spec-independent binds of its pre-built root.
+    base: BaseFingerprint,
+}
+
+/// The pre-warmed stubs for one cgroup placement.
+struct Pool {
+    placement: Option<CgroupPlacement>,
+    stubs: Vec<Pooled>,
+    /// Pre-warms that failed in a row; the pool stops refilling at
+    /// [`MAX_POOL_FAILURES`] (spawns are then cold).
+    failures: u32,
+}
+
+/// Consecutive pre-warm failures after which a placement's pool gives up.
+const MAX_POOL_FAILURES: u32 = 3;
+
+/// What is left of a sandbox after its outcome was reported, released when
+/// the launcher is idle: the mount namespace (its teardown waits for an RCU
+/// grace period), the cgroup (v1 `rmdir` can be `EBUSY` for a moment), or a
+/// killed pool stub to reap.
+struct Grave {
+    cgroup: Option<SandboxCgroup>,
+    mount_ns: Option<std::fs::File>,
+    reap: Option<Pid>,
+    since: Instant,
+    next_try: Instant,
+}
+
+/// How long a grave is retried without blocking before the launcher waits.
+const GRAVE_PATIENCE: Duration = Duration::from_secs(2);
+
+type PoolKey = Option<(String, PathBuf, Placement)>;
+
+fn pool_key(p: Option<&CgroupPlacement>) -> PoolKey {
+    p.map(|p| (p.parent.clone(), p.root.clone(), p.base))
 }
 
 struct Server {
@@ -342,9 +467,56 @@ struct Server {
     running: HashMap<u64, Running>,
     managers: HashMap<(String, PathBuf, Placement), CgroupManager>,
     seccomp_cache: crate::policy::SeccompCache,
+    config: LauncherConfig,
+    pools: HashMap<PoolKey, Pool>,
+    pool_seq: u64,
+    graveyard: Vec<Grave>,
+    janitor: Option<Janitor>,
 }
 
-fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
+/// A helper process that closes the descriptors it is sent: the last
+/// reference to a finished sandbox's mount namespace goes there, so the
+/// namespace's teardown (`umount_tree`, then an RCU grace period) blocks the
+/// janitor, never the launcher.
+struct Janitor {
+    chan: Channel<(), ()>,
+    pid: Pid,
+}
+
+impl Janitor {
+    fn start() -> Result<Self, String> {
+        let (ours, theirs) = channel::pair::<(), ()>().map_err(|e| e.to_string())?;
+        let launcher = nix::unistd::getpid();
+        // SAFETY: the launcher is single-threaded, so the child's copy of every lock and allocator is consistent.
+        match unsafe { fork() }.map_err(|e| format!("fork janitor: {e:?}"))? {
+            ForkResult::Child => {
+                drop(ours);
+                let _ = crate::identity::close_fds_except(&[theirs.as_raw_fd()]);
+                let _ = crate::identity::die_with_parent(launcher);
+                // Each message's descriptors are dropped (closed) here.
+                while let Ok(Some(_)) = theirs.recv() {}
+                spawn::exit_now(0)
+            }
+            ForkResult::Parent { child } => Ok(Self {
+                chan: ours,
+                pid: child,
+            }),
+        }
+    }
+
+    /// Hand `fd` over; `false` if the janitor is gone (the caller closes it).
+    fn close(&self, fd: &impl AsRawFd) -> bool {
+        self.chan.send(&(), &[fd.as_raw_fd()]).is_ok()
+    }
+
+    /// Close the channel and wait until every handed-over descriptor is closed.
+    fn stop(self) {
+        drop(self.chan);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
+    }
+}
+
+fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), LaunchError> {
     // Leave the caller's process group, so a terminal's Ctrl-C reaches the
     // daemon (which then closes the channel) and not the sandboxes directly.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
@@ -355,6 +527,15 @@ fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
         running: HashMap::new(),
         managers: HashMap::new(),
         seccomp_cache: crate::policy::SeccompCache::default(),
+        config,
+        pools: HashMap::new(),
+        pool_seq: 0,
+        graveyard: Vec::new(),
+        janitor: Janitor::start()
+            .map_err(
+                |e| tracing::warn!(error = %e, "janitor; mount namespaces are released inline"),
+            )
+            .ok(),
     };
     let result = loop {
         if !server.ctrl_open && server.running.is_empty() {
@@ -364,8 +545,13 @@ fn serve(ctrl: Channel<Event, Request>) -> Result<(), LaunchError> {
             break Err(e);
         }
     };
-    // Every sandbox cgroup is gone by now (each is removed when its sandbox
-    // ends); drop the parents too unless someone else still uses them.
+    server.drain_pools();
+    server.bury_all();
+    if let Some(j) = server.janitor.take() {
+        j.stop();
+    }
+    // Every sandbox cgroup is gone by now; drop the parents too unless
+    // someone else still uses them.
     for manager in server.managers.values() {
         manager.remove_parent_if_empty();
     }
@@ -395,13 +581,12 @@ fn wait4_nohang(pid: Pid) -> Result<Option<(libc::c_int, libc::rusage)>, Errno> 
 /// to the spec's `pids_max`.
 pub const SANDBOX_OVERHEAD_TASKS: u64 = 2;
 
-/// A debug trace point of a spawn: microseconds since the request.
-fn mark(id: u64, started: Instant, what: &str) {
-    tracing::debug!(
-        sandbox = id,
-        us = started.elapsed().as_micros() as u64,
-        "{what}"
-    );
+/// A launcher-side trace point, now.
+fn point(step: &str) -> TracePoint {
+    TracePoint {
+        step: step.to_owned(),
+        ns: now_ns(),
+    }
 }
 
 /// The label of a sandbox's cgroup name (`<label>-<launcher pid>-<id>`).
@@ -420,6 +605,28 @@ pub(crate) fn sanitize(name: &str) -> String {
     if s.is_empty() { "sandbox".into() } else { s }
 }
 
+/// The cgroup limits of a spec (the stub and init count against `pids_max`).
+fn cgroup_limits(spec: &SandboxSpec) -> CgroupLimits {
+    CgroupLimits {
+        memory_max: spec.limits.memory_max,
+        swap_max: spec.limits.swap_max,
+        cpu_max: spec.limits.cpu_max,
+        pids_max: spec
+            .limits
+            .pids_max
+            .map(|p| p.saturating_add(SANDBOX_OVERHEAD_TASKS)),
+    }
+}
+
+/// Which file descriptors of one poll round belong to what.
+enum Slot {
+    Ctrl,
+    Chan(u64),
+    Exit(u64),
+    PoolChan(PoolKey, Pid),
+    PoolExit(PoolKey, Pid),
+}
+
 impl Server {
     fn send(&mut self, event: &Event, fds: &[RawFd]) {
         if self.ctrl_open && self.ctrl.send(event, fds).is_err() {
@@ -427,64 +634,299 @@ impl Server {
         }
     }
 
-    /// One poll round: control requests, setup messages, exits, timers.
+    /// When the next piece of background work (a pool refill, a grave) may
+    /// run; `None` when there is none.
+    fn background_due(&self, now: Instant) -> Option<Instant> {
+        let grave = self.graveyard.iter().map(|g| g.next_try).min();
+        let setting_up = self
+            .running
+            .values()
+            .any(|r| r.setting_up && r.started.elapsed() < Duration::from_secs(1));
+        let refill = (self.ctrl_open
+            && !setting_up
+            && self
+                .pools
+                .values()
+                .any(|p| p.stubs.len() < self.config.pool_size && p.failures < MAX_POOL_FAILURES))
+        .then_some(now);
+        match (grave, refill) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One poll round: control requests, setup messages, exits, pool stubs,
+    /// timers; background work when nothing else is ready.
     fn turn(&mut self) -> Result<(), LaunchError> {
         let now = Instant::now();
-        let next_timer = self
+        let next = self
             .running
             .values()
             .filter_map(|r| r.kill_at.or(r.deadline))
+            .chain(self.background_due(now))
             .min();
-        let timeout = match next_timer {
+        let timeout = match next {
             None => PollTimeout::NONE,
+            Some(t) if t <= now => PollTimeout::ZERO,
             Some(t) => {
                 let ms = t.saturating_duration_since(now).as_millis().min(60_000) as i32;
                 PollTimeout::try_from(ms.max(0) + 1).unwrap_or(PollTimeout::NONE)
             }
         };
-        let ids: Vec<u64> = self.running.keys().copied().collect();
         let mut fds = Vec::new();
+        let mut slots = Vec::new();
         if self.ctrl_open {
             fds.push(PollFd::new(self.ctrl.as_fd(), PollFlags::POLLIN));
+            slots.push(Slot::Ctrl);
         }
-        // Per sandbox: [chan?, pidfd]
-        let mut layout = Vec::new();
-        for id in &ids {
-            let r = &self.running[id];
-            let has_chan = r.chan.is_some();
+        for (id, r) in &self.running {
             if let Some(c) = &r.chan {
                 fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                slots.push(Slot::Chan(*id));
             }
             fds.push(PollFd::new(r.pidfd.as_fd(), PollFlags::POLLIN));
-            layout.push((*id, has_chan));
+            slots.push(Slot::Exit(*id));
         }
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
+        for (key, pool) in &self.pools {
+            for p in &pool.stubs {
+                fds.push(PollFd::new(p.chan.as_fd(), PollFlags::POLLIN));
+                slots.push(Slot::PoolChan(key.clone(), p.stub));
+                fds.push(PollFd::new(p.pidfd.as_fd(), PollFlags::POLLIN));
+                slots.push(Slot::PoolExit(key.clone(), p.stub));
+            }
+        }
+        let n = match poll(&mut fds, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
             Err(errno) => return Err(LaunchError::Io { op: "poll", errno }),
-        }
+        };
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
-        let mut i = 0;
-        if self.ctrl_open {
-            if ready[0] {
-                self.on_request();
-            }
-            i = 1;
+        if n == 0 {
+            self.background(Instant::now());
         }
-        for (id, has_chan) in layout {
-            if has_chan {
-                if ready[i] {
-                    self.on_child_message(id);
+        for (slot, is_ready) in slots.into_iter().zip(ready) {
+            if !is_ready {
+                continue;
+            }
+            match slot {
+                Slot::Ctrl => self.on_request(),
+                Slot::Chan(id) => self.on_child_message(id),
+                Slot::Exit(id) => self.on_stub_exit(id),
+                Slot::PoolChan(key, stub) => self.on_pool_message(&key, stub),
+                Slot::PoolExit(key, stub) => {
+                    tracing::warn!(stub = stub.as_raw(), "pre-warmed sandbox stub died");
+                    self.discard_pooled(&key, stub, true);
                 }
-                i += 1;
             }
-            if ready[i] {
-                self.on_stub_exit(id);
-            }
-            i += 1;
         }
         self.on_timers();
         Ok(())
+    }
+
+    /// One piece of background work, if one is due: a grave first (it frees
+    /// resources), else one pool refill.
+    fn background(&mut self, now: Instant) {
+        if let Some(i) = self.graveyard.iter().position(|g| g.next_try <= now) {
+            if self.bury(i, false) {
+                self.graveyard.swap_remove(i);
+            }
+            return;
+        }
+        if self.background_due(now).is_some_and(|t| t <= now) {
+            self.refill_one();
+        }
+    }
+
+    /// Try to release grave `i`; `true` when it is gone. Without `block`,
+    /// a cgroup `rmdir` that is still `EBUSY` is retried later (for up to
+    /// [`GRAVE_PATIENCE`], then the removal waits).
+    fn bury(&mut self, i: usize, block: bool) -> bool {
+        let Some(g) = self.graveyard.get_mut(i) else {
+            return true;
+        };
+        let t = Instant::now();
+        if let Some(ns) = g.mount_ns.take() {
+            if let Some(j) = &self.janitor
+                && !j.close(&ns)
+            {
+                self.janitor = None;
+            }
+            drop(ns);
+            tracing::debug!(
+                us = t.elapsed().as_micros() as u64,
+                "mount namespace released"
+            );
+        }
+        if let Some(pid) = g.reap {
+            let reaped = if block {
+                let _ = nix::sys::wait::waitpid(pid, None);
+                true
+            } else {
+                !matches!(wait4_nohang(pid), Ok(None))
+            };
+            if !reaped {
+                g.next_try = Instant::now() + Duration::from_millis(1);
+                return false;
+            }
+            g.reap = None;
+        }
+        let patient = !block && g.since.elapsed() < GRAVE_PATIENCE;
+        if patient && let Some(cg) = g.cgroup.as_mut() {
+            match cg.try_remove() {
+                Ok(true) => {}
+                Ok(false) => {
+                    g.next_try = Instant::now() + Duration::from_millis(1);
+                    return false;
+                }
+                Err(e) => tracing::error!(error = %e, "cgroup removal"),
+            }
+        }
+        if let Some(cg) = g.cgroup.take()
+            && let Err(e) = cg.remove()
+        {
+            tracing::error!(error = %e, "cgroup removal");
+        }
+        tracing::debug!(us = t.elapsed().as_micros() as u64, "sandbox released");
+        true
+    }
+
+    /// Release every grave, waiting as needed (launcher exit).
+    fn bury_all(&mut self) {
+        while !self.graveyard.is_empty() {
+            self.bury(0, true);
+            self.graveyard.swap_remove(0);
+        }
+    }
+
+    /// Pre-warm one stub for the first pool below its size.
+    fn refill_one(&mut self) {
+        let size = self.config.pool_size;
+        let Some((key, placement)) = self
+            .pools
+            .iter()
+            .find(|(_, p)| p.stubs.len() < size && p.failures < MAX_POOL_FAILURES)
+            .map(|(k, p)| (k.clone(), p.placement.clone()))
+        else {
+            return;
+        };
+        self.pool_seq += 1;
+        let name = format!("hutch-pool-{}-{}", std::process::id(), self.pool_seq);
+        let result = self.prewarm_stub(&name, placement.as_ref());
+        let Some(pool) = self.pools.get_mut(&key) else {
+            return;
+        };
+        match result {
+            Ok(p) => pool.stubs.push(p),
+            Err(e) => {
+                pool.failures += 1;
+                tracing::warn!(error = %e, failures = pool.failures, "pre-warming a sandbox stub");
+            }
+        }
+    }
+
+    fn prewarm_stub(
+        &mut self,
+        name: &str,
+        placement: Option<&CgroupPlacement>,
+    ) -> Result<Pooled, String> {
+        let cgroup = match placement {
+            None => None,
+            Some(pl) => Some(
+                self.manager(pl)?
+                    .create_unlimited(name)
+                    .map_err(|e| format!("cgroup: {e}"))?,
+            ),
+        };
+        let procs = cgroup
+            .as_ref()
+            .map(SandboxCgroup::procs_paths)
+            .unwrap_or_default();
+        let plan = MountPlan::prepare_base().map_err(|e| e.to_string())?;
+        let forked = spawn::fork_pool_stub(&procs, &plan).map_err(|e| e.to_string())?;
+        let pidfd = match pidfd_open(forked.stub) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = kill(forked.stub, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(forked.stub, None);
+                return Err(format!("pidfd_open: {e:?}"));
+            }
+        };
+        Ok(Pooled {
+            stub: forked.stub,
+            pidfd,
+            chan: forked.channel,
+            stdout: forked.stdout,
+            stderr: forked.stderr,
+            cgroup,
+            ready: false,
+            trace: Vec::new(),
+            base: plan.base_fingerprint(),
+        })
+    }
+
+    fn on_pool_message(&mut self, key: &PoolKey, stub: Pid) {
+        let Some(pool) = self.pools.get_mut(key) else {
+            return;
+        };
+        let Some(p) = pool.stubs.iter_mut().find(|p| p.stub == stub) else {
+            return;
+        };
+        match p.chan.recv() {
+            Ok(Some((ChildMsg::PoolReady { trace }, _))) => {
+                p.ready = true;
+                p.trace = trace;
+                pool.failures = 0;
+            }
+            Ok(Some((ChildMsg::Failed(e), _))) => {
+                tracing::warn!(error = %e, "pre-warming a sandbox stub");
+                self.discard_pooled(key, stub, true);
+            }
+            Ok(Some((other, _))) => {
+                tracing::warn!(message = ?other, "unexpected message from a pooled stub");
+                self.discard_pooled(key, stub, true);
+            }
+            Ok(None) | Err(_) => self.discard_pooled(key, stub, true),
+        }
+    }
+
+    /// Take a pooled stub out, kill it and bury it with its cgroup.
+    fn discard_pooled(&mut self, key: &PoolKey, stub: Pid, failed: bool) {
+        let Some(pool) = self.pools.get_mut(key) else {
+            return;
+        };
+        let Some(i) = pool.stubs.iter().position(|p| p.stub == stub) else {
+            return;
+        };
+        let p = pool.stubs.remove(i);
+        if failed {
+            pool.failures += 1;
+        }
+        self.bury_pooled(p);
+    }
+
+    fn bury_pooled(&mut self, p: Pooled) {
+        let _ = kill(p.stub, Signal::SIGKILL);
+        let now = Instant::now();
+        self.graveyard.push(Grave {
+            cgroup: p.cgroup,
+            mount_ns: None,
+            reap: Some(p.stub),
+            since: now,
+            next_try: now,
+        });
+    }
+
+    /// Kill every pooled stub (launcher exit, or the daemon went away).
+    fn drain_pools(&mut self) {
+        let stubs: Vec<Pooled> = self
+            .pools
+            .values_mut()
+            .flat_map(|p| p.stubs.drain(..))
+            .collect();
+        for p in stubs {
+            self.bury_pooled(p);
+        }
     }
 
     fn on_request(&mut self) {
@@ -500,12 +942,30 @@ impl Server {
                     kill_now(r);
                 }
             }
+            Ok(Some((Request::Prewarm { placement }, _))) => {
+                if self.config.pool_size > 0 {
+                    let pool = self
+                        .pools
+                        .entry(pool_key(placement.as_ref()))
+                        .or_insert_with(|| Pool {
+                            placement,
+                            stubs: Vec::new(),
+                            failures: 0,
+                        });
+                    // Fork the stubs now (each warms up on its own): a
+                    // spawn right after this finds them, ready or not.
+                    for _ in pool.stubs.len()..self.config.pool_size {
+                        self.refill_one();
+                    }
+                }
+            }
             Ok(None) | Err(_) => {
                 // The daemon is gone: nobody will ever read an outcome.
                 self.ctrl_open = false;
                 for r in self.running.values_mut() {
                     kill_now(r);
                 }
+                self.drain_pools();
             }
         }
     }
@@ -546,44 +1006,197 @@ impl Server {
         );
     }
 
+    /// A pooled stub for `spec`, if its placement has one that fits (no
+    /// user namespace: its maps name the plugin's ids; a CPU limit needs a
+    /// cgroup with the cpu controller). Registers the placement's pool, so
+    /// it is filled for the next spawns.
+    fn take_pooled(&mut self, spec: &SandboxSpec, prepared: &Prepared) -> Option<Pooled> {
+        if self.config.pool_size == 0
+            || spec.user_namespace
+            || prepared.plan().spec_bind_count() > crate::channel::MAX_FDS
+        {
+            return None;
+        }
+        let base = prepared.plan().base_fingerprint();
+        let pool = self
+            .pools
+            .entry(pool_key(spec.cgroup.as_ref()))
+            .or_insert_with(|| Pool {
+                placement: spec.cgroup.clone(),
+                stubs: Vec::new(),
+                failures: 0,
+            });
+        // Same system trees, devices and /etc files as checked just now;
+        // the cpu controller when a CPU limit is asked for.
+        let fits = |p: &Pooled| {
+            p.base == base
+                && (spec.limits.cpu_max.is_none()
+                    || p.cgroup
+                        .as_ref()
+                        .is_none_or(|cg| cg.has_controller(Controller::Cpu)))
+        };
+        // The oldest ready stub, else the oldest still warming up.
+        let i = pool
+            .stubs
+            .iter()
+            .position(|p| p.ready && fits(p))
+            .or_else(|| pool.stubs.iter().position(fits))?;
+        Some(pool.stubs.remove(i))
+    }
+
     fn spawn(&mut self, id: u64, spec: &SandboxSpec) {
         let started = Instant::now();
+        let mut trace = vec![point("launcher: request received")];
         let prepared = match Prepared::with_cache(spec, &mut self.seccomp_cache) {
             Ok(p) => p,
             Err(e) => return self.fail_spawn(id, started, e.to_string()),
         };
-        mark(id, started, "prepared");
+        trace.push(point("launcher: prepared"));
+        let limits = cgroup_limits(spec);
+        let prepared = match self.take_pooled(spec, &prepared) {
+            None => prepared,
+            Some(stub) => match self.claim(id, spec, prepared, stub, &limits, &mut trace) {
+                Ok(()) => return,
+                Err(Some(prepared)) => *prepared,
+                Err(None) => return,
+            },
+        };
+        self.spawn_cold(id, spec, &prepared, &limits, trace, started);
+    }
+
+    /// Hand the sandbox to a pre-warmed stub: limits on its cgroup first,
+    /// then the prepared spec. `Err(Some(prepared))`: the claim message could
+    /// not be sent (too large, stub gone); spawn cold instead. `Err(None)`:
+    /// the spawn failed and was reported.
+    fn claim(
+        &mut self,
+        id: u64,
+        spec: &SandboxSpec,
+        prepared: Prepared,
+        stub: Pooled,
+        limits: &CgroupLimits,
+        trace: &mut Vec<TracePoint>,
+    ) -> Result<(), Option<Box<Prepared>>> {
+        let started = Instant::now();
+        // The limits are in place before the stub even learns it was
+        // claimed, so no plugin code ever runs in an unlimited cgroup.
+        if let Some(cg) = &stub.cgroup
+            && let Err(e) = cg.set_limits(limits)
+        {
+            self.bury_pooled(stub);
+            self.fail_spawn(id, started, format!("cgroup: {e}"));
+            return Err(None);
+        }
+        // Back from SCHED_IDLE (pre-warm) to the launcher's own policy, so
+        // the claimed stub runs like a cold one.
+        if let Err(e) = spawn::SchedPolicy::current().and_then(|p| p.set_for(stub.stub)) {
+            tracing::warn!(error = %e, "scheduling policy of a pre-warmed stub; spawning cold");
+            self.bury_pooled(stub);
+            return Err(Some(Box::new(prepared)));
+        }
+        trace.push(point("launcher: limits set on pooled cgroup"));
+        // The stub's root was pivoted long ago: it gets the spec's bind
+        // sources as detached mounts, checked here (device and inode).
+        let trees = match crate::mounts::clone_spec_sources(prepared.plan()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "bind sources for a pre-warmed stub; spawning cold");
+                self.bury_pooled(stub);
+                return Err(Some(Box::new(prepared)));
+            }
+        };
+        trace.push(point("launcher: spec bind sources cloned (open_tree)"));
+        let raw: Vec<RawFd> = trees.iter().map(AsRawFd::as_raw_fd).collect();
+        let msg = LauncherMsg::Claim(Box::new(prepared));
+        let sent = stub.chan.send(&msg, &raw);
+        drop(trees);
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "claiming a pre-warmed stub; spawning cold");
+            self.bury_pooled(stub);
+            return match msg {
+                LauncherMsg::Claim(p) => Err(Some(p)),
+                _ => Err(None),
+            };
+        }
+        trace.push(point(if stub.ready {
+            "launcher: claim sent"
+        } else {
+            "launcher: claim sent (stub still warming up)"
+        }));
+        let Pooled {
+            stub: pid,
+            pidfd,
+            chan,
+            stdout,
+            stderr,
+            cgroup,
+            trace: prewarm,
+            ..
+        } = stub;
+        trace.extend(prewarm);
+        self.send(
+            &Event::Spawned { id },
+            &[stdout.as_raw_fd(), stderr.as_raw_fd()],
+        );
+        drop((stdout, stderr));
+        self.running.insert(
+            id,
+            Running {
+                stub: pid,
+                pidfd,
+                chan: Some(chan),
+                init: None,
+                init_pidfd: None,
+                cgroup,
+                started,
+                deadline: spec
+                    .limits
+                    .wall_timeout
+                    .filter(|d| !d.is_zero())
+                    .map(|d| started + d),
+                kill_at: None,
+                grace: spec.stop_grace,
+                outcome: Outcome::default(),
+                attach_error: None,
+                mount_ns: None,
+                ids: (spec.uid, spec.gid),
+                pooled: true,
+                setting_up: true,
+                trace: std::mem::take(trace),
+            },
+        );
+        Ok(())
+    }
+
+    /// The cold path: cgroup created, stub forked and attached now.
+    fn spawn_cold(
+        &mut self,
+        id: u64,
+        spec: &SandboxSpec,
+        prepared: &Prepared,
+        limits: &CgroupLimits,
+        mut trace: Vec<TracePoint>,
+        started: Instant,
+    ) {
         let cgroup = match &spec.cgroup {
             None => None,
             Some(placement) => {
                 let name = format!("{}-{}-{id}", sanitize(&spec.name), std::process::id());
-                let limits = CgroupLimits {
-                    memory_max: spec.limits.memory_max,
-                    swap_max: spec.limits.swap_max,
-                    cpu_max: spec.limits.cpu_max,
-                    // The stub and init live in the cgroup too: the plugin
-                    // gets `pids_max` tasks of its own.
-                    pids_max: spec
-                        .limits
-                        .pids_max
-                        .map(|p| p.saturating_add(SANDBOX_OVERHEAD_TASKS)),
-                };
                 match self
                     .manager(placement)
-                    .and_then(|m| m.create(&name, &limits).map_err(|e| e.to_string()))
+                    .and_then(|m| m.create(&name, limits).map_err(|e| e.to_string()))
                 {
                     Ok(cg) => Some(cg),
                     Err(e) => return self.fail_spawn(id, started, format!("cgroup: {e}")),
                 }
             }
         };
-        mark(id, started, "cgroup created");
-        let forked = match spawn::fork_sandbox(&prepared) {
+        trace.push(point("launcher: cgroup created"));
+        let forked = match spawn::fork_sandbox(prepared) {
             Ok(f) => f,
             Err(e) => return self.fail_spawn(id, started, e.to_string()),
         };
-        mark(id, started, "forked");
-        drop(prepared);
+        trace.push(point("launcher: stub forked"));
         let Forked {
             stub,
             channel,
@@ -612,7 +1225,7 @@ impl Server {
         if attach_error.is_some() {
             let _ = kill(stub, Signal::SIGKILL);
         }
-        mark(id, started, "stub attached");
+        trace.push(point("launcher: stub attached"));
         self.send(
             &Event::Spawned { id },
             &[stdout.as_raw_fd(), stderr.as_raw_fd()],
@@ -639,6 +1252,9 @@ impl Server {
                 attach_error,
                 mount_ns: None,
                 ids: (spec.uid, spec.gid),
+                pooled: false,
+                setting_up: true,
+                trace,
             },
         );
     }
@@ -652,34 +1268,39 @@ impl Server {
         let mut started: Option<(Event, Vec<OwnedFd>)> = None;
         match msg {
             Ok(Some((ChildMsg::InitForked { pid }, _))) => {
-                mark(id, r.started, "init forked");
+                r.trace.push(point("launcher: init pid received"));
                 let init = Pid::from_raw(pid);
                 r.init = Some(init);
                 r.init_pidfd = pidfd_open(init).ok();
                 // Hold the sandbox's mount namespace, so its teardown (an
                 // RCU grace period) happens after the exit is reported.
                 r.mount_ns = std::fs::File::open(format!("/proc/{}/ns/mnt", r.stub)).ok();
-                // Init may have been forked before the stub's attach took
-                // effect: attach it too (fast now), then let it go on.
-                let attached = match &r.cgroup {
-                    Some(cg) => cg.attach(pid).map_err(|e| e.to_string()),
-                    None => Ok(()),
-                };
-                mark(id, r.started, "init attached");
-                match attached {
-                    Ok(()) => {
-                        if chan.send(&LauncherMsg::Attached, &[]).is_err() {
+                if !r.pooled {
+                    // Init may have been forked before the stub's attach
+                    // took effect: attach it too (fast now), then let it go
+                    // on. (A pooled stub joined its cgroup before it forked
+                    // init; its init does not wait.)
+                    let attached = match &r.cgroup {
+                        Some(cg) => cg.attach(pid).map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    };
+                    r.trace.push(point("launcher: init attached"));
+                    match attached {
+                        Ok(()) => {
+                            if chan.send(&LauncherMsg::Attached, &[]).is_err() {
+                                kill_now(r);
+                            }
+                        }
+                        Err(e) => {
+                            r.attach_error = Some(format!("cgroup attach: {e}"));
                             kill_now(r);
                         }
-                    }
-                    Err(e) => {
-                        r.attach_error = Some(format!("cgroup attach: {e}"));
-                        kill_now(r);
                     }
                 }
             }
             Ok(Some((ChildMsg::Failed(e), _))) => {
                 r.outcome.setup_error.get_or_insert(e.to_string());
+                r.setting_up = false;
             }
             Ok(Some((ChildMsg::NeedIdMaps, _))) => {
                 let (uid, gid) = r.ids;
@@ -700,10 +1321,13 @@ impl Server {
                 ChildMsg::Executing {
                     landlock,
                     seccomp_notify,
+                    trace,
                 },
                 fds,
             ))) => {
-                mark(id, r.started, "executing");
+                r.trace.extend(trace);
+                r.trace.push(point("launcher: executing received"));
+                r.setting_up = false;
                 r.outcome.landlock = landlock.clone();
                 r.outcome.seccomp_notify = seccomp_notify;
                 let init_pid = r.init.map(Pid::as_raw).unwrap_or(0);
@@ -717,10 +1341,22 @@ impl Server {
                     fds,
                 ));
             }
-            Ok(Some((ChildMsg::PluginEnded { exit_code, signal }, _))) => {
+            Ok(Some((
+                ChildMsg::PluginEnded {
+                    exit_code,
+                    signal,
+                    at_ns,
+                },
+                _,
+            ))) => {
                 r.outcome.exit_code = exit_code;
                 r.outcome.signal = signal;
+                r.trace.push(TracePoint {
+                    step: "init: plugin reaped".into(),
+                    ns: at_ns,
+                });
             }
+            Ok(Some((ChildMsg::PoolReady { .. }, _))) => {}
             Ok(None) => r.chan = None,
             Err(e) => {
                 tracing::warn!(sandbox = id, error = %e, "bad message from sandbox");
@@ -751,15 +1387,23 @@ impl Server {
         let Some(mut r) = self.running.remove(&id) else {
             return;
         };
-        mark(id, r.started, "stub exited");
+        r.trace.push(point("launcher: stub reaped"));
         // Every writer of the setup channel is dead by now (init's exit waits
         // for its whole pid namespace): drain what is left.
         if let Some(chan) = r.chan.take() {
             while let Ok(Some((msg, _))) = chan.recv() {
                 match msg {
-                    ChildMsg::PluginEnded { exit_code, signal } => {
+                    ChildMsg::PluginEnded {
+                        exit_code,
+                        signal,
+                        at_ns,
+                    } => {
                         r.outcome.exit_code = exit_code;
                         r.outcome.signal = signal;
+                        r.trace.push(TracePoint {
+                            step: "init: plugin reaped".into(),
+                            ns: at_ns,
+                        });
                     }
                     ChildMsg::Failed(e) => {
                         r.outcome.setup_error.get_or_insert(e.to_string());
@@ -804,17 +1448,24 @@ impl Server {
                 Err(e) => tracing::warn!(sandbox = id, error = %e, "cgroup stats"),
             }
         }
+        r.trace.push(point("launcher: cgroup stats read"));
         // The outcome is final (every process of the pid namespace is gone):
-        // report it first, then remove the now empty cgroup. The launcher
-        // exits only after this, so `Launcher`'s drop still waits for it.
+        // report it first; the now empty cgroup and the mount namespace are
+        // released when the launcher is idle (the launcher exits only after
+        // that, so `Launcher`'s drop still waits for it).
+        let mut trace = std::mem::take(&mut r.trace);
+        trace.sort_by_key(|p| p.ns);
+        r.outcome.spawn_trace = trace;
         let outcome = Box::new(std::mem::take(&mut r.outcome));
         self.send(&Event::Exited { id, outcome }, &[]);
-        mark(id, r.started, "exit reported");
-        drop(r.mount_ns.take());
-        if let Some(Err(e)) = cgroup.map(SandboxCgroup::remove) {
-            tracing::error!(sandbox = id, error = %e, "cgroup removal");
-        }
-        mark(id, r.started, "cleaned up");
+        let now = Instant::now();
+        self.graveyard.push(Grave {
+            cgroup,
+            mount_ns: r.mount_ns.take(),
+            reap: None,
+            since: now,
+            next_try: now,
+        });
     }
 
     fn on_timers(&mut self) {

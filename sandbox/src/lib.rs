@@ -45,6 +45,12 @@
 //!    -> Landlock -> seccomp (listener handed back over the channel) ->
 //!    `execve`.
 //!
+//! **Warm spawns**: the launcher keeps pre-warmed stubs per cgroup placement
+//! that did the spec-independent steps ahead of time (own cgroup joined,
+//! namespaces, base mount tree pivoted and the old root detached); a spawn
+//! claims one, writes its limits, and hands it the prepared spec and the
+//! spec's bind sources as detached mounts. See docs/sandbox.md.
+//!
 //! [`host`] probes what the kernel offers (behind `hutchd check-host`).
 //!
 //! Every failing step sends a [`StepError`](error::StepError) ("mount
@@ -65,3 +71,4 @@ pub mod policy;
 pub mod seccomp;
 pub mod spawn;
 pub mod spec;
+pub mod trace;

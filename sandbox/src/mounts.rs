@@ -97,7 +97,7 @@ pub enum PrepareError {
 }
 
 /// One bind mount: a resolved, checked host object, and where it goes.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Bind {
     /// The resolved host path (no symlinks).
     source: CString,
@@ -110,10 +110,14 @@ struct Bind {
     display: String,
     /// `MOUNT_ATTR_*` applied recursively after the bind.
     attrs: u64,
+    /// Spec-independent (system trees, devices, `/etc` files): a pre-warmed
+    /// stub binds these before it is claimed.
+    base: bool,
 }
 
-/// Everything the child needs to build the mount tree, prepared before fork.
-#[derive(Debug)]
+/// Everything the child needs to build the mount tree, prepared before fork
+/// (serializable: a pre-warmed sandbox process receives it at claim time).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct MountPlan {
     staging: CString,
     root_opts: CString,
@@ -213,13 +217,66 @@ impl MountPlan {
     /// A path does not exist, resolves under a forbidden prefix, or is not
     /// usable as a target.
     pub fn prepare(spec: &SandboxSpec) -> Result<Self, PrepareError> {
+        let mut plan = Self::prepare_base()?;
+        plan.tmp_opts = cstring(&format!(
+            "mode=1777,size={},nr_inodes={}",
+            spec.limits.tmp_size.max(4096),
+            tmp_inodes(spec.limits.tmp_size)
+        ));
+        let mut bound: Vec<PathBuf> = plan
+            .binds
+            .iter()
+            .filter(|b| SYSTEM_TREES.contains(&b.display.as_str()))
+            .map(|b| PathBuf::from(&b.display))
+            .collect();
+        plan.bind(
+            "plugin_dir",
+            &spec.plugin_dir,
+            Path::new("/plugin"),
+            attr::RDONLY | attr::NOSUID | attr::NODEV,
+        )?;
+        if let Some(data) = &spec.data_dir {
+            plan.dirs.push(cstring("data"));
+            plan.bind(
+                "data_dir",
+                data,
+                Path::new("/data"),
+                attr::NOSUID | attr::NODEV | attr::NOEXEC,
+            )?;
+        }
+        plan.prepare_read_only(spec, &mut bound)?;
+        if let Some(sock) = &spec.api_socket {
+            plan.dirs.push(cstring("run"));
+            plan.dirs.push(cstring("run/hutch"));
+            plan.bind_daemon_owned(
+                "api_socket",
+                sock,
+                Path::new(API_SOCKET_PATH),
+                attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC,
+                false,
+            )?;
+        }
+        plan.etc_files = etc_files(spec.uid, spec.gid);
+        plan.dirs.sort();
+        plan.dirs.dedup();
+        Ok(plan)
+    }
+
+    /// The spec-independent part of every plan: the skeleton, the system
+    /// trees (or their symlinks), the devices, the `/etc` files and the
+    /// `/dev` links. A pre-warmed stub builds this much before it is
+    /// claimed ([`prewarm_root`]).
+    ///
+    /// # Errors
+    /// A system path cannot be resolved or opened.
+    pub fn prepare_base() -> Result<Self, PrepareError> {
         let mut plan = MountPlan {
             staging: cstring(STAGING_DIR),
             root_opts: cstring("mode=0755,size=1m"),
             tmp_opts: cstring(&format!(
                 "mode=1777,size={},nr_inodes={}",
-                spec.limits.tmp_size.max(4096),
-                tmp_inodes(spec.limits.tmp_size)
+                crate::spec::DEFAULT_TMP_SIZE,
+                tmp_inodes(crate::spec::DEFAULT_TMP_SIZE)
             )),
             dirs: Vec::new(),
             files: Vec::new(),
@@ -231,7 +288,6 @@ impl MountPlan {
         for d in ["etc", "proc", "dev", "tmp", "plugin"] {
             plan.dirs.push(cstring(d));
         }
-        let mut bound: Vec<PathBuf> = Vec::new();
         for tree in SYSTEM_TREES {
             match std::fs::symlink_metadata(tree) {
                 Ok(m) if m.file_type().is_symlink() => {
@@ -249,32 +305,53 @@ impl MountPlan {
                         .push((target, cstring(&relative(Path::new(tree)))));
                 }
                 Ok(_) => {
-                    plan.bind(
+                    plan.bind_daemon_owned(
                         "system tree",
                         Path::new(tree),
                         Path::new(tree),
                         attr::RDONLY | attr::NOSUID | attr::NODEV,
+                        true,
                     )?;
-                    bound.push(PathBuf::from(tree));
                 }
                 Err(_) => {}
             }
         }
-        plan.bind(
-            "plugin_dir",
-            &spec.plugin_dir,
-            Path::new("/plugin"),
-            attr::RDONLY | attr::NOSUID | attr::NODEV,
-        )?;
-        if let Some(data) = &spec.data_dir {
-            plan.dirs.push(cstring("data"));
-            plan.bind(
-                "data_dir",
-                data,
-                Path::new("/data"),
-                attr::NOSUID | attr::NODEV | attr::NOEXEC,
-            )?;
+        for dev in DEVICES {
+            let host = PathBuf::from(format!("/dev/{dev}"));
+            plan.bind_daemon_owned("device", &host, &host, attr::NOSUID | attr::NOEXEC, true)?;
         }
+        for f in ETC_FILES {
+            if Path::new(f).exists() {
+                plan.bind_daemon_owned(
+                    "etc file",
+                    Path::new(f),
+                    Path::new(f),
+                    attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC,
+                    true,
+                )?;
+            }
+        }
+        for (link, target) in [
+            ("dev/fd", "/proc/self/fd"),
+            ("dev/stdin", "/proc/self/fd/0"),
+            ("dev/stdout", "/proc/self/fd/1"),
+            ("dev/stderr", "/proc/self/fd/2"),
+        ] {
+            plan.symlinks.push((cstring(target), cstring(link)));
+        }
+        plan.dirs.sort();
+        plan.dirs.dedup();
+        Ok(plan)
+    }
+
+    /// The manifest's `read_only` entries: checked, bound (unless already
+    /// visible through a bound system tree), their sockets masked.
+    fn prepare_read_only(
+        &mut self,
+        spec: &SandboxSpec,
+        bound: &mut Vec<PathBuf>,
+    ) -> Result<(), PrepareError> {
+        let plan = self;
         let mut extra: Vec<&PathBuf> = spec.read_only.iter().collect();
         extra.sort_by_key(|p| p.as_os_str().len());
         for p in extra {
@@ -314,42 +391,7 @@ impl MountPlan {
             }
             bound.push(p.clone());
         }
-        if let Some(sock) = &spec.api_socket {
-            plan.dirs.push(cstring("run"));
-            plan.dirs.push(cstring("run/hutch"));
-            plan.bind_daemon_owned(
-                "api_socket",
-                sock,
-                Path::new(API_SOCKET_PATH),
-                attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC,
-            )?;
-        }
-        for dev in DEVICES {
-            let host = PathBuf::from(format!("/dev/{dev}"));
-            plan.bind_daemon_owned("device", &host, &host, attr::NOSUID | attr::NOEXEC)?;
-        }
-        for f in ETC_FILES {
-            if Path::new(f).exists() {
-                plan.bind_daemon_owned(
-                    "etc file",
-                    Path::new(f),
-                    Path::new(f),
-                    attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC,
-                )?;
-            }
-        }
-        for (link, target) in [
-            ("dev/fd", "/proc/self/fd"),
-            ("dev/stdin", "/proc/self/fd/0"),
-            ("dev/stdout", "/proc/self/fd/1"),
-            ("dev/stderr", "/proc/self/fd/2"),
-        ] {
-            plan.symlinks.push((cstring(target), cstring(link)));
-        }
-        plan.etc_files = etc_files(spec.uid, spec.gid);
-        plan.dirs.sort();
-        plan.dirs.dedup();
-        Ok(plan)
+        Ok(())
     }
 
     /// Bind a path from the spec: resolved, then checked against the
@@ -370,7 +412,7 @@ impl MountPlan {
                 prefix,
             });
         }
-        self.push_bind(r, target, attrs);
+        self.push_bind(r, target, attrs, false);
         Ok(())
     }
 
@@ -382,13 +424,14 @@ impl MountPlan {
         host: &Path,
         target: &Path,
         attrs: u64,
+        base: bool,
     ) -> Result<(), PrepareError> {
         let r = open_resolved(what, host)?;
-        self.push_bind(r, target, attrs);
+        self.push_bind(r, target, attrs, base);
         Ok(())
     }
 
-    fn push_bind(&mut self, r: Resolved, target: &Path, attrs: u64) {
+    fn push_bind(&mut self, r: Resolved, target: &Path, attrs: u64, base: bool) {
         let rel = relative(target);
         let mut parent = Path::new(&rel).parent();
         while let Some(p) = parent {
@@ -409,6 +452,7 @@ impl MountPlan {
             target: cstring(&rel),
             display: target.to_string_lossy().into_owned(),
             attrs,
+            base,
         });
     }
 }
@@ -815,6 +859,180 @@ pub fn pivot() -> Result<(), StepError> {
 pub fn make_root_read_only() -> Result<(), StepError> {
     mount_setattr(c"/", false, attr::RDONLY | attr::NOSUID | attr::NODEV)
         .step("mount read-only", "/")
+}
+
+// ------------------------------------------------- pre-warmed (pool) path
+
+/// What a pre-warmed root holds: target, device and inode of every
+/// spec-independent bind. The launcher claims a pooled stub only when the
+/// fresh plan's base binds are the same objects.
+pub type BaseFingerprint = Vec<(CString, u64, u64)>;
+
+impl MountPlan {
+    /// Target, device and inode of the spec-independent binds.
+    pub fn base_fingerprint(&self) -> BaseFingerprint {
+        self.binds
+            .iter()
+            .filter(|b| b.base)
+            .map(|b| (b.target.clone(), b.dev, b.ino))
+            .collect()
+    }
+
+    /// Number of spec-dependent binds (`/plugin`, `/data`, `read_only`,
+    /// the API socket): the descriptors a claim carries.
+    pub fn spec_bind_count(&self) -> usize {
+        self.binds.iter().filter(|b| !b.base).count()
+    }
+}
+
+/// `open_tree(fd, "", AT_EMPTY_PATH | OPEN_TREE_CLONE | AT_RECURSIVE)`: a
+/// detached copy of the mount tree at `fd`, as a descriptor.
+fn open_tree_clone(fd: &OwnedFd) -> Result<OwnedFd, Errno> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_EMPTY_PATH as libc::c_uint
+        | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: open_tree reads a NUL-terminated empty path and an open descriptor; it returns a new descriptor or -1.
+    let rc = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    let raw = Errno::result(rc)?;
+    let raw = RawFd::try_from(raw).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attach a
+/// detached tree at `target` (relative to the working directory).
+fn move_mount_to(fd: &OwnedFd, target: &CStr) -> Result<(), Errno> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    // SAFETY: both paths are NUL-terminated strings and `fd` an open detached-mount descriptor.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// Claim time, in the launcher (host mount namespace): a detached copy
+/// (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`) of every spec-dependent bind
+/// source, in plan order, each re-opened without following symlinks and
+/// refused unless it is the object `prepare` checked (same device and
+/// inode). The pre-warmed stub's old root is long gone, so it cannot open
+/// host paths itself; it attaches these with `move_mount`.
+///
+/// # Errors
+/// A source cannot be opened or cloned, or was replaced.
+pub fn clone_spec_sources(plan: &MountPlan) -> Result<Vec<OwnedFd>, PrepareError> {
+    let mut fds = Vec::new();
+    for b in plan.binds.iter().filter(|b| !b.base) {
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(b.source.to_bytes()));
+        let err = |errno| PrepareError::Open {
+            what: "bind source",
+            path: path.clone(),
+            errno,
+        };
+        let fd = open_no_symlinks(&b.source).map_err(err)?;
+        let st = fstat(&fd).map_err(err)?;
+        if st.st_dev != b.dev || st.st_ino != b.ino {
+            return Err(err(Errno::ESTALE));
+        }
+        fds.push(open_tree_clone(&fd).map_err(err)?);
+    }
+    Ok(fds)
+}
+
+/// Pre-warm steps (pool stub, right after `unshare(CLONE_NEWNS)`, before
+/// any spec is known): `/` rprivate, the spec-independent part of the tree
+/// (`base`: root tmpfs, skeleton, `/dev` with the devices, system trees,
+/// `/etc` files; bind sources re-opened and checked as in the cold path),
+/// then `pivot_root` and detach the old root. The detach waits for an RCU
+/// grace period; here it is off the spawn's critical path. The root stays
+/// writable until the claim adds the spec's parts.
+///
+/// # Errors
+/// A step failed.
+pub fn prewarm_root(base: &MountPlan) -> Result<(), StepError> {
+    make_root_private()?;
+    let sources = open_sources(base)?;
+    mount_root_tmpfs(base)?;
+    create_skeleton(base)?;
+    mount_dev(base)?;
+    create_mount_points(base)?;
+    bind_all(base, &sources)?;
+    drop(sources);
+    pivot()
+}
+
+/// Claim step (pre-warmed stub): the spec-independent binds in the
+/// pre-warmed root are the objects the launcher just checked.
+///
+/// # Errors
+/// A bind is missing or another object.
+pub fn check_base(plan: &MountPlan) -> Result<(), StepError> {
+    for b in plan.binds.iter().filter(|b| b.base) {
+        let st = nix::sys::stat::stat(b.target.as_c_str()).step("stat", &b.display)?;
+        if st.st_dev != b.dev || st.st_ino != b.ino {
+            return Err(StepError::other(
+                "check pre-warmed bind",
+                format!("{} is not what the launcher checked", b.display),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Claim step (init of a pre-warmed sandbox, root already pivoted): create
+/// the mount points of the spec-dependent binds and attach the detached
+/// trees from [`clone_spec_sources`] with `move_mount`, each followed by
+/// its attributes (`mount_setattr`, recursive), as [`bind_all`] does.
+///
+/// # Errors
+/// A mount point, `move_mount` or `mount_setattr` failed, or the number of
+/// descriptors does not match the plan.
+pub fn attach_spec_binds(plan: &MountPlan, trees: &[OwnedFd]) -> Result<(), StepError> {
+    let binds: Vec<&Bind> = plan.binds.iter().filter(|b| !b.base).collect();
+    if binds.len() != trees.len() {
+        return Err(StepError::other(
+            "attach binds",
+            format!("{} sources for {} binds", trees.len(), binds.len()),
+        ));
+    }
+    for d in &plan.dirs {
+        match nix::unistd::mkdir(d.as_c_str(), Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(StepError::sys(
+                    "mkdir",
+                    format!("/{}", d.to_string_lossy()),
+                    e,
+                ));
+            }
+        }
+    }
+    for (b, tree) in binds.into_iter().zip(trees) {
+        if plan.files.contains(&b.target) {
+            nix::fcntl::open(
+                b.target.as_c_str(),
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .step("create mount point", &b.display)?;
+        }
+        move_mount_to(tree, b.target.as_c_str()).step("move_mount", &b.display)?;
+        let what = if b.attrs & attr::RDONLY != 0 {
+            "mount read-only"
+        } else {
+            "set mount attributes"
+        };
+        mount_setattr(b.target.as_c_str(), true, b.attrs).step(what, &b.display)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

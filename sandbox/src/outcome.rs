@@ -32,6 +32,10 @@ pub struct Outcome {
     /// The sandbox could not be set up (or the program not executed): which
     /// step failed, e.g. "mount /plugin read-only: EPERM".
     pub setup_error: Option<String>,
+    /// When each spawn step finished (`CLOCK_MONOTONIC`, sorted by time):
+    /// launcher, stub, init and plugin marks; see [`crate::trace`].
+    #[serde(default)]
+    pub spawn_trace: Vec<crate::trace::TracePoint>,
 }
 
 pub use crate::seccomp::Denial;

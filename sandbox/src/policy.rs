@@ -24,7 +24,7 @@ pub enum PolicyError {
 }
 
 /// Policies ready to apply in the child.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Prepared {
     seccomp: CompiledFilters,
     landlock_rules: LandlockRules,

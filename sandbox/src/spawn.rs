@@ -34,6 +34,7 @@ use crate::error::{StepContext, StepError};
 use crate::mounts::{self, MountPlan, PrepareError};
 use crate::outcome::LandlockReport;
 use crate::spec::SandboxSpec;
+use crate::trace::{Trace, TracePoint, now_ns};
 use crate::{identity, namespaces, net, policy};
 
 /// Messages from the sandbox's processes to the launcher.
@@ -42,6 +43,12 @@ pub enum ChildMsg {
     /// The stub entered a new user namespace; the launcher must write its
     /// uid/gid maps (answered with [`LauncherMsg::IdMapsWritten`]).
     NeedIdMaps,
+    /// A pre-warmed stub (see [`fork_pool_stub`]) is in its cgroup and its
+    /// namespaces and waits for [`LauncherMsg::Claim`].
+    PoolReady {
+        /// Its pre-warm steps.
+        trace: Vec<TracePoint>,
+    },
     /// The stub forked init; its pid in the launcher's pid namespace.
     InitForked {
         /// Host pid of init.
@@ -56,6 +63,8 @@ pub enum ChildMsg {
         landlock: Option<LandlockReport>,
         /// Seccomp denials are reported through user notification.
         seccomp_notify: bool,
+        /// When the stub's, init's and the plugin's steps finished.
+        trace: Vec<TracePoint>,
     },
     /// The plugin process ended (sent by init).
     PluginEnded {
@@ -63,6 +72,8 @@ pub enum ChildMsg {
         exit_code: Option<i32>,
         /// Terminating signal, if one killed it.
         signal: Option<i32>,
+        /// When init reaped the plugin (`CLOCK_MONOTONIC` ns).
+        at_ns: u64,
     },
 }
 
@@ -75,6 +86,10 @@ pub enum LauncherMsg {
     IdMapsWritten,
     /// Writing the maps failed.
     IdMapsFailed(StepError),
+    /// A pre-warmed stub is claimed for this sandbox: everything the child
+    /// needs. The launcher has already written the sandbox's limits to the
+    /// stub's cgroup when it sends this.
+    Claim(Box<Prepared>),
 }
 
 /// The launcher's end of a sandbox's setup channel.
@@ -112,8 +127,10 @@ pub enum SpawnError {
 }
 
 /// Everything the child needs, built before `fork` so the child only makes
-/// syscalls on ready data.
-#[derive(Debug)]
+/// syscalls on ready data. Serializable for [`LauncherMsg::Claim`] (a
+/// pre-warmed stub was forked before the spec was known); it holds no
+/// descriptors.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Prepared {
     uid: u32,
     gid: u32,
@@ -193,6 +210,13 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// The mount plan.
+    pub fn plan(&self) -> &MountPlan {
+        &self.plan
+    }
+}
+
 /// A forked sandbox, seen from the launcher.
 #[derive(Debug)]
 pub struct Forked {
@@ -229,7 +253,57 @@ pub fn fork_sandbox(prepared: &Prepared) -> Result<Forked, SpawnError> {
                 stdout: out_w.as_raw_fd(),
                 stderr: err_w.as_raw_fd(),
             };
-            stub_main(prepared, &child, io, launcher)
+            let mut trace = Trace::new();
+            trace.mark("stub: forked");
+            let code = stub_steps(prepared, &child, io, launcher, &mut trace);
+            finish(&child, code)
+        }
+        ForkResult::Parent { child } => Ok(Forked {
+            stub: child,
+            channel: parent_end,
+            stdout: out_r,
+            stderr: err_r,
+        }),
+    }
+}
+
+/// Fork a pre-warmed stub for the launcher's pool (`docs/sandbox.md`,
+/// "The spawn pool"). It does every spec-independent step ahead of time:
+/// closes foreign fds, sets its parent-death signal, moves itself into its
+/// own cgroup by writing `0` to each of `cgroup_procs` (the slow v1
+/// migration happens here, in the stub, while the launcher goes on), unshares
+/// the mount, pid, net, ipc and uts namespaces, builds the spec-independent
+/// part of the mount tree (`base`) and pivots into it, detaching the old
+/// root ([`mounts::prewarm_root`]), brings `lo` up, and reports
+/// [`ChildMsg::PoolReady`]. Then it blocks until the launcher sends
+/// [`LauncherMsg::Claim`] with the spec's bind sources as detached mounts
+/// (and goes on from forking init) or closes the channel (it exits). Used
+/// once.
+///
+/// # Errors
+/// A pipe, the channel or `fork` failed.
+pub fn fork_pool_stub(
+    cgroup_procs: &[std::path::PathBuf],
+    base: &MountPlan,
+) -> Result<Forked, SpawnError> {
+    let procs: Vec<CString> = cgroup_procs
+        .iter()
+        .map(|p| cstr("cgroup", p.as_os_str().as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let (parent_end, child_end) = channel::pair::<LauncherMsg, ChildMsg>()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let launcher = getpid();
+    // SAFETY: the launcher is single-threaded, so the child's copy of every lock and allocator is consistent.
+    match unsafe { fork() }.map_err(|errno| SpawnError::Sys { op: "fork", errno })? {
+        ForkResult::Child => {
+            let child = child_end;
+            let io = ChildIo {
+                stdout: out_w.as_raw_fd(),
+                stderr: err_w.as_raw_fd(),
+            };
+            let code = pool_stub_steps(&procs, base, &child, io, launcher);
+            finish(&child, code)
         }
         ForkResult::Parent { child } => Ok(Forked {
             stub: child,
@@ -247,6 +321,15 @@ struct ChildIo {
     stderr: RawFd,
 }
 
+/// How far a stub got before init is forked: a cold stub did everything
+/// just now and its cgroup attach is the launcher's job; a pre-warmed one
+/// joined its cgroup and brought `lo` up before it was claimed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Cold,
+    Warm,
+}
+
 /// `_exit(2)`: leave now, without atexit handlers or flushing stdio buffers
 /// copied from the launcher.
 pub(crate) fn exit_now(code: i32) -> ! {
@@ -261,25 +344,29 @@ fn fail(chan: &ChildChannel, err: StepError) -> ! {
     exit_now(126)
 }
 
-fn stub_main(p: &Prepared, chan: &ChildChannel, io: ChildIo, launcher: Pid) -> ! {
-    match stub_steps(p, chan, io, launcher) {
+/// End a stub or init: its exit code, or the failed step reported.
+fn finish(chan: &ChildChannel, result: Result<i32, StepError>) -> ! {
+    match result {
         Ok(code) => exit_now(code),
         Err(e) => fail(chan, e),
     }
 }
 
-/// The stub: returns its exit code (init's).
+/// The cold stub: returns its exit code (init's).
 fn stub_steps(
     p: &Prepared,
     chan: &ChildChannel,
     io: ChildIo,
     launcher: Pid,
+    trace: &mut Trace,
 ) -> Result<i32, StepError> {
     let mut keep = vec![chan.as_raw_fd(), io.stdout, io.stderr];
     keep.extend(p.policy.fds());
     identity::close_fds_except(&keep)?;
     identity::die_with_parent(launcher)?;
+    trace.mark("stub: fds closed, pdeathsig");
     namespaces::unshare_sandbox_namespaces(p.user_namespace)?;
+    trace.mark("stub: unshare mnt,pid,net,ipc,uts");
     if p.user_namespace {
         // Only a process in the parent user namespace may write our maps.
         chan.send(&ChildMsg::NeedIdMaps, &[])
@@ -290,16 +377,142 @@ fn stub_steps(
             _ => return Err(StepError::other("wait for id maps", "launcher went away")),
         }
     }
+    stub_fork_init(p, chan, io, trace, Start::Cold, &[])
+}
+
+/// The pre-warmed stub (see [`fork_pool_stub`]): returns its exit code
+/// (init's once claimed, 0 when the pool is drained unclaimed).
+fn pool_stub_steps(
+    cgroup_procs: &[CString],
+    base: &MountPlan,
+    chan: &ChildChannel,
+    io: ChildIo,
+    launcher: Pid,
+) -> Result<i32, StepError> {
+    let mut trace = Trace::new();
+    trace.mark("prewarm: forked");
+    // Pre-warm work must not take CPU from running sandboxes: SCHED_IDLE
+    // until claimed (the launcher gives it its own policy back before it
+    // sends the claim, so the stub wakes up at normal priority).
+    SchedPolicy::idle().set_for(Pid::from_raw(0))?;
+    identity::close_fds_except(&[chan.as_raw_fd(), io.stdout, io.stderr])?;
+    identity::die_with_parent(launcher)?;
+    trace.mark("prewarm: fds closed, pdeathsig");
+    join_cgroup(cgroup_procs)?;
+    trace.mark("prewarm: joined cgroup");
+    namespaces::unshare_sandbox_namespaces(false)?;
+    trace.mark("prewarm: unshare mnt,pid,net,ipc,uts");
+    mounts::prewarm_root(base)?;
+    trace.mark("prewarm: base tree, pivot_root, detach old root");
+    net::bring_up_loopback()?;
+    trace.mark("prewarm: lo up");
+    chan.send(
+        &ChildMsg::PoolReady {
+            trace: trace.points(),
+        },
+        &[],
+    )
+    .map_err(|e| StepError::other("report pool stub ready", e.to_string()))?;
+    let (p, trees) = match chan.recv() {
+        Ok(Some((LauncherMsg::Claim(p), trees))) => (p, trees),
+        // Drained or the launcher is gone: leave without a trace.
+        Ok(None) => return Ok(0),
+        Ok(Some((other, _))) => {
+            return Err(StepError::other(
+                "wait for claim",
+                format!("unexpected {other:?}"),
+            ));
+        }
+        Err(e) => return Err(StepError::other("wait for claim", e.to_string())),
+    };
+    trace.mark("stub: claimed");
+    // Closed by `close_fds_except` after init is forked, never dropped.
+    let trees = std::mem::ManuallyDrop::new(trees);
+    mounts::check_base(&p.plan)?;
+    stub_fork_init(&p, chan, io, &mut trace, Start::Warm, &trees)
+}
+
+/// A scheduling policy and nice value (the pool stub's pre-warm runs as
+/// `SCHED_IDLE` and gets the launcher's back when claimed).
+pub(crate) struct SchedPolicy {
+    policy: libc::c_int,
+    nice: libc::c_int,
+}
+
+impl SchedPolicy {
+    /// The calling process's policy and nice value.
+    pub(crate) fn current() -> Result<Self, StepError> {
+        // SAFETY: sched_getscheduler takes a pid (0 = self) and only returns a value.
+        let policy =
+            Errno::result(unsafe { libc::sched_getscheduler(0) }).step("sched_getscheduler", "")?;
+        Errno::clear();
+        // SAFETY: getpriority takes a which/who pair and only returns a value (errno tells -1 apart).
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        if nice == -1 && Errno::last_raw() != 0 {
+            return Err(StepError::sys("getpriority", "", Errno::last()));
+        }
+        Ok(Self { policy, nice })
+    }
+
+    fn idle() -> Self {
+        Self {
+            policy: libc::SCHED_IDLE,
+            nice: 19,
+        }
+    }
+
+    /// Give process `pid` (0: the caller) this policy and nice value.
+    pub(crate) fn set_for(&self, pid: Pid) -> Result<(), StepError> {
+        let param = libc::sched_param { sched_priority: 0 };
+        let who = pid.as_raw();
+        // SAFETY: `param` is a live sched_param; `who` is a pid (0 = this process).
+        Errno::result(unsafe { libc::sched_setscheduler(who, self.policy, &raw const param) })
+            .step("sched_setscheduler", who)?;
+        let id = libc::id_t::try_from(who).unwrap_or(0);
+        // SAFETY: setpriority takes plain integers.
+        Errno::result(unsafe { libc::setpriority(libc::PRIO_PROCESS, id, self.nice) })
+            .step("setpriority", who)?;
+        Ok(())
+    }
+}
+
+/// Step (pre-warmed stub): move this process into its cgroup, in every
+/// hierarchy, by writing `0` to each `cgroup.procs`.
+fn join_cgroup(cgroup_procs: &[CString]) -> Result<(), StepError> {
+    for path in cgroup_procs {
+        let shown = path.to_string_lossy();
+        let fd = nix::fcntl::open(
+            path.as_c_str(),
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .step("open", &shown)?;
+        nix::unistd::write(&fd, b"0").step("join cgroup, write 0 to", &shown)?;
+    }
+    Ok(())
+}
+
+/// The stub's last steps, cold or warm: fork init (pid 1 of the new pid
+/// namespace), report its pid, relay its end.
+fn stub_fork_init(
+    p: &Prepared,
+    chan: &ChildChannel,
+    io: ChildIo,
+    trace: &mut Trace,
+    start: Start,
+    trees: &[OwnedFd],
+) -> Result<i32, StepError> {
     // Lifeline: init learns reliably whether the stub died before init's
     // PR_SET_PDEATHSIG took effect (getppid() is 0 across pid namespaces).
     let (life_r, life_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).step("pipe2", "lifeline")?;
-    let stub = getpid();
     // SAFETY: the stub is single-threaded (forked from the single-threaded launcher).
     match unsafe { fork() }.step("fork", "init")? {
         ForkResult::Child => {
             drop(life_w);
-            init_main(p, chan, io, stub, life_r)
+            trace.mark("init: forked");
+            let code = init_steps(p, chan, io, &life_r, trace, start, trees);
+            finish(chan, code)
         }
         ForkResult::Parent { child } => {
             drop(life_r);
@@ -320,14 +533,6 @@ fn stub_steps(
                 }
             }
         }
-    }
-}
-
-fn init_main(p: &Prepared, chan: &ChildChannel, io: ChildIo, stub: Pid, lifeline: OwnedFd) -> ! {
-    let _ = stub;
-    match init_steps(p, chan, io, &lifeline) {
-        Ok(code) => exit_now(code),
-        Err(e) => fail(chan, e),
     }
 }
 
@@ -354,22 +559,56 @@ fn init_steps(
     chan: &ChildChannel,
     io: ChildIo,
     lifeline: &OwnedFd,
+    trace: &mut Trace,
+    start: Start,
+    trees: &[OwnedFd],
 ) -> Result<i32, StepError> {
     init_die_with_stub(lifeline)?;
-    build_mount_tree(p)?;
-    identity::close_fds_except(&[chan.as_raw_fd(), io.stdout, io.stderr, lifeline.as_raw_fd()])?;
-    mounts::pivot()?;
+    trace.mark("init: pdeathsig");
+    match start {
+        Start::Cold => {
+            build_mount_tree(p, trace)?;
+            identity::close_fds_except(&[
+                chan.as_raw_fd(),
+                io.stdout,
+                io.stderr,
+                lifeline.as_raw_fd(),
+            ])?;
+            mounts::pivot()?;
+            trace.mark("init: pivot_root, detach old root");
+        }
+        Start::Warm => {
+            finish_prewarmed_tree(p, trees, trace)?;
+            identity::close_fds_except(&[
+                chan.as_raw_fd(),
+                io.stdout,
+                io.stderr,
+                lifeline.as_raw_fd(),
+            ])?;
+        }
+    }
     mounts::make_root_read_only()?;
     nix::unistd::sethostname(&p.hostname).step("sethostname", &p.hostname)?;
-    net::bring_up_loopback()?;
-    wait_for_attach(chan)?;
+    if start == Start::Cold {
+        net::bring_up_loopback()?;
+    }
+    trace.mark("init: root read-only, hostname, lo");
+    if start == Start::Cold {
+        // A pre-warmed stub joined its cgroup before it forked init.
+        wait_for_attach(chan)?;
+        trace.mark("init: cgroup attach waited");
+    }
     namespaces::unshare_cgroup_namespace()?;
     identity::drop_bounding_set()?;
     identity::set_not_dumpable()?;
     let forwarded = block_init_signals()?;
+    trace.mark("init: cgroup ns, bounding set");
     // SAFETY: init is single-threaded (forked from the single-threaded stub).
     match unsafe { fork() }.step("fork", "plugin")? {
-        ForkResult::Child => plugin_main(p, chan, io),
+        ForkResult::Child => {
+            trace.mark("plugin: forked");
+            plugin_main(p, chan, io, trace)
+        }
         ForkResult::Parent { child } => {
             identity::close_fds_except(&[chan.as_raw_fd()])?;
             identity::keep_only_kill_capability()?;
@@ -380,19 +619,43 @@ fn init_steps(
 }
 
 /// Steps: the mount tree, built in the staging tmpfs (see [`mounts`]).
-fn build_mount_tree(p: &Prepared) -> Result<(), StepError> {
+fn build_mount_tree(p: &Prepared, trace: &mut Trace) -> Result<(), StepError> {
     mounts::make_root_private()?;
+    trace.mark("init: root rprivate");
     let sources = mounts::open_sources(&p.plan)?;
+    trace.mark("init: bind sources opened");
     mounts::mount_root_tmpfs(&p.plan)?;
     mounts::create_skeleton(&p.plan)?;
     mounts::mount_dev(&p.plan)?;
     mounts::create_mount_points(&p.plan)?;
+    trace.mark("init: root tmpfs, skeleton, /dev");
     mounts::bind_all(&p.plan, &sources)?;
     mounts::mask_sockets(&p.plan)?;
+    trace.mark("init: binds");
     mounts::mount_tmp(&p.plan)?;
     mounts::write_etc(&p.plan)?;
     mounts::mount_proc()?;
-    mounts::seal_dev()
+    mounts::seal_dev()?;
+    trace.mark("init: /tmp, /etc, /proc, seal /dev");
+    Ok(())
+}
+
+/// Steps (pre-warmed sandbox, root already pivoted by the stub): the spec's
+/// binds attached from the detached trees, then as in the cold path.
+fn finish_prewarmed_tree(
+    p: &Prepared,
+    trees: &[OwnedFd],
+    trace: &mut Trace,
+) -> Result<(), StepError> {
+    mounts::attach_spec_binds(&p.plan, trees)?;
+    mounts::mask_sockets(&p.plan)?;
+    trace.mark("init: spec binds attached (move_mount)");
+    mounts::mount_tmp(&p.plan)?;
+    mounts::write_etc(&p.plan)?;
+    mounts::mount_proc()?;
+    mounts::seal_dev()?;
+    trace.mark("init: /tmp, /etc, /proc, seal /dev");
+    Ok(())
 }
 
 /// Step: block until the launcher says init is in the sandbox's cgroup.
@@ -442,37 +705,28 @@ fn init_loop(chan: &ChildChannel, plugin: Pid, set: &SigSet) -> Result<i32, Step
             continue;
         }
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == plugin => {
-                    let _ = chan.send(
-                        &ChildMsg::PluginEnded {
-                            exit_code: Some(code),
-                            signal: None,
-                        },
-                        &[],
-                    );
-                    return Ok(0);
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == plugin => {
-                    let _ = chan.send(
-                        &ChildMsg::PluginEnded {
-                            exit_code: None,
-                            signal: Some(sig as i32),
-                        },
-                        &[],
-                    );
-                    return Ok(0);
-                }
+            let (exit_code, signal) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == plugin => (Some(code), None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == plugin => (None, Some(sig as i32)),
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => return Err(StepError::sys("waitpid", "", e)),
-            }
+            };
+            let _ = chan.send(
+                &ChildMsg::PluginEnded {
+                    exit_code,
+                    signal,
+                    at_ns: now_ns(),
+                },
+                &[],
+            );
+            return Ok(0);
         }
     }
 }
 
-fn plugin_main(p: &Prepared, chan: &ChildChannel, io: ChildIo) -> ! {
-    let err = match plugin_steps(p, chan, io) {
+fn plugin_main(p: &Prepared, chan: &ChildChannel, io: ChildIo, trace: &mut Trace) -> ! {
+    let err = match plugin_steps(p, chan, io, trace) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -485,6 +739,7 @@ fn plugin_steps(
     p: &Prepared,
     chan: &ChildChannel,
     io: ChildIo,
+    trace: &mut Trace,
 ) -> Result<std::convert::Infallible, StepError> {
     identity::switch_ids(p.uid, p.gid)?;
     identity::clear_capabilities()?;
@@ -493,14 +748,18 @@ fn plugin_steps(
     identity::new_session()?;
     identity::setup_stdio(io.stdout, io.stderr)?;
     identity::close_fds_except(&[chan.as_raw_fd()])?;
+    trace.mark("plugin: ids, caps, no_new_privs, session, stdio");
     let landlock = policy::apply_landlock(&p.policy)?;
+    trace.mark("plugin: landlock");
     let listener = policy::apply_seccomp(&p.policy)?;
+    trace.mark("plugin: seccomp");
     let fds: Vec<RawFd> = listener.iter().map(|l| l.as_raw_fd()).collect();
     let seccomp_notify = listener.is_some();
     chan.send(
         &ChildMsg::Executing {
             landlock,
             seccomp_notify,
+            trace: trace.points(),
         },
         &fds,
     )

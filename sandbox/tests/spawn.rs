@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hutch_sandbox::launcher::Launcher;
+use hutch_sandbox::launcher::{Launcher, LauncherConfig};
 use hutch_sandbox::outcome::Outcome;
 use hutch_sandbox::spec::SandboxSpec;
 
@@ -38,15 +38,47 @@ fn sh(name: &str, plugin: &Path, script: &str) -> SandboxSpec {
     s
 }
 
+/// Run `spec` twice: with the spawn pool off (cold) and from a pre-warmed
+/// stub (warm), check both ended alike, and return the warm run.
 fn run(spec: &SandboxSpec) -> (Outcome, String, String) {
-    let mut launcher = Launcher::start().unwrap();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let outcome = launcher.run(spec, &mut out, &mut err).unwrap();
-    (
-        outcome,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
+    let once = |pool_size: usize| {
+        let mut launcher = Launcher::start_with(LauncherConfig { pool_size }).unwrap();
+        if pool_size > 0 {
+            launcher.prewarm(spec.cgroup.as_ref()).unwrap();
+        }
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let outcome = launcher.run(spec, &mut out, &mut err).unwrap();
+        (
+            outcome,
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    };
+    let (cold, ..) = once(0);
+    let (warm, out, err) = once(1);
+    let pooled = warm.spawn_trace.iter().any(|p| p.step == "stub: claimed");
+    assert_eq!(
+        pooled,
+        !spec.user_namespace
+            && warm
+                .spawn_trace
+                .iter()
+                .any(|p| p.step.starts_with("launcher: prepared")),
+        "pooled: {:?}",
+        warm.spawn_trace
+    );
+    let key = |o: &Outcome| {
+        (
+            o.exit_code,
+            o.signal,
+            o.oom_killed,
+            o.pids_limit_hit,
+            o.timed_out,
+            o.setup_error.is_some(),
+        )
+    };
+    assert_eq!(key(&cold), key(&warm), "cold {cold:?}\nwarm {warm:?}");
+    (warm, out, err)
 }
 
 /// Host pids whose command line contains `needle`.

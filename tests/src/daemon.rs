@@ -315,9 +315,13 @@ impl Hutchd {
         crate::cgroups_matching(&self.cgroup_parent)
             .into_iter()
             .filter(|p| {
-                // The parent itself may stay; anything below it is a plugin's.
-                p.file_name()
-                    .is_some_and(|n| n != self.cgroup_parent.as_str())
+                // The parent itself may stay; anything below it is a plugin's,
+                // except the launcher's pre-warmed stubs (`hutch-pool-*`,
+                // no plugin in them yet), which live as long as the daemon.
+                p.file_name().is_some_and(|n| {
+                    n != self.cgroup_parent.as_str()
+                        && !n.to_string_lossy().starts_with("hutch-pool-")
+                })
             })
             .collect()
     }

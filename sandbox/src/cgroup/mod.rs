@@ -497,6 +497,26 @@ impl CgroupManager {
     /// invalid or unsupported limit, or a failed mkdir/write. On error,
     /// whatever was created is removed.
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<SandboxCgroup, CgroupError> {
+        let cg = self.create_dirs(name, limits.cpu_max.is_some())?;
+        cg.set_limits(limits)?;
+        Ok(cg)
+    }
+
+    /// Create a cgroup for a pre-warmed sandbox of the launcher's pool: no
+    /// limits yet (they are written with [`SandboxCgroup::set_limits`] when
+    /// the sandbox is claimed, before any plugin code runs), and on v1 the
+    /// cpu hierarchy too when the host has it, so any `cpu_max` can be set
+    /// later.
+    ///
+    /// # Errors
+    /// As [`CgroupManager::create`].
+    pub fn create_unlimited(&self, name: &str) -> Result<SandboxCgroup, CgroupError> {
+        self.create_dirs(name, self.hier.has(Controller::Cpu))
+    }
+
+    /// mkdir of `<parent>/<name>` in every hierarchy used (and cpu on v1
+    /// when `with_cpu`).
+    fn create_dirs(&self, name: &str, with_cpu: bool) -> Result<SandboxCgroup, CgroupError> {
         check_component(name)?;
         let v2 = self.is_v2();
         let ctrls: Vec<Controller> = if v2 {
@@ -517,7 +537,7 @@ impl CgroupManager {
                 Controller::CpuAcct,
                 Controller::Freezer,
             ];
-            if limits.cpu_max.is_some() {
+            if with_cpu {
                 if !self.hier.has(Controller::Cpu) {
                     return Err(CgroupError::ControllerMissing {
                         controller: "cpu".into(),
@@ -543,13 +563,13 @@ impl CgroupManager {
             v2,
             kill_timeout: self.config.kill_timeout,
             removed: false,
+            proc_root: self.config.proc_root.clone(),
         };
         for d in dirs {
             self.create_child_dir(&d)?;
             // Recorded only once created, so Drop removes exactly what we made.
             sandbox.dirs.push(d);
         }
-        sandbox.apply_limits(limits, &self.config.proc_root)?;
         Ok(sandbox)
     }
 
@@ -598,6 +618,7 @@ impl CgroupManager {
                 v2: self.is_v2(),
                 kill_timeout: self.config.kill_timeout,
                 removed: false,
+                proc_root: self.config.proc_root.clone(),
             };
             tracing::warn!(cgroup = %name, "removing stale sandbox cgroup");
             stale.remove()?;
@@ -644,6 +665,8 @@ pub struct SandboxCgroup {
     v2: bool,
     kill_timeout: Duration,
     removed: bool,
+    /// For the swap check of [`SandboxCgroup::set_limits`].
+    proc_root: PathBuf,
 }
 
 impl SandboxCgroup {
@@ -657,7 +680,20 @@ impl SandboxCgroup {
         &self.dirs
     }
 
-    fn apply_limits(&self, limits: &CgroupLimits, proc_root: &Path) -> Result<(), CgroupError> {
+    /// `true` when the cgroup has a directory in `ctrl`'s hierarchy (on v2:
+    /// when the controller is enabled for it).
+    pub fn has_controller(&self, ctrl: Controller) -> bool {
+        self.dir_of(ctrl).is_some_and(|d| self.dirs.contains(&d))
+    }
+
+    /// Write `limits` (memory, swap, cpu, pids). [`CgroupManager::create`]
+    /// does it at once; a pooled cgroup gets them when it is claimed.
+    ///
+    /// # Errors
+    /// An invalid or unsupported limit (a controller the cgroup lacks), or a
+    /// failed write.
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        let proc_root = &self.proc_root;
         let first = self.dirs.first().cloned().unwrap_or_default();
         let to_i64 = |what: &'static str, v: u64| {
             i64::try_from(v).map_err(|_| CgroupError::InvalidLimit {
@@ -1004,6 +1040,34 @@ impl SandboxCgroup {
     /// best-effort).
     pub fn remove(mut self) -> Result<(), CgroupError> {
         self.remove_inner()
+    }
+
+    /// One removal attempt that does not wait on `rmdir`: kills what is
+    /// left (rare: a finished sandbox's processes are gone), then removes
+    /// each remaining directory once. `Ok(false)` when an `rmdir` was still
+    /// `EBUSY` (a v1 cgroup can report it for a moment after its last task
+    /// exited): call again later, or [`SandboxCgroup::remove`] to wait.
+    ///
+    /// # Errors
+    /// See [`SandboxCgroup::kill_all`]; an rmdir fails otherwise.
+    pub fn try_remove(&mut self) -> Result<bool, CgroupError> {
+        if self.removed {
+            return Ok(true);
+        }
+        if !self.is_empty() {
+            self.kill_all()?;
+        }
+        while let Some(d) = self.dirs.last() {
+            match fs::remove_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(false),
+                Err(e) => return Err(io_err("rmdir", d, &e)),
+            }
+            self.dirs.pop();
+        }
+        self.removed = true;
+        Ok(true)
     }
 
     fn remove_inner(&mut self) -> Result<(), CgroupError> {

@@ -233,28 +233,22 @@ fn v2_writes_swap_max_when_the_file_exists_and_cpu_max_as_quota_period() -> Test
     let dir = root.path().join("hutch/sb2");
     std::fs::write(dir.join("memory.swap.max"), "max\n")?;
     std::fs::write(dir.join("cpu.max"), "max 100000\n")?;
-    cg.apply_limits(
-        &CgroupLimits {
-            memory_max: Some(1 << 30),
-            swap_max: Some(0),
-            cpu_max: Some(0.5),
-            pids_max: None,
-        },
-        proc_root.path(),
-    )?;
+    cg.set_limits(&CgroupLimits {
+        memory_max: Some(1 << 30),
+        swap_max: Some(0),
+        cpu_max: Some(0.5),
+        pids_max: None,
+    })?;
     assert_eq!(std::fs::read_to_string(dir.join("memory.swap.max"))?, "0");
     assert_eq!(
         std::fs::read_to_string(dir.join("cpu.max"))?,
         "50000 100000"
     );
     let err = cg
-        .apply_limits(
-            &CgroupLimits {
-                cpu_max: Some(0.0),
-                ..CgroupLimits::default()
-            },
-            proc_root.path(),
-        )
+        .set_limits(&CgroupLimits {
+            cpu_max: Some(0.0),
+            ..CgroupLimits::default()
+        })
         .unwrap_err();
     assert!(err.to_string().contains("cpu_max"), "{err}");
     std::mem::forget(cg);
@@ -397,26 +391,20 @@ fn v1_creates_only_used_hierarchies_and_reads_v1_stats() -> TestResult {
     );
     // memsw = memory + swap, once the accounting file exists.
     std::fs::write(mem.join("memory.memsw.limit_in_bytes"), "")?;
-    cg.apply_limits(
-        &CgroupLimits {
-            memory_max: Some(64 << 20),
-            swap_max: Some(0),
-            ..Default::default()
-        },
-        proc_root.path(),
-    )?;
+    cg.set_limits(&CgroupLimits {
+        memory_max: Some(64 << 20),
+        swap_max: Some(0),
+        ..Default::default()
+    })?;
     assert_eq!(
         std::fs::read_to_string(mem.join("memory.memsw.limit_in_bytes"))?,
         "67108864"
     );
     let err = cg
-        .apply_limits(
-            &CgroupLimits {
-                swap_max: Some(0),
-                ..Default::default()
-            },
-            proc_root.path(),
-        )
+        .set_limits(&CgroupLimits {
+            swap_max: Some(0),
+            ..Default::default()
+        })
         .unwrap_err();
     assert!(err.to_string().contains("memory_max"), "{err}");
 

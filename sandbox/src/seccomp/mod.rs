@@ -160,14 +160,37 @@ const BPF_CLASS_MASK: u16 = 0x07;
 const BPF_CLASS_RET: u16 = 0x06;
 
 /// The compiled BPF programs, built in the parent and installed in the child.
-#[derive(Debug, Clone)]
+/// Serializable so the launcher can hand them to a pre-warmed sandbox process
+/// (`crate::pool`), which was forked before the spec was known.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompiledFilters {
     /// Installed first: `ENOSYS` for [`Rule::Enosys`] syscalls, `ALLOW` otherwise.
+    #[serde(with = "bpf_serde")]
     enosys: BpfProgram,
     /// Installed last: the allowlist; default `EPERM` or `USER_NOTIF`.
+    #[serde(with = "bpf_serde")]
     allowlist: BpfProgram,
     /// Whether the allowlist's default action is `USER_NOTIF`.
     notify: bool,
+}
+
+/// A BPF program as `(code, jt, jf, k)` tuples (seccompiler's `sock_filter`
+/// has no serde support).
+mod bpf_serde {
+    use seccompiler::{BpfProgram, sock_filter};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(p: &BpfProgram, s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<(u16, u8, u8, u32)> = p.iter().map(|f| (f.code, f.jt, f.jf, f.k)).collect();
+        v.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BpfProgram, D::Error> {
+        let v: Vec<(u16, u8, u8, u32)> = Vec::deserialize(d)?;
+        Ok(v.into_iter()
+            .map(|(code, jt, jf, k)| sock_filter { code, jt, jf, k })
+            .collect())
+    }
 }
 
 /// Whether the running kernel supports `SECCOMP_RET_USER_NOTIF` (also listed as `user_notif` in
