@@ -42,7 +42,33 @@ struct Cell {
     per_sec: f64,
 }
 
-async fn run(ch: &Channel, conc: usize, secs: f64, f: CallFn) -> Result<Cell> {
+/// Latencies and time of one runner, accumulated over interleaved rounds.
+#[derive(Default)]
+struct Samples {
+    lat_us: Vec<f64>,
+    secs: f64,
+}
+
+impl Samples {
+    fn add(&mut self, (lat, secs): (Vec<f64>, f64)) {
+        self.lat_us.extend(lat);
+        self.secs += secs;
+    }
+
+    fn cell(mut self) -> Cell {
+        let all = &mut self.lat_us;
+        all.sort_by(|a, b| a.total_cmp(b));
+        let pick = |q: f64| all[((all.len() as f64 - 1.0) * q).round() as usize];
+        Cell {
+            median_us: pick(0.5),
+            p99_us: pick(0.99),
+            per_sec: all.len() as f64 / self.secs,
+        }
+    }
+}
+
+/// One round of `conc` callers for `secs`: every latency (µs) and the elapsed time.
+async fn run(ch: &Channel, conc: usize, secs: f64, f: CallFn) -> Result<(Vec<f64>, f64)> {
     // Warm up.
     for i in 0..20 {
         f(ch.clone(), 0, 1_000_000 + i).await?;
@@ -69,14 +95,7 @@ async fn run(ch: &Channel, conc: usize, secs: f64, f: CallFn) -> Result<Cell> {
     for t in tasks {
         all.extend(t.await??);
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| all[((all.len() as f64 - 1.0) * q).round() as usize];
-    Ok(Cell {
-        median_us: pick(0.5),
-        p99_us: pick(0.99),
-        per_sec: all.len() as f64 / elapsed,
-    })
+    Ok((all, start.elapsed().as_secs_f64()))
 }
 
 fn main() -> Result {
@@ -220,18 +239,35 @@ async fn bench() -> Result {
         })
     });
 
-    println!("\nplugin call round trip over a Unix socket ({secs} s per cell, release build)\n");
+    println!(
+        "\nplugin call round trip over a Unix socket ({secs} s per cell in 4 interleaved rounds, release build)\n"
+    );
     println!(
         "{:<44} {:>5} {:>11} {:>11} {:>11} {:>9} {:>9}",
         "call", "conc", "median µs", "p99 µs", "calls/s", "med/(a)", "tput/(a)"
     );
+    // Each cell is measured in ROUNDS slices interleaved with the other rows,
+    // so load drift on this shared machine hits every row alike.
+    const ROUNDS: usize = 4;
+    let slice = secs / ROUNDS as f64;
     for conc in [1usize, 8, 64] {
-        let a = run(&bare, conc, secs, health.clone()).await?;
-        let h = run(&hutch, conc, secs, health.clone()).await?;
-        let g = run(&hutch, conc, secs, denied.clone()).await?;
-        let s = run(&hutch, conc, secs, direct.clone()).await?;
-        let b = run(&hutch, conc, secs, read.clone()).await?;
-        let c = run(&hutch, conc, secs, put.clone()).await?;
+        let runners = [
+            (&bare, health.clone()),
+            (&hutch, health.clone()),
+            (&hutch, denied.clone()),
+            (&hutch, direct.clone()),
+            (&hutch, read.clone()),
+            (&hutch, put.clone()),
+        ];
+        let mut samples: Vec<Samples> = runners.iter().map(|_| Samples::default()).collect();
+        for _ in 0..ROUNDS {
+            for ((ch, f), acc) in runners.iter().zip(samples.iter_mut()) {
+                acc.add(run(ch, conc, slice, f.clone()).await?);
+            }
+        }
+        let mut cells = samples.into_iter().map(Samples::cell);
+        let mut next = || cells.next().ok_or("missing cell");
+        let (a, h, g, s, b, c) = (next()?, next()?, next()?, next()?, next()?, next()?);
         for (name, cell) in [
             ("(a) bare tonic unary (health Check)", &a),
             ("    Hutch socket, health Check (no gate)", &h),

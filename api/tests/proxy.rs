@@ -1431,3 +1431,57 @@ async fn a_plugin_process_runs_and_cancels_tasks() -> Result {
     assert!(status.code().is_some(), "{status}");
     Ok(())
 }
+
+/// The decision cache (`Authz`'s in-memory snapshot) never outlives a change:
+/// a policy, a role change and a removed policy take effect on the very next
+/// call of an instance that is already running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_changes_apply_to_running_instances_immediately() -> Result {
+    let env = env().await?;
+    let ds = seed(&env, &["k"]).await?;
+    let scopes = [Scope::DataRead, Scope::DataWrite];
+    let (h, ch) = env.serve("org.example.live", "live", &scopes).await?;
+    let mut d = data(&ch);
+    client::put_bytes(&mut d, None, &ds, "k", None, b"before").await?;
+
+    let id = env
+        .core
+        .authz()
+        .add_policy(&Policy {
+            id: 0,
+            name: "live-freeze".into(),
+            effect: Effect::Deny,
+            plugin_pattern: "org.example.live".into(),
+            user: None,
+            team: None,
+            operation_class: Some(OpClass::Write),
+            not_before_ms: None,
+            not_after_ms: None,
+            weekdays: None,
+            hour_start: None,
+            hour_end: None,
+            reason: "frozen now".into(),
+        })
+        .await?;
+    let e = client::put_bytes(&mut d, None, &ds, "k", None, b"during")
+        .await
+        .err()
+        .ok_or("put allowed right after a blocking policy was added")?;
+    assert!(e.to_string().contains("live-freeze"), "{e}");
+    client::get_bytes(&mut d, None, &ds, "k").await?;
+
+    env.core.authz().remove_policy(id).await?;
+    client::put_bytes(&mut d, None, &ds, "k", None, b"after").await?;
+
+    // The acting user (the installing admin) becomes a viewer: the next write fails.
+    env.core.authz().set_user(ADMIN, Role::Viewer).await?;
+    let e = client::put_bytes(&mut d, None, &ds, "k", None, b"viewer")
+        .await
+        .err()
+        .ok_or("put allowed right after the user became a viewer")?;
+    assert!(e.to_string().contains("viewer"), "{e}");
+    env.core.authz().set_user(ADMIN, Role::Admin).await?;
+    assert_eq!(client::get_bytes(&mut d, None, &ds, "k").await?, b"after");
+    h.stop().await;
+    Ok(())
+}

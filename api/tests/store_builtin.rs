@@ -12,8 +12,8 @@ use hutch_api::audit::{
 };
 use hutch_api::db::Db;
 use hutch_api::store::{
-    Backend, BuiltinStore, ByteStream, DatasetId, Expect, ListObjects, Metadata, NewDataset,
-    ObjectKey, RetentionPolicy, StoreConfig, StoreError, Version,
+    Backend, BuiltinStore, ByteStream, DEFAULT_INLINE_MAX_BYTES, DatasetId, Expect, ListObjects,
+    Metadata, NewDataset, ObjectKey, RetentionPolicy, StoreConfig, StoreError, Version,
 };
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
@@ -26,6 +26,12 @@ struct Env {
 }
 
 async fn env() -> Result<Env> {
+    env_with(DEFAULT_INLINE_MAX_BYTES).await
+}
+
+/// A store keeping objects up to `inline_max` bytes inline (0: every
+/// non-empty object in a blob file).
+async fn env_with(inline_max: usize) -> Result<Env> {
     let dir = tempfile::tempdir()?;
     let db = Db::open(dir.path().join("hutch.db")).await?;
     let audit = AuditStore::open(&db, AuditConfig::default()).await?;
@@ -36,7 +42,8 @@ async fn env() -> Result<Env> {
             blob_dir: dir.path().join("blobs"),
         },
     )
-    .await?;
+    .await?
+    .with_inline_max(inline_max);
     let ds = DatasetId::new("ds1")?;
     store
         .create_dataset(
@@ -463,7 +470,7 @@ fn blob_files(e: &Env) -> Result<Vec<String>> {
 
 #[tokio::test]
 async fn blobs_are_content_addressed_and_fsynced_in_place() -> Result {
-    let e = env().await?;
+    let e = env_with(0).await?;
     let a = e
         .store
         .put_object(ev(), &e.ds, &key("a")?, Expect::Any, None, bytes(b"same"))
@@ -493,7 +500,7 @@ async fn blobs_are_content_addressed_and_fsynced_in_place() -> Result {
 
 #[tokio::test]
 async fn retention_and_gc_remove_only_unreferenced_blobs() -> Result {
-    let e = env().await?;
+    let e = env_with(0).await?;
     let k = key("k")?;
     let old = e
         .store
@@ -576,6 +583,114 @@ async fn retention_and_gc_remove_only_unreferenced_blobs() -> Result {
         })
         .await?;
     assert_eq!(retention.len(), 1);
+    assert!(e.audit.verify().await?.is_ok());
+    Ok(())
+}
+
+#[tokio::test]
+async fn small_objects_live_inline_large_ones_in_blobs() -> Result {
+    let e = env().await?;
+    let k = key("small")?;
+    let v1 = e
+        .store
+        .put_object(ev(), &e.ds, &k, Expect::Absent, None, bytes(b"first"))
+        .await?;
+    // sha256("first"): the same content address as a blob would have.
+    assert_eq!(
+        v1.value.sha256.as_deref(),
+        Some("a7937b64b8caa58f03721bb6bacf5c78cb235febe0e70b1b84cd99541461a08e")
+    );
+    assert!(blob_files(&e)?.is_empty(), "a small put wrote a blob file");
+    e.store
+        .put_object(ev(), &e.ds, &k, Expect::Any, None, bytes(b"second"))
+        .await?;
+    e.store
+        .set_metadata(
+            ev(),
+            &e.ds,
+            &k,
+            Expect::Version(Version(2)),
+            md(&[("m", "1")]),
+        )
+        .await?;
+    assert_eq!(content(&e, "small", None).await?, b"second");
+    assert_eq!(content(&e, "small", Some(Version(1))).await?, b"first");
+    assert_eq!(content(&e, "small", Some(Version(2))).await?, b"second");
+    // Restore (revert's primitive) brings old inline content back, also after a delete.
+    e.store
+        .restore_version(
+            ev(),
+            &e.ds,
+            &k,
+            Some(Version(1)),
+            Expect::Version(Version(3)),
+        )
+        .await?;
+    assert_eq!(content(&e, "small", None).await?, b"first");
+    e.store.delete_object(ev(), &e.ds, &k, Expect::Any).await?;
+    assert!(e.store.get_object(&e.ds, &k, None).await.is_err());
+    let undone = e
+        .store
+        .restore_version(
+            ev(),
+            &e.ds,
+            &k,
+            Some(Version(4)),
+            Expect::Version(Version(5)),
+        )
+        .await?;
+    assert_eq!(undone.value.version, Version(6));
+    assert_eq!(content(&e, "small", None).await?, b"first");
+    // Empty objects are inline too.
+    e.store
+        .put_object(ev(), &e.ds, &key("empty")?, Expect::Any, None, bytes(b""))
+        .await?;
+    assert_eq!(content(&e, "empty", None).await?, b"");
+
+    // One byte over the limit: a blob file, streamed in from the buffered prefix.
+    let big: Vec<u8> = (0..=DEFAULT_INLINE_MAX_BYTES)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let chunks: Vec<_> = big.chunks(10_000).map(|c| Ok(c.to_vec())).collect();
+    let b = e
+        .store
+        .put_object(
+            ev(),
+            &e.ds,
+            &key("big")?,
+            Expect::Any,
+            None,
+            futures::stream::iter(chunks).boxed(),
+        )
+        .await?;
+    assert_eq!(b.value.size, big.len() as u64);
+    assert_eq!(
+        blob_files(&e)?,
+        vec![b.value.sha256.clone().ok_or("no hash")?]
+    );
+    assert_eq!(content(&e, "big", None).await?, big);
+    // Exactly at the limit: inline.
+    let at = vec![9u8; DEFAULT_INLINE_MAX_BYTES];
+    e.store
+        .put_object(ev(), &e.ds, &key("at")?, Expect::Any, None, bytes(&at))
+        .await?;
+    assert_eq!(blob_files(&e)?.len(), 1);
+    assert_eq!(content(&e, "at", None).await?, at);
+
+    // Retention removes old inline versions with their rows; GC keeps the big blob.
+    let policy = RetentionPolicy {
+        keep_old_versions_for: Duration::ZERO,
+        gc_min_age: Duration::ZERO,
+    };
+    let report = e.store.apply_retention(&policy, Actor::daemon()).await?;
+    assert_eq!(report.versions_removed, 5);
+    assert_eq!(report.gc.blobs_removed, 0);
+    assert!(matches!(
+        e.store.get_object(&e.ds, &k, Some(Version(2))).await,
+        Err(StoreError::Purged { .. })
+    ));
+    assert_eq!(content(&e, "small", None).await?, b"first");
+    assert_eq!(content(&e, "big", None).await?, big);
     assert!(e.audit.verify().await?.is_ok());
     Ok(())
 }

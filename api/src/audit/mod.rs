@@ -50,6 +50,7 @@ pub use writer::Mutated;
 
 use crate::db::Db;
 use event::HashInput;
+pub(crate) use writer::AfterBatch;
 use writer::{ErasedMutation, Job, Writer};
 
 /// Errors of the audit store.
@@ -260,12 +261,16 @@ impl AuditStore {
         &self,
         events: Vec<AuditEvent>,
         mutation: Option<ErasedMutation>,
+        savepoint: bool,
+        after: Option<AfterBatch>,
     ) -> Result<(Vec<EventId>, Option<Box<dyn Any + Send>>), AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {
                 events,
                 mutation,
+                savepoint,
+                after,
                 reply,
             })
             .await
@@ -284,7 +289,7 @@ impl AuditStore {
     /// Once the event is queued, dropping the future does not withdraw it: it
     /// is committed anyway, the caller just does not learn its id.
     pub async fn record(&self, event: AuditEvent) -> Result<EventId, AuditError> {
-        let (ids, _) = self.submit(vec![event], None).await?;
+        let (ids, _) = self.submit(vec![event], None, false, None).await?;
         ids.first().copied().ok_or(AuditError::WriterStopped)
     }
 
@@ -296,7 +301,7 @@ impl AuditStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.submit(events, None).await?.0)
+        Ok(self.submit(events, None, false, None).await?.0)
     }
 
     /// Records `event` together with the data change `change`, in one
@@ -324,18 +329,50 @@ impl AuditStore {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Mutated<T>> + Send + 'static,
     {
+        self.record_change(
+            event,
+            move |conn| Box::pin(async move { Ok(change(conn).await) }),
+            true,
+            None,
+        )
+        .await
+    }
+
+    /// [`AuditStore::record_with`] for the built-in store's hot path:
+    /// `change` may abort the whole batch with `Err` (after a partial write);
+    /// without `savepoint` it must have written nothing when it reports
+    /// failure (no `SAVEPOINT`/`RELEASE` round trips); `after` runs in the
+    /// writer once the batch ended (`true`: committed), before the caller
+    /// is answered, even if the caller went away.
+    pub(crate) async fn record_change<T, F>(
+        &self,
+        event: AuditEvent,
+        change: F,
+        savepoint: bool,
+        after: Option<AfterBatch>,
+    ) -> Result<(EventId, T), AuditError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut SqliteConnection,
+            ) -> BoxFuture<'c, Result<Mutated<T>, AuditError>>
+            + Send
+            + 'static,
+    {
         let erased: ErasedMutation = Box::new(move |conn| {
             Box::pin(async move {
-                let m = change(conn).await;
-                Mutated {
+                let m = change(conn).await?;
+                Ok(Mutated {
                     value: Box::new(m.value) as Box<dyn Any + Send>,
                     failed: m.failed,
                     before_version: m.before_version,
                     after_version: m.after_version,
-                }
+                })
             })
         });
-        let (ids, value) = self.submit(vec![event], Some(erased)).await?;
+        let (ids, value) = self
+            .submit(vec![event], Some(erased), savepoint, after)
+            .await?;
         let id = ids.first().copied().ok_or(AuditError::BadRequest)?;
         let value = value
             .and_then(|v| v.downcast::<T>().ok())

@@ -4,7 +4,9 @@
 //! Steps per batch (one SQLite transaction):
 //! 1. take the first queued job (waiting), then every job already queued, up
 //!    to `max_batch` events: whatever arrived while the previous COMMIT was
-//!    syncing rides in this one;
+//!    syncing rides in this one; if fewer jobs came than the previous batch
+//!    answered, wait up to that batch's duration (at most 1 ms) for the rest,
+//!    so closed-loop callers do not fragment into small batches;
 //! 2. `BEGIN IMMEDIATE`, then re-read the chain head (so another writer on the
 //!    same file cannot fork the chain);
 //! 3. for each job carrying a data change: `SAVEPOINT`, run it, and `ROLLBACK TO`
@@ -17,6 +19,7 @@
 //!    back and every caller gets the error: nothing was recorded or changed.
 
 use std::any::Any;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
@@ -40,10 +43,19 @@ pub struct Mutated<T> {
     pub after_version: Option<i64>,
 }
 
+/// A data change run inside the batch transaction. `Err` aborts the whole
+/// batch (it may have written part of its change); `Ok` with `failed` set
+/// records the failure in its event.
 pub(crate) type ErasedMutation = Box<
-    dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Mutated<Box<dyn Any + Send>>>
+    dyn for<'c> FnOnce(
+            &'c mut SqliteConnection,
+        ) -> BoxFuture<'c, Result<Mutated<Box<dyn Any + Send>>, AuditError>>
         + Send,
 >;
+
+/// Runs once the batch holding the job has ended: `true` after its COMMIT,
+/// `false` after a rollback. Runs before the job's caller is answered.
+pub(crate) type AfterBatch = Box<dyn FnOnce(bool) + Send>;
 
 pub(crate) type Reply =
     oneshot::Sender<Result<(Vec<EventId>, Option<Box<dyn Any + Send>>), AuditError>>;
@@ -51,11 +63,23 @@ pub(crate) type Reply =
 pub(crate) struct Job {
     pub events: Vec<AuditEvent>,
     pub mutation: Option<ErasedMutation>,
+    /// Run the mutation under a `SAVEPOINT` (rolled back alone when it
+    /// reports failure). Without it, the mutation promises to have written
+    /// nothing when it reports failure.
+    pub savepoint: bool,
+    pub after: Option<AfterBatch>,
     pub reply: Reply,
 }
 
-/// Rows per INSERT statement (18 binds each; well under SQLite's limit).
-const ROWS_PER_INSERT: usize = 512;
+/// The longest a batch waits for the callers of the previous one to come
+/// back (see `Writer::run`).
+const MAX_LINGER: Duration = Duration::from_millis(1);
+
+/// Rows per INSERT statement, largest first: a batch is cut greedily into
+/// these sizes, so the writer's connection prepares (and caches) at most
+/// this many distinct statements (18 binds per row; 256 rows stay well under
+/// SQLite's limit of 32766 parameters).
+const ROWS_PER_INSERT: [usize; 5] = [256, 64, 16, 4, 1];
 
 pub(crate) struct Writer {
     pub pool: SqlitePool,
@@ -75,6 +99,9 @@ struct Prepared {
 impl Writer {
     pub async fn run(mut self) {
         let mut conn: Option<PoolConnection<Sqlite>> = None;
+        // Jobs answered by the previous batch, and how long it took.
+        let mut answered = 0usize;
+        let mut last_batch = Duration::ZERO;
         while let Some(first) = self.rx.recv().await {
             let mut n = first.events.len();
             let mut jobs = vec![first];
@@ -83,15 +110,27 @@ impl Writer {
             if n < self.max_batch {
                 tokio::task::yield_now().await;
             }
-            while n < self.max_batch {
-                match self.rx.try_recv() {
-                    Ok(job) => {
-                        n += job.events.len();
-                        jobs.push(job);
+            self.drain(&mut jobs, &mut n);
+            // The callers answered by the previous batch are likely to come
+            // back (a plugin's next write): if fewer have, wait a little for
+            // them rather than cut a small batch and make them wait a whole
+            // COMMIT. Bounded by the previous batch's duration and
+            // `MAX_LINGER`, so a caller that went away costs at most that.
+            if jobs.len() < answered && n < self.max_batch {
+                let linger = last_batch.min(MAX_LINGER);
+                let deadline = tokio::time::Instant::now() + linger;
+                while jobs.len() < answered && n < self.max_batch {
+                    match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                        Ok(Some(job)) => {
+                            n += job.events.len();
+                            jobs.push(job);
+                            self.drain(&mut jobs, &mut n);
+                        }
+                        _ => break,
                     }
-                    Err(_) => break,
                 }
             }
+            let started = Instant::now();
             let c = match conn.take() {
                 Some(c) => c,
                 None => match self.pool.acquire().await {
@@ -107,9 +146,15 @@ impl Writer {
                 },
             };
             let mut c = c;
-            match commit_batch(&mut c, &mut jobs).await {
+            let result = commit_batch(&mut c, &mut jobs).await;
+            answered = jobs.len();
+            last_batch = started.elapsed();
+            match result {
                 Ok(results) => {
                     for (job, (ids, value)) in jobs.into_iter().zip(results) {
+                        if let Some(after) = job.after {
+                            after(true);
+                        }
                         // A caller that went away still had its event committed.
                         let _ = job.reply.send(Ok((ids, value)));
                     }
@@ -131,8 +176,26 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Takes every job already queued, up to `max_batch` events.
+    fn drain(&mut self, jobs: &mut Vec<Job>, n: &mut usize) {
+        while *n < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    *n += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 fn fail_all(jobs: Vec<Job>, e: &AuditError) {
     for job in jobs {
+        if let Some(after) = job.after {
+            after(false);
+        }
         let _ = job.reply.send(Err(e.duplicate()));
     }
 }
@@ -155,21 +218,25 @@ async fn commit_batch(
     for job in jobs.iter_mut() {
         let mut value = None;
         if let Some(mutation) = job.mutation.take() {
-            sqlx::query("SAVEPOINT hutch_mutation")
-                .execute(&mut *conn)
-                .await
-                .map_err(db("savepoint"))?;
-            let m = mutation(&mut *conn).await;
-            if m.failed.is_some() {
-                sqlx::query("ROLLBACK TO hutch_mutation")
+            if job.savepoint {
+                sqlx::query("SAVEPOINT hutch_mutation")
                     .execute(&mut *conn)
                     .await
-                    .map_err(db("rollback to savepoint"))?;
+                    .map_err(db("savepoint"))?;
             }
-            sqlx::query("RELEASE hutch_mutation")
-                .execute(&mut *conn)
-                .await
-                .map_err(db("release savepoint"))?;
+            let m = mutation(&mut *conn).await?;
+            if job.savepoint {
+                if m.failed.is_some() {
+                    sqlx::query("ROLLBACK TO hutch_mutation")
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(db("rollback to savepoint"))?;
+                }
+                sqlx::query("RELEASE hutch_mutation")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db("release savepoint"))?;
+            }
             if let Some(ev) = job.events.first_mut() {
                 ev.before_version = m.before_version;
                 ev.after_version = m.after_version;
@@ -199,9 +266,15 @@ async fn commit_batch(
     }
 
     let count = prepared.len();
-    let mut rows = prepared.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Prepared> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+    let mut rows = prepared.into_iter();
+    let mut left = count;
+    while left > 0 {
+        let size = ROWS_PER_INSERT
+            .into_iter()
+            .find(|&n| n <= left)
+            .unwrap_or(1);
+        left -= size;
+        let chunk: Vec<Prepared> = rows.by_ref().take(size).collect();
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO audit_events (id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
              actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
@@ -233,21 +306,24 @@ async fn commit_batch(
             .await
             .map_err(db("insert audit events"))?;
     }
+    // The head update and the COMMIT in one round trip.
     if count > 0 {
         sqlx::query(
             "INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, ?, ?) \
-             ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, last_hash = excluded.last_hash",
+             ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, last_hash = excluded.last_hash; \
+             COMMIT",
         )
         .bind(last_id)
         .bind(&last_hash)
         .execute(&mut *conn)
         .await
-        .map_err(db("update audit head"))?;
+        .map_err(db("update audit head and commit"))?;
+    } else {
+        sqlx::query("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .map_err(db("commit audit batch"))?;
     }
-    sqlx::query("COMMIT")
-        .execute(&mut *conn)
-        .await
-        .map_err(db("commit audit batch"))?;
     Ok(results)
 }
 

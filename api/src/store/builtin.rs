@@ -1,20 +1,37 @@
 //! The built-in store: metadata in `hutch.db` (tables `datasets`, `objects`,
 //! `object_versions`), content in the blob directory.
 //!
-//! A write happens in two steps: the content is streamed into a
-//! content-addressed blob first (fsynced; nothing refers to it yet), then the
-//! version row and the audit event are committed in one transaction by the
-//! audit writer (`AuditStore::record_with`). The compare-and-set check runs
-//! inside that transaction; since the writer serializes all transactions,
-//! exactly one of several racing writes expecting the same version wins.
+//! A write happens in two steps. First the content: up to the inline limit
+//! ([`DEFAULT_INLINE_MAX_BYTES`], 64 KiB) it is buffered and hashed in
+//! memory and will live in the version row itself; a larger object is
+//! streamed into a content-addressed blob (fsynced; nothing refers to it
+//! yet). Then the version row and the audit event are committed in one
+//! transaction by the audit writer (`AuditStore::record_change`), batched
+//! with whatever other calls are queued (one fsync for all of them). The
+//! compare-and-set check runs inside that transaction; since the writer
+//! serializes all transactions, exactly one of several racing writes
+//! expecting the same version wins. The checks run before anything is
+//! written, so a refused write needs no savepoint to undo.
+//!
+//! Two in-memory caches spare the hot paths a query: the datasets known to
+//! exist (datasets are never deleted; a dataset enters the set only after
+//! the transaction creating or using it committed) and the current version
+//! row of recently read objects. The latter is invalidated by the writer
+//! after every batch that touched the object (committed or rolled back),
+//! before the writing call is answered; a reader only fills it if no
+//! invalidation happened since it started reading, so it never holds a row
+//! older than the last commit.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnection;
 
 use super::blobs::{Blobs, PendingBlob, random_hex};
@@ -22,7 +39,7 @@ use super::{
     Audited, Backend, ByteStream, DatasetId, DatasetInfo, Expect, ListObjects, Metadata,
     NewDataset, ObjectInfo, ObjectKey, StoreError, Version, dataset_resource, object_resource,
 };
-use crate::audit::{Actor, AuditEvent, AuditStore, Mutated, Outcome, now_us, ops};
+use crate::audit::{Actor, AuditError, AuditEvent, AuditStore, Mutated, Outcome, now_us, ops};
 use crate::db::Db;
 
 /// Where the built-in store keeps content.
@@ -72,12 +89,21 @@ pub struct GcReport {
     pub temp_files_removed: u64,
 }
 
+/// Objects up to this size are stored inline in their version row (no blob
+/// file); see [`BuiltinStore::with_inline_max`].
+pub const DEFAULT_INLINE_MAX_BYTES: usize = 64 * 1024;
+
+/// Current-version rows cached for reads (the cache is emptied when full).
+const HEAD_CACHE_MAX: usize = 65_536;
+
 /// The built-in backend. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BuiltinStore {
     db: Db,
     audit: AuditStore,
     blobs: Arc<Blobs>,
+    inline_max: usize,
+    caches: Arc<Caches>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -90,6 +116,68 @@ struct VersionRow {
     size: i64,
     metadata: String,
     created_us: i64,
+    /// 1 if the content is inline in the row (`content IS NOT NULL`).
+    inline: i64,
+}
+
+/// The store's in-memory caches (see the module doc).
+#[derive(Debug, Default)]
+struct Caches {
+    /// Datasets whose creation has committed (datasets are never deleted).
+    datasets: Mutex<HashSet<String>>,
+    heads: Mutex<Heads>,
+}
+
+#[derive(Debug, Default)]
+struct Heads {
+    /// Bumped by every invalidation; a reader fills the cache only if it is
+    /// unchanged since before its query.
+    generation: u64,
+    rows: HashMap<String, Arc<VersionRow>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn head_key(ds: &DatasetId, key: &ObjectKey) -> String {
+    // Dataset ids hold no '/', so this is unambiguous.
+    format!("{ds}/{key}")
+}
+
+impl Caches {
+    fn dataset_known(&self, ds: &DatasetId) -> bool {
+        lock(&self.datasets).contains(ds.as_str())
+    }
+
+    fn dataset_committed(&self, ds: &DatasetId) {
+        let mut d = lock(&self.datasets);
+        if !d.contains(ds.as_str()) {
+            d.insert(ds.as_str().to_owned());
+        }
+    }
+
+    fn head(&self, k: &str) -> (Option<Arc<VersionRow>>, u64) {
+        let h = lock(&self.heads);
+        (h.rows.get(k).cloned(), h.generation)
+    }
+
+    fn remember_head(&self, k: String, row: Arc<VersionRow>, generation: u64) {
+        let mut h = lock(&self.heads);
+        if h.generation != generation {
+            return;
+        }
+        if h.rows.len() >= HEAD_CACHE_MAX {
+            h.rows.clear();
+        }
+        h.rows.insert(k, row);
+    }
+
+    fn forget_head(&self, k: &str) {
+        let mut h = lock(&self.heads);
+        h.generation = h.generation.wrapping_add(1);
+        h.rows.remove(k);
+    }
 }
 
 impl VersionRow {
@@ -109,7 +197,7 @@ impl VersionRow {
     }
 }
 
-const SELECT_VERSION: &str = "SELECT v.dataset_id, v.key, v.version, v.deleted, v.blob, v.size, v.metadata, v.created_us FROM object_versions v";
+const SELECT_VERSION: &str = "SELECT v.dataset_id, v.key, v.version, v.deleted, v.blob, v.size, v.metadata, v.created_us, (v.content IS NOT NULL) AS inline FROM object_versions v";
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
@@ -176,6 +264,29 @@ struct NewContent {
     size: i64,
     /// None: keep the current live version's metadata (empty if none).
     metadata: Option<Metadata>,
+    /// Inline content, if any.
+    inline: Inline,
+}
+
+/// Where a new version's inline content comes from.
+enum Inline {
+    /// Not inline (a blob file, or a tombstone).
+    No,
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// The inline content of this version of the same object.
+    CopyOf(i64),
+}
+
+impl Inline {
+    /// The same content as `row` (metadata changes and restores).
+    fn like(row: &VersionRow) -> Inline {
+        if row.inline != 0 {
+            Inline::CopyOf(row.version)
+        } else {
+            Inline::No
+        }
+    }
 }
 
 /// A change's report before it is turned into [`Mutated`].
@@ -204,15 +315,29 @@ fn mutated(r: ChangeResult) -> Mutated<Result<ObjectInfo, StoreError>> {
     }
 }
 
-/// Checks the dataset and `expect`, then writes version `current + 1`.
-async fn write_version(
+/// What [`plan_version`] decided.
+enum Planned {
+    /// Nothing to write (restoring "deleted" onto a deleted object).
+    Unchanged(Change),
+    /// Write this row (with this inline content).
+    Write {
+        row: VersionRow,
+        content: Option<Vec<u8>>,
+        change: Change,
+    },
+}
+
+/// The checks of [`write_version`]: dataset, `expect`, the new row. Reads
+/// only, so a refusal leaves nothing to undo.
+async fn plan_version(
     conn: &mut SqliteConnection,
+    caches: &Caches,
     ds: &DatasetId,
     key: &ObjectKey,
     expect: Expect,
     content: impl FnOnce(Option<&VersionRow>) -> Result<Option<NewContent>, StoreError>,
-) -> ChangeResult {
-    if !dataset_exists(conn, ds).await.map_err(|e| (e, None))? {
+) -> Result<Planned, (StoreError, Option<i64>)> {
+    if !caches.dataset_known(ds) && !dataset_exists(conn, ds).await.map_err(|e| (e, None))? {
         return Err((StoreError::DatasetNotFound(ds.clone()), None));
     }
     let current = head_row(conn, ds, key).await.map_err(|e| (e, None))?;
@@ -229,7 +354,6 @@ async fn write_version(
         ));
     }
     let Some(new) = content(current.as_ref()).map_err(|e| (e, before))? else {
-        // Nothing to change (restoring "deleted" onto a deleted object).
         let info = match &current {
             Some(c) => c.info().map_err(|e| (e, before))?,
             None => ObjectInfo {
@@ -243,11 +367,11 @@ async fn write_version(
                 created_us: now_us(),
             },
         };
-        return Ok(Change {
+        return Ok(Planned::Unchanged(Change {
             info,
             before,
             after: before,
-        });
+        }));
     };
     let metadata = match new.metadata {
         Some(m) => metadata_text(&m),
@@ -255,6 +379,28 @@ async fn write_version(
             Some(c) if c.deleted == 0 => c.metadata.clone(),
             _ => "{}".to_owned(),
         },
+    };
+    let bytes = match new.inline {
+        Inline::No => None,
+        Inline::Bytes(b) => Some(b),
+        Inline::CopyOf(v) => {
+            let c: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+                "SELECT content FROM object_versions WHERE dataset_id = ? AND key = ? AND version = ?",
+            )
+            .bind(ds.as_str())
+            .bind(key.as_str())
+            .bind(v)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| (db("read inline content")(e), before))?;
+            match c.flatten() {
+                Some(b) => Some(b),
+                None => {
+                    let e = StoreError::Corrupt(format!("inline content of {key} version {v}"));
+                    return Err((e, before));
+                }
+            }
+        }
     };
     let row = VersionRow {
         dataset_id: ds.as_str().to_owned(),
@@ -265,41 +411,69 @@ async fn write_version(
         size: new.size,
         metadata,
         created_us: now_us(),
+        inline: i64::from(bytes.is_some()),
     };
-    let r: Result<(), sqlx::Error> = async {
-        sqlx::query(
-            "INSERT INTO object_versions (dataset_id, key, version, deleted, blob, size, metadata, created_us) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&row.dataset_id)
-        .bind(&row.key)
-        .bind(row.version)
-        .bind(row.deleted)
-        .bind(&row.blob)
-        .bind(row.size)
-        .bind(&row.metadata)
-        .bind(row.created_us)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO objects (dataset_id, key, version) VALUES (?, ?, ?) \
-             ON CONFLICT (dataset_id, key) DO UPDATE SET version = excluded.version",
-        )
-        .bind(&row.dataset_id)
-        .bind(&row.key)
-        .bind(row.version)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
-    }
-    .await;
-    r.map_err(|e| (db("write object version")(e), before))?;
     let info = row.info().map_err(|e| (e, before))?;
-    Ok(Change {
-        info,
-        before,
-        after: Some(row.version),
+    let after = Some(row.version);
+    Ok(Planned::Write {
+        row,
+        content: bytes,
+        change: Change {
+            info,
+            before,
+            after,
+        },
     })
+}
+
+/// Checks the dataset and `expect`, then writes version `current + 1`.
+/// A refused change has written nothing (`Ok(Err(..))`); `Err` means a write
+/// failed half-way and the writer must roll back the whole batch.
+async fn write_version(
+    conn: &mut SqliteConnection,
+    caches: &Caches,
+    ds: &DatasetId,
+    key: &ObjectKey,
+    expect: Expect,
+    content: impl FnOnce(Option<&VersionRow>) -> Result<Option<NewContent>, StoreError>,
+) -> Result<ChangeResult, AuditError> {
+    let (row, bytes, change) = match plan_version(conn, caches, ds, key, expect, content).await {
+        Err(e) => return Ok(Err(e)),
+        Ok(Planned::Unchanged(c)) => return Ok(Ok(c)),
+        Ok(Planned::Write {
+            row,
+            content,
+            change,
+        }) => (row, content, change),
+    };
+    let fail = |source| AuditError::Db {
+        op: "write object version",
+        source,
+    };
+    // Both rows in one round trip to the connection's worker thread (sqlx
+    // binds the arguments across the statements in order).
+    sqlx::query(
+        "INSERT INTO object_versions (dataset_id, key, version, deleted, blob, size, metadata, created_us, content) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?); \
+         INSERT INTO objects (dataset_id, key, version) VALUES (?, ?, ?) \
+         ON CONFLICT (dataset_id, key) DO UPDATE SET version = excluded.version",
+    )
+    .bind(&row.dataset_id)
+    .bind(&row.key)
+    .bind(row.version)
+    .bind(row.deleted)
+    .bind(&row.blob)
+    .bind(row.size)
+    .bind(&row.metadata)
+    .bind(row.created_us)
+    .bind(bytes)
+    .bind(&row.dataset_id)
+    .bind(&row.key)
+    .bind(row.version)
+    .execute(&mut *conn)
+    .await
+    .map_err(fail)?;
+    Ok(Ok(change))
 }
 
 impl BuiltinStore {
@@ -318,7 +492,18 @@ impl BuiltinStore {
             db: db.clone(),
             audit,
             blobs: Arc::new(blobs),
+            inline_max: DEFAULT_INLINE_MAX_BYTES,
+            caches: Arc::default(),
         })
+    }
+
+    /// Stores objects up to `bytes` inline in their version row instead of a
+    /// blob file (default [`DEFAULT_INLINE_MAX_BYTES`]; 0 keeps every
+    /// non-empty object in a blob file). Applies to new writes only.
+    #[must_use]
+    pub fn with_inline_max(mut self, bytes: usize) -> BuiltinStore {
+        self.inline_max = bytes;
+        self
     }
 
     /// The blob directory.
@@ -338,25 +523,39 @@ impl BuiltinStore {
         }
     }
 
-    /// Runs `change` with its event through the audit writer.
+    /// Runs `change` of object `ds`/`key` with its event through the audit
+    /// writer (no savepoint: [`write_version`] writes only after its checks);
+    /// the writer drops the object's cached head once the batch ended.
     async fn commit<F>(
         &self,
         event: AuditEvent,
+        ds: &DatasetId,
+        key: &ObjectKey,
         change: F,
     ) -> Result<Audited<ObjectInfo>, StoreError>
     where
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ChangeResult> + Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut SqliteConnection,
+            ) -> BoxFuture<'c, Result<ChangeResult, AuditError>>
+            + Send
+            + 'static,
     {
+        let caches = self.caches.clone();
+        let hk = head_key(ds, key);
+        let after = Box::new(move |_committed: bool| caches.forget_head(&hk));
         let (event_id, value) = self
             .audit
-            .record_with(event, move |conn| {
-                Box::pin(async move { mutated(change(conn).await) })
-            })
+            .record_change(
+                event,
+                move |conn| Box::pin(async move { Ok(mutated(change(conn).await?)) }),
+                false,
+                Some(after),
+            )
             .await?;
-        Ok(Audited {
-            value: value?,
-            event_id,
-        })
+        let value = value?;
+        // Committed with the change: the dataset exists for good.
+        self.caches.dataset_committed(ds);
+        Ok(Audited { value, event_id })
     }
 
     async fn read_row(
@@ -364,23 +563,39 @@ impl BuiltinStore {
         ds: &DatasetId,
         key: &ObjectKey,
         version: Option<Version>,
-    ) -> Result<VersionRow, StoreError> {
+    ) -> Result<Arc<VersionRow>, StoreError> {
+        let not_found = || StoreError::ObjectNotFound {
+            dataset: ds.clone(),
+            key: key.clone(),
+            version,
+        };
+        if version.is_none() {
+            let hk = head_key(ds, key);
+            let (hit, generation) = self.caches.head(&hk);
+            if let Some(row) = hit {
+                return Ok(row);
+            }
+            let mut conn = self
+                .db
+                .pool()
+                .acquire()
+                .await
+                .map_err(db("acquire connection"))?;
+            let row = Arc::new(head_row(&mut conn, ds, key).await?.ok_or_else(not_found)?);
+            self.caches.remember_head(hk, row.clone(), generation);
+            return Ok(row);
+        }
         let mut conn = self
             .db
             .pool()
             .acquire()
             .await
             .map_err(db("acquire connection"))?;
-        let not_found = || StoreError::ObjectNotFound {
-            dataset: ds.clone(),
-            key: key.clone(),
-            version,
-        };
         let head = head_row(&mut conn, ds, key).await?;
         match version {
-            None => head.ok_or_else(not_found),
+            None => head.map(Arc::new).ok_or_else(not_found),
             Some(v) => match version_row(&mut conn, ds, key, v).await? {
-                Some(r) => Ok(r),
+                Some(r) => Ok(Arc::new(r)),
                 None => match head {
                     Some(h) if h.version > v.0 && v.0 > 0 => Err(StoreError::Purged {
                         dataset: ds.clone(),
@@ -586,10 +801,9 @@ impl Backend for BuiltinStore {
                 })
             })
             .await?;
-        Ok(Audited {
-            value: value?,
-            event_id,
-        })
+        let value = value?;
+        self.caches.dataset_committed(&value.id);
+        Ok(Audited { value, event_id })
     }
 
     async fn get_dataset(&self, id: &DatasetId) -> Result<DatasetInfo, StoreError> {
@@ -624,24 +838,49 @@ impl Backend for BuiltinStore {
         content: ByteStream,
     ) -> Result<Audited<ObjectInfo>, StoreError> {
         let event = Self::prepare(event, ops::OBJECT_PUT, object_resource(dataset, key));
-        let blob: PendingBlob = match self.blobs.write(content).await {
-            Ok(b) => b,
-            Err(e) => return Err(self.record_failure(event, e).await),
+        // Buffer up to the inline limit; a larger object spills into a blob.
+        let mut content = content;
+        let mut buf: Vec<u8> = Vec::new();
+        let spilled: Option<ByteStream> = loop {
+            match content.next().await {
+                None => break None,
+                Some(Err(e)) => return Err(self.record_failure(event, e).await),
+                Some(Ok(chunk)) if buf.len() + chunk.len() > self.inline_max => {
+                    let prefix = std::mem::take(&mut buf);
+                    let head = futures::stream::iter([Ok(prefix), Ok(chunk)]);
+                    break Some(head.chain(content).boxed());
+                }
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+            }
+        };
+        let (blob, hash, size, inline) = match spilled {
+            None => {
+                let hash = hex::encode(Sha256::digest(&buf));
+                let size = i64::try_from(buf.len()).unwrap_or(i64::MAX);
+                (None, hash, size, Inline::Bytes(buf))
+            }
+            Some(stream) => {
+                let blob: PendingBlob = match self.blobs.write(stream).await {
+                    Ok(b) => b,
+                    Err(e) => return Err(self.record_failure(event, e).await),
+                };
+                let hash = blob.hash.clone();
+                let size = i64::try_from(blob.size).unwrap_or(i64::MAX);
+                (Some(blob), hash, size, Inline::No)
+            }
         };
         let (ds, k) = (dataset.clone(), key.clone());
-        let (hash, size) = (
-            blob.hash.clone(),
-            i64::try_from(blob.size).unwrap_or(i64::MAX),
-        );
+        let caches = self.caches.clone();
         let r = self
-            .commit(event, move |conn| {
+            .commit(event, dataset, key, move |conn| {
                 Box::pin(async move {
-                    write_version(conn, &ds, &k, expect, |_| {
+                    write_version(conn, &caches, &ds, &k, expect, |_| {
                         Ok(Some(NewContent {
                             deleted: false,
                             blob: Some(hash),
                             size,
                             metadata,
+                            inline,
                         }))
                     })
                     .await
@@ -668,6 +907,30 @@ impl Backend for BuiltinStore {
                 version,
             });
         };
+        if info.size == 0 {
+            return Ok((info, futures::stream::empty().boxed()));
+        }
+        if row.inline != 0 {
+            let bytes: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+                "SELECT content FROM object_versions WHERE dataset_id = ? AND key = ? AND version = ?",
+            )
+            .bind(dataset.as_str())
+            .bind(key.as_str())
+            .bind(row.version)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(db("read inline content"))?;
+            // Gone only if retention removed it since the row was read.
+            let bytes = bytes.flatten().ok_or_else(|| StoreError::Purged {
+                dataset: dataset.clone(),
+                key: key.clone(),
+                version: info.version,
+            })?;
+            return Ok((
+                info,
+                futures::stream::once(async move { Ok(bytes) }).boxed(),
+            ));
+        }
         let stream = self.blobs.read(&hash).await?;
         Ok((info, stream))
     }
@@ -732,15 +995,17 @@ impl Backend for BuiltinStore {
     ) -> Result<Audited<ObjectInfo>, StoreError> {
         let event = Self::prepare(event, ops::OBJECT_DELETE, object_resource(dataset, key));
         let (ds, k) = (dataset.clone(), key.clone());
-        self.commit(event, move |conn| {
+        let caches = self.caches.clone();
+        self.commit(event, dataset, key, move |conn| {
             Box::pin(async move {
                 let (ds2, k2) = (ds.clone(), k.clone());
-                write_version(conn, &ds, &k, expect, move |cur| match cur {
+                write_version(conn, &caches, &ds, &k, expect, move |cur| match cur {
                     Some(c) if c.deleted == 0 => Ok(Some(NewContent {
                         deleted: true,
                         blob: None,
                         size: 0,
                         metadata: Some(Metadata::new()),
+                        inline: Inline::No,
                     })),
                     _ => Err(StoreError::ObjectNotFound {
                         dataset: ds2,
@@ -768,15 +1033,17 @@ impl Backend for BuiltinStore {
             object_resource(dataset, key),
         );
         let (ds, k) = (dataset.clone(), key.clone());
-        self.commit(event, move |conn| {
+        let caches = self.caches.clone();
+        self.commit(event, dataset, key, move |conn| {
             Box::pin(async move {
                 let (ds2, k2) = (ds.clone(), k.clone());
-                write_version(conn, &ds, &k, expect, move |cur| match cur {
+                write_version(conn, &caches, &ds, &k, expect, move |cur| match cur {
                     Some(c) if c.deleted == 0 => Ok(Some(NewContent {
                         deleted: false,
                         blob: c.blob.clone(),
                         size: c.size,
                         metadata: Some(metadata),
+                        inline: Inline::like(c),
                     })),
                     _ => Err(StoreError::ObjectNotFound {
                         dataset: ds2,
@@ -838,7 +1105,8 @@ impl Backend for BuiltinStore {
     ) -> Result<Audited<ObjectInfo>, StoreError> {
         let event = Self::prepare(event, ops::OBJECT_REVERT, object_resource(dataset, key));
         let (ds, k) = (dataset.clone(), key.clone());
-        self.commit(event, move |conn| {
+        let caches = self.caches.clone();
+        self.commit(event, dataset, key, move |conn| {
             Box::pin(async move {
                 let target = match to {
                     None => None,
@@ -850,16 +1118,17 @@ impl Backend for BuiltinStore {
                                 key: k.clone(),
                                 version: v,
                             };
-                            return Err((e, None));
+                            return Ok(Err((e, None)));
                         }
-                        Err(e) => return Err((e, None)),
+                        Err(e) => return Ok(Err((e, None))),
                     },
                 };
-                write_version(conn, &ds, &k, expect, move |cur| {
+                write_version(conn, &caches, &ds, &k, expect, move |cur| {
                     let cur_live = cur.is_some_and(|c| c.deleted == 0);
                     Ok(match target {
                         Some(t) if t.deleted == 0 => Some(NewContent {
                             deleted: false,
+                            inline: Inline::like(&t),
                             blob: t.blob,
                             size: t.size,
                             metadata: Some(serde_json::from_str(&t.metadata).map_err(|_| {
@@ -871,6 +1140,7 @@ impl Backend for BuiltinStore {
                             blob: None,
                             size: 0,
                             metadata: Some(Metadata::new()),
+                            inline: Inline::No,
                         }),
                         _ => None,
                     })

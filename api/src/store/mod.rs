@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditError, AuditEvent, EventId};
 
-pub use builtin::{BuiltinStore, GcReport, RetentionPolicy, RetentionReport, StoreConfig};
+pub use builtin::{
+    BuiltinStore, DEFAULT_INLINE_MAX_BYTES, GcReport, RetentionPolicy, RetentionReport, StoreConfig,
+};
 
 /// A dataset id: 1-64 characters of `[A-Za-z0-9_-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
