@@ -116,6 +116,10 @@ impl PathsConfig {
     }
 }
 
+/// Upper bound of `[sandbox] spawn_pool` (each stub holds a cgroup and a set
+/// of namespaces while it waits).
+pub const MAX_SPAWN_POOL: usize = 16;
+
 /// `[sandbox]` section.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -139,6 +143,10 @@ pub struct SandboxConfig {
     pub uid_base: u32,
     /// Size of that range.
     pub uid_count: u32,
+    /// Pre-warmed sandbox stubs the launcher keeps ready (cgroup joined,
+    /// namespaces and the spec-independent root built ahead; each used
+    /// once); 0 = every spawn is cold. See docs/sandbox.md.
+    pub spawn_pool: usize,
 }
 
 impl Default for SandboxConfig {
@@ -152,6 +160,7 @@ impl Default for SandboxConfig {
             user_namespace: false,
             uid_base: crate::try_cmd::PLUGIN_ID_BASE,
             uid_count: crate::try_cmd::PLUGIN_ID_RANGE,
+            spawn_pool: 2,
         }
     }
 }
@@ -376,6 +385,12 @@ impl Config {
         if s.uid_base < 1000 || s.uid_count == 0 || s.uid_base.checked_add(s.uid_count).is_none() {
             return Err("sandbox.uid_base/uid_count: the range must start at 1000 or above and fit in 32 bits".into());
         }
+        if s.spawn_pool > MAX_SPAWN_POOL {
+            return Err(format!(
+                "sandbox.spawn_pool: {} is too many pre-warmed stubs (at most {MAX_SPAWN_POOL})",
+                s.spawn_pool
+            ));
+        }
         if s.cgroup_parent.is_empty()
             || s.cgroup_parent.starts_with('/')
             || s.cgroup_parent
@@ -547,6 +562,8 @@ mod tests {
         assert!(e.contains("paths.state_dir"), "{e}");
         let e = bad("[sandbox]\ncgroup_parent = \"../escape\"\n");
         assert!(e.contains("sandbox.cgroup_parent"), "{e}");
+        let e = bad("[sandbox]\nspawn_pool = 17\n");
+        assert!(e.contains("sandbox.spawn_pool"), "{e}");
         let e = bad("[supervisor]\nrestart = \"sometimes\"\n");
         assert!(e.contains("line 2"), "{e}");
     }

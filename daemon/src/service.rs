@@ -43,7 +43,11 @@ fn run_inner(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     // Forked while this process has a single thread.
-    let launcher = hutch_sandbox::launcher::Launcher::start().context("start sandbox launcher")?;
+    let launcher =
+        hutch_sandbox::launcher::Launcher::start_with(hutch_sandbox::launcher::LauncherConfig {
+            pool_size: config.sandbox.spawn_pool,
+        })
+        .context("start sandbox launcher")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hutchd")

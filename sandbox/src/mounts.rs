@@ -35,8 +35,11 @@ use crate::spec::{API_SOCKET_PATH, FORBIDDEN_PREFIXES, SandboxSpec};
 pub const SYSTEM_TREES: &[&str] = &["/usr", "/lib", "/lib64", "/bin", "/sbin"];
 /// Device nodes bind-mounted from the host into the sandbox's `/dev`.
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
-/// Host `/etc` files dynamic linking and time zones need, bound read-only.
-pub const ETC_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/localtime"];
+/// Host `/etc` entries dynamic linking and time zones need, bound read-only:
+/// the loader cache, the time zone, and Debian's `alternatives` directory
+/// (symlinks only; libraries such as `libblas.so.3`, which numpy loads, are
+/// reached through it).
+pub const ETC_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"];
 /// Where the new root tmpfs is mounted before `pivot_root` (only inside the
 /// sandbox's private mount namespace; the host never sees it).
 pub const STAGING_DIR: &str = "/tmp";

@@ -734,6 +734,16 @@ fn plugin_main(p: &Prepared, chan: &ChildChannel, io: ChildIo, trace: &mut Trace
     exit_now(127)
 }
 
+/// The plugin starts in `/plugin` (its own files), so a manifest's relative
+/// `args` (`args = ["main.py"]`) name files there; `/` when the spec has no
+/// plugin dir. Done as the plugin's uid: it must be able to enter it.
+fn enter_plugin_dir() -> Result<(), StepError> {
+    match nix::unistd::chdir("/plugin") {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(StepError::sys("chdir", "/plugin", e)),
+    }
+}
+
 /// The plugin process: last steps, then `execve`.
 fn plugin_steps(
     p: &Prepared,
@@ -742,6 +752,7 @@ fn plugin_steps(
     trace: &mut Trace,
 ) -> Result<std::convert::Infallible, StepError> {
     identity::switch_ids(p.uid, p.gid)?;
+    enter_plugin_dir()?;
     identity::clear_capabilities()?;
     identity::set_no_new_privs()?;
     identity::reset_signals()?;

@@ -1061,7 +1061,7 @@ print(json.dumps({"sha": hashlib.sha256(b"hutch").hexdigest(), "sub": out, "py":
         0o644,
     )?;
     p.exec = "/usr/bin/python3".into();
-    p.args = vec!["/plugin/main.py".into()];
+    p.args = vec!["main.py".into()]; // relative: the working directory is /plugin
     let r = p.run(&[])?;
     r.assert_clean();
     assert_eq!(r.code(), Some(0), "python failed\n{}", r.context());

@@ -102,7 +102,10 @@ fn check_host_cmd(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCod
 
 fn run_try(args: &hutch_daemon::try_cmd::TryArgs) -> i32 {
     // Forked before any thread exists: the launcher must be single-threaded.
-    let launcher = match hutch_sandbox::launcher::Launcher::start() {
+    // No pool: try spawns once, pre-warmed stubs would only be torn down.
+    let launcher = match hutch_sandbox::launcher::Launcher::start_with(
+        hutch_sandbox::launcher::LauncherConfig { pool_size: 0 },
+    ) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("hutchd try: {e}");
