@@ -34,7 +34,7 @@
 //! Run as root, in release (see docs/daemon.md, "Benchmarks"):
 //! `cargo build --release -p hutch-tests -p hutch-daemon &&
 //! target/release/hutch-scale-bench [--sizes 1,10,50,100] [--callers 50]
-//! [--secs 5] [--rounds 2] [--log HUTCH_LOG]`; `--log
+//! [--secs 3] [--rounds 4] [--log HUTCH_LOG]`; `--log
 //! info,hutch_sandbox::launcher=debug` keeps hutchd's log with the launcher's
 //! per-spawn trace points, for profiling. Not a test: it asserts nothing; exit status 1
 //! only when the bench itself could not run.
@@ -65,15 +65,15 @@ struct Opts {
 }
 
 fn usage() -> String {
-    "usage: hutch-scale-bench [--sizes 1,10,50,100] [--callers 50] [--secs 5] [--rounds 2] [--log HUTCH_LOG]".into()
+    "usage: hutch-scale-bench [--sizes 1,10,50,100] [--callers 50] [--secs 3] [--rounds 4] [--log HUTCH_LOG]".into()
 }
 
 fn parse_opts() -> Res<Opts> {
     let mut o = Opts {
         sizes: vec![1, 10, 50, 100],
         callers: 50,
-        secs: 5.0,
-        rounds: 2,
+        secs: 3.0,
+        rounds: 4,
         log: None,
     };
     let mut args = std::env::args().skip(1);
