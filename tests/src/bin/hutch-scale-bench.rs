@@ -21,7 +21,8 @@
 //!    id, for `--secs`), all in the same window; then as many plain
 //!    processes of the same binary, outside any sandbox, each running as its
 //!    plugin's uid and connected to that instance's socket host path, do the
-//!    same. Alternated `--rounds` times; the ratio compares the means.
+//!    same. `--rounds` rounds, alternating which of the two goes first; the
+//!    ratio compares the means.
 //! 5. Stops `hutchd` by pid (SIGTERM) and checks that no plugin cgroup is
 //!    left; the harness removes the temp dir, and kills and removes anything
 //!    left on failure.
@@ -33,7 +34,9 @@
 //! Run as root, in release (see docs/daemon.md, "Benchmarks"):
 //! `cargo build --release -p hutch-tests -p hutch-daemon &&
 //! target/release/hutch-scale-bench [--sizes 1,10,50,100] [--callers 50]
-//! [--secs 5] [--rounds 2]`. Not a test: it asserts nothing; exit status 1
+//! [--secs 3] [--rounds 4] [--log HUTCH_LOG]`; `--log
+//! info,hutch_sandbox::launcher=debug` keeps hutchd's log with the launcher's
+//! per-spawn trace points, for profiling. Not a test: it asserts nothing; exit status 1
 //! only when the bench itself could not run.
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,18 +60,21 @@ struct Opts {
     callers: usize,
     secs: f64,
     rounds: usize,
+    /// `HUTCH_LOG` for hutchd; its log is then kept (for profiling).
+    log: Option<String>,
 }
 
 fn usage() -> String {
-    "usage: hutch-scale-bench [--sizes 1,10,50,100] [--callers 50] [--secs 5] [--rounds 2]".into()
+    "usage: hutch-scale-bench [--sizes 1,10,50,100] [--callers 50] [--secs 3] [--rounds 4] [--log HUTCH_LOG]".into()
 }
 
 fn parse_opts() -> Res<Opts> {
     let mut o = Opts {
         sizes: vec![1, 10, 50, 100],
         callers: 50,
-        secs: 5.0,
-        rounds: 2,
+        secs: 3.0,
+        rounds: 4,
+        log: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -87,6 +93,7 @@ fn parse_opts() -> Res<Opts> {
             "--callers" => o.callers = val()?.parse().map_err(|e| format!("--callers: {e}"))?,
             "--secs" => o.secs = val()?.parse().map_err(|e| format!("--secs: {e}"))?,
             "--rounds" => o.rounds = val()?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--log" => o.log = Some(val()?),
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown argument {other:?}\n{}", usage())),
         }
@@ -140,7 +147,10 @@ fn run(opts: &Opts) -> Res<()> {
         "scale-bench",
         Options {
             config_extra: extra.into(),
-            env: vec![("HUTCH_LOG".into(), "warn".into())],
+            env: vec![(
+                "HUTCH_LOG".into(),
+                opts.log.clone().unwrap_or_else(|| "warn".into()),
+            )],
         },
     )
     .map_err(|e| format!("start hutchd: {e}"))?;
@@ -174,6 +184,13 @@ fn run(opts: &Opts) -> Res<()> {
         code.map_or_else(|| "none (killed)".to_owned(), |c| c.to_string()),
         left.len()
     );
+    if opts.log.is_some() {
+        let keep = std::env::temp_dir().join("hutch-scale-bench-hutchd.log");
+        match std::fs::copy(d.log_path(), &keep) {
+            Ok(_) => println!("hutchd log kept at {}", keep.display()),
+            Err(e) => println!("could not keep the hutchd log: {e}"),
+        }
+    }
     drop(d);
     result
 }
@@ -695,8 +712,14 @@ async fn bench(
     let mut sandboxed = Vec::new();
     let mut direct = Vec::new();
     for round in 0..opts.rounds {
-        let s = sandboxed_round(&socket, callers, round, dur_ms).await?;
-        let u = direct_round(plugin_bin, &sockets, round, dur_ms).await?;
+        // Alternate which goes first, so warm-up and drift hit both alike.
+        let (s, u) = if round % 2 == 0 {
+            let s = sandboxed_round(&socket, callers, round, dur_ms).await?;
+            (s, direct_round(plugin_bin, &sockets, round, dur_ms).await?)
+        } else {
+            let u = direct_round(plugin_bin, &sockets, round, dur_ms).await?;
+            (sandboxed_round(&socket, callers, round, dur_ms).await?, u)
+        };
         for (what, calls) in [("sandboxed", &s), ("unsandboxed", &u)] {
             if calls.errors > 0 {
                 println!(
@@ -725,7 +748,7 @@ async fn bench(
     let ratio = if mu > 0.0 { ms / mu } else { 0.0 };
     println!(
         "\nAPI throughput: {callers} callers at once, each a loop of put + get of a 1 KiB object for {secs:.1} s \
-         (mean of {} alternated rounds):",
+         (mean of {} rounds, alternating which goes first):",
         opts.rounds
     );
     println!("{:<46} | {:>10} | {:>20}", "callers", "calls/s", "rounds");
