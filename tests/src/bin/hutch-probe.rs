@@ -1443,7 +1443,9 @@ fn dev_nodes() -> Attack {
 /// linking, name lookup and locale need, or host accounts in `/etc/passwd`.
 /// Stopped by: the generated minimal `/etc` of the mount tree.
 fn etc_files() -> Attack {
-    const ALLOWED: [&str; 8] = [
+    const ALLOWED: [&str; 9] = [
+        // symlinks to libraries under /usr (Debian's update-alternatives)
+        "alternatives",
         "group",
         "hosts",
         "hostname",
