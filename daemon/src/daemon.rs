@@ -1225,9 +1225,10 @@ impl Daemon {
             || new.sandbox.cgroup_root != old.sandbox.cgroup_root
             || new.sandbox.uid_base != old.sandbox.uid_base
             || new.sandbox.uid_count != old.sandbox.uid_count
+            || new.sandbox.spawn_pool != old.sandbox.spawn_pool
         {
             return Err(DaemonError::Invalid(format!(
-                "{}: [paths], sandbox.cgroup_* and sandbox.uid_* need a daemon restart; keeping the running config",
+                "{}: [paths], sandbox.cgroup_*, sandbox.uid_* and sandbox.spawn_pool need a daemon restart; keeping the running config",
                 path.display()
             )));
         }
