@@ -4,7 +4,6 @@
 //! pool outlives the launcher, whether it exits or is killed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,24 +16,8 @@ use nix::unistd::Pid;
 
 const UID: u32 = 0x7e0f_0002;
 
-fn privileged(name: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert_ne!(
-        std::env::var("HUTCH_REQUIRE_PRIVILEGED_TESTS").as_deref(),
-        Ok("1"),
-        "{name} needs root"
-    );
-    println!("SKIP {name}: needs root");
-    false
-}
-
-fn plugin_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
+mod common;
+use common::{plugin_dir, privileged};
 
 /// A cgroup parent of this test's own, removed (with anything left in it)
 /// on drop.

@@ -12,25 +12,8 @@ use hutch_sandbox::spec::SandboxSpec;
 
 const UID: u32 = 0x7e0f_0001;
 
-fn privileged(name: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert_ne!(
-        std::env::var("HUTCH_REQUIRE_PRIVILEGED_TESTS").as_deref(),
-        Ok("1"),
-        "{name} needs root"
-    );
-    println!("SKIP {name}: needs root");
-    false
-}
-
-/// A plugin dir the sandbox uid can traverse.
-fn plugin_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
+mod common;
+use common::{plugin_dir, privileged};
 
 fn sh(name: &str, plugin: &Path, script: &str) -> SandboxSpec {
     let mut s = SandboxSpec::new(name, plugin.to_owned(), PathBuf::from("/bin/sh"), UID, UID);
