@@ -59,11 +59,12 @@ fn undeclared_host_import_gets_a_clear_documented_error() {
     if !privileged("undeclared_host_import_gets_a_clear_documented_error") {
         return;
     }
-    // A package on the host, outside anything the sandbox shows (and not
-    // under /tmp, which a manifest may not declare: the sandbox owns it).
+    // A package on the host, outside anything the sandbox shows. Not under
+    // /tmp (a manifest may not declare it: the sandbox owns /tmp), nor under
+    // the target dir (CI may check out below /tmp): /var/tmp.
     let host = tempfile::Builder::new()
         .prefix(&format!("{TEMP_PREFIX}hostpkg-"))
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .tempdir_in("/var/tmp")
         .unwrap();
     std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let site = host.path().join("site-packages");
