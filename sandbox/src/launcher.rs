@@ -410,6 +410,48 @@ struct Running {
     trace: Vec<TracePoint>,
 }
 
+/// How a sandbox's stub came to be (the only difference between the two
+/// spawn paths once the stub runs).
+struct StubStart {
+    stub: Pid,
+    pidfd: OwnedFd,
+    chan: ParentChannel,
+    cgroup: Option<SandboxCgroup>,
+    attach_error: Option<String>,
+    pooled: bool,
+    trace: Vec<TracePoint>,
+}
+
+impl Running {
+    /// A sandbox whose stub was just started (cold) or claimed (pool),
+    /// setting up, its wall deadline counted from `started`.
+    fn new(spec: &SandboxSpec, started: Instant, s: StubStart) -> Self {
+        Running {
+            stub: s.stub,
+            pidfd: s.pidfd,
+            chan: Some(s.chan),
+            init: None,
+            init_pidfd: None,
+            cgroup: s.cgroup,
+            started,
+            deadline: spec
+                .limits
+                .wall_timeout
+                .filter(|d| !d.is_zero())
+                .map(|d| started + d),
+            kill_at: None,
+            grace: spec.stop_grace,
+            outcome: Outcome::default(),
+            mount_ns: None,
+            ids: (spec.uid, spec.gid),
+            attach_error: s.attach_error,
+            pooled: s.pooled,
+            setting_up: true,
+            trace: s.trace,
+        }
+    }
+}
+
 /// A pre-warmed stub in the pool (see [`spawn::fork_pool_stub`]).
 struct Pooled {
     stub: Pid,
@@ -1141,29 +1183,19 @@ impl Server {
         drop((stdout, stderr));
         self.running.insert(
             id,
-            Running {
-                stub: pid,
-                pidfd,
-                chan: Some(chan),
-                init: None,
-                init_pidfd: None,
-                cgroup,
+            Running::new(
+                spec,
                 started,
-                deadline: spec
-                    .limits
-                    .wall_timeout
-                    .filter(|d| !d.is_zero())
-                    .map(|d| started + d),
-                kill_at: None,
-                grace: spec.stop_grace,
-                outcome: Outcome::default(),
-                attach_error: None,
-                mount_ns: None,
-                ids: (spec.uid, spec.gid),
-                pooled: true,
-                setting_up: true,
-                trace: std::mem::take(trace),
-            },
+                StubStart {
+                    stub: pid,
+                    pidfd,
+                    chan,
+                    cgroup,
+                    attach_error: None,
+                    pooled: true,
+                    trace: std::mem::take(trace),
+                },
+            ),
         );
         Ok(())
     }
@@ -1233,29 +1265,19 @@ impl Server {
         drop((stdout, stderr));
         self.running.insert(
             id,
-            Running {
-                stub,
-                pidfd,
-                chan: Some(channel),
-                init: None,
-                init_pidfd: None,
-                cgroup,
+            Running::new(
+                spec,
                 started,
-                deadline: spec
-                    .limits
-                    .wall_timeout
-                    .filter(|d| !d.is_zero())
-                    .map(|d| started + d),
-                kill_at: None,
-                grace: spec.stop_grace,
-                outcome: Outcome::default(),
-                attach_error,
-                mount_ns: None,
-                ids: (spec.uid, spec.gid),
-                pooled: false,
-                setting_up: true,
-                trace,
-            },
+                StubStart {
+                    stub,
+                    pidfd,
+                    chan: channel,
+                    cgroup,
+                    attach_error,
+                    pooled: false,
+                    trace,
+                },
+            ),
         );
     }
 
