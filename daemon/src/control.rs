@@ -387,6 +387,41 @@ fn ms_opt(v: i64) -> Option<i64> {
 }
 
 impl Control {
+    /// `team add-member` (`add`) or `team remove-member`: the same checks,
+    /// audit and answer; only the accounts call differs.
+    async fn team_member(
+        &self,
+        req: Request<pb::TeamMemberRequest>,
+        add: bool,
+    ) -> Result<Response<pb::Team>, Status> {
+        let (what, op) = if add {
+            ("team add-member", "admin.team.add_member")
+        } else {
+            ("team remove-member", "admin.team.remove_member")
+        };
+        self.handle(req, Need::Admin, what, |c, r| async move {
+            let (team, user) = (team_name(&r.team)?, user_name(&r.user)?);
+            let members = if add {
+                self.accounts.add_member(&team, &user).await
+            } else {
+                self.accounts.remove_member(&team, &user).await
+            }
+            .map_err(account_status)?;
+            self.record(
+                &c,
+                op,
+                format!("team/{team}"),
+                serde_json::json!({ "user": user }),
+            )
+            .await?;
+            Ok::<_, Status>(pb::Team {
+                name: team,
+                members,
+            })
+        })
+        .await
+    }
+
     /// The service over `daemon`.
     pub fn new(daemon: Daemon) -> Control {
         let accounts = Accounts::new(daemon.db().pool().clone(), daemon.core().authz().clone());
@@ -1538,52 +1573,14 @@ impl Admin for Control {
         &self,
         req: Request<pb::TeamMemberRequest>,
     ) -> Result<Response<pb::Team>, Status> {
-        self.handle(req, Need::Admin, "team add-member", |c, r| async move {
-            let (team, user) = (team_name(&r.team)?, user_name(&r.user)?);
-            let members = self
-                .accounts
-                .add_member(&team, &user)
-                .await
-                .map_err(account_status)?;
-            self.record(
-                &c,
-                "admin.team.add_member",
-                format!("team/{team}"),
-                serde_json::json!({ "user": user }),
-            )
-            .await?;
-            Ok::<_, Status>(pb::Team {
-                name: team,
-                members,
-            })
-        })
-        .await
+        self.team_member(req, true).await
     }
 
     async fn remove_team_member(
         &self,
         req: Request<pb::TeamMemberRequest>,
     ) -> Result<Response<pb::Team>, Status> {
-        self.handle(req, Need::Admin, "team remove-member", |c, r| async move {
-            let (team, user) = (team_name(&r.team)?, user_name(&r.user)?);
-            let members = self
-                .accounts
-                .remove_member(&team, &user)
-                .await
-                .map_err(account_status)?;
-            self.record(
-                &c,
-                "admin.team.remove_member",
-                format!("team/{team}"),
-                serde_json::json!({ "user": user }),
-            )
-            .await?;
-            Ok::<_, Status>(pb::Team {
-                name: team,
-                members,
-            })
-        })
-        .await
+        self.team_member(req, false).await
     }
 
     async fn create_dataset(

@@ -210,6 +210,20 @@ fn non_admins_are_refused_and_see_only_their_own() {
     assert_eq!(r.stdout, "0123456789");
     let teams = d.ctl_as(ALICE, &["--json", "team", "list"]).ok().json();
     assert_eq!(teams["teams"].as_array().map(Vec::len), Some(1));
+    // Out of the team again, she no longer reads it; an empty team name is
+    // a usage error, as for add-member.
+    let empty = d.ctl(&["team", "remove-member", "", "alice"]);
+    assert_eq!(empty.code, 2, "{}", empty.stderr);
+    d.ctl(&["team", "remove-member", "lab", "alice"]).ok();
+    let r = d.ctl_as(ALICE, &["dataset", "get", "dsb", "x"]);
+    assert_ne!(
+        r.code, 0,
+        "removed from the team, alice still reads: {}",
+        r.stdout
+    );
+    d.ctl(&["team", "add-member", "lab", "alice"]).ok();
+    let r = d.ctl_as(ALICE, &["dataset", "get", "dsb", "x"]).ok();
+    assert_eq!(r.stdout, "0123456789");
     // The viewer role may read but not write.
     d.ctl(&[
         "user",
