@@ -33,6 +33,8 @@ mod event;
 mod writer;
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -51,6 +53,7 @@ pub use writer::Mutated;
 use crate::db::Db;
 use event::HashInput;
 pub(crate) use writer::AfterBatch;
+
 use writer::{ErasedMutation, Job, Writer};
 
 /// Errors of the audit store.
@@ -229,11 +232,52 @@ impl VerifyReport {
 /// Verify stops collecting problems after this many.
 pub const MAX_VERIFY_PROBLEMS: usize = 100;
 
+/// Writes a deferring change left for later (see
+/// [`AuditStore::writer_state`]); the writer runs it before any SQL that may
+/// read those rows and before the batch's events are inserted.
+/// It is given the writer's current epoch (see [`WriterShared::epoch`]).
+pub(crate) type FlushHook = Arc<
+    dyn for<'c> Fn(&'c mut SqliteConnection, u64) -> BoxFuture<'c, Result<(), AuditError>>
+        + Send
+        + Sync,
+>;
+
+/// What the writer task and the store handles share.
+pub(crate) struct WriterShared {
+    /// Bumped by the writer whenever state a change planned in memory may be
+    /// stale: a batch was rolled back, or the chain head moved under the
+    /// writer (another process wrote the database).
+    pub epoch: AtomicU64,
+    /// Run before SQL that may read deferred rows (see [`FlushHook`]).
+    pub hooks: Mutex<Vec<FlushHook>>,
+    /// The built-in store's writer-side state, shared by every store on
+    /// this audit store (see [`AuditStore::writer_state`]).
+    slot: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for WriterShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterShared")
+            .field("epoch", &self.epoch.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriterShared {
+    pub(crate) fn hooks(&self) -> Vec<FlushHook> {
+        self.hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The audit store handle. Cheap to clone; all clones share one writer task.
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     db: Db,
     tx: mpsc::Sender<Job>,
+    shared: Arc<WriterShared>,
 }
 
 impl AuditStore {
@@ -243,13 +287,48 @@ impl AuditStore {
     /// None today; fallible so that opening can check the database later.
     pub async fn open(db: &Db, config: AuditConfig) -> Result<AuditStore, AuditError> {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let shared = Arc::new(WriterShared {
+            epoch: AtomicU64::new(0),
+            hooks: Mutex::new(Vec::new()),
+            slot: OnceLock::new(),
+        });
         let writer = Writer {
             pool: db.pool().clone(),
             rx,
             max_batch: config.max_batch.max(1),
+            shared: shared.clone(),
         };
         tokio::spawn(writer.run());
-        Ok(AuditStore { db: db.clone(), tx })
+        Ok(AuditStore {
+            db: db.clone(),
+            tx,
+            shared,
+        })
+    }
+
+    /// The writer's epoch: it changes whenever in-memory state planned by
+    /// changes may be stale (a rolled-back batch, a foreign write).
+    pub(crate) fn writer_epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::Acquire)
+    }
+
+    /// The one `T` shared by every user of this audit store (and its writer
+    /// task), created by `init` on first use together with its flush hook.
+    /// `None` if the slot holds another type.
+    pub(crate) fn writer_state<T: Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> (Arc<T>, FlushHook),
+    ) -> Option<Arc<T>> {
+        let any = self.shared.slot.get_or_init(|| {
+            let (state, hook) = init();
+            self.shared
+                .hooks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(hook);
+            state
+        });
+        any.clone().downcast::<T>().ok()
     }
 
     /// The database this store writes to.
@@ -262,6 +341,7 @@ impl AuditStore {
         events: Vec<AuditEvent>,
         mutation: Option<ErasedMutation>,
         savepoint: bool,
+        defers: bool,
         after: Option<AfterBatch>,
     ) -> Result<(Vec<EventId>, Option<Box<dyn Any + Send>>), AuditError> {
         let (reply, rx) = oneshot::channel();
@@ -270,6 +350,7 @@ impl AuditStore {
                 events,
                 mutation,
                 savepoint,
+                defers,
                 after,
                 reply,
             })
@@ -289,7 +370,7 @@ impl AuditStore {
     /// Once the event is queued, dropping the future does not withdraw it: it
     /// is committed anyway, the caller just does not learn its id.
     pub async fn record(&self, event: AuditEvent) -> Result<EventId, AuditError> {
-        let (ids, _) = self.submit(vec![event], None, false, None).await?;
+        let (ids, _) = self.submit(vec![event], None, false, false, None).await?;
         ids.first().copied().ok_or(AuditError::WriterStopped)
     }
 
@@ -301,7 +382,7 @@ impl AuditStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.submit(events, None, false, None).await?.0)
+        Ok(self.submit(events, None, false, false, None).await?.0)
     }
 
     /// Records `event` together with the data change `change`, in one
@@ -333,6 +414,7 @@ impl AuditStore {
             event,
             move |conn| Box::pin(async move { Ok(change(conn).await) }),
             true,
+            false,
             None,
         )
         .await
@@ -343,12 +425,16 @@ impl AuditStore {
     /// without `savepoint` it must have written nothing when it reports
     /// failure (no `SAVEPOINT`/`RELEASE` round trips); `after` runs in the
     /// writer once the batch ended (`true`: committed), before the caller
-    /// is answered, even if the caller went away.
+    /// is answered, even if the caller went away. With `defers`, `change` may
+    /// leave its rows to a flush hook registered through
+    /// [`AuditStore::writer_state`] (the writer runs the hooks before any
+    /// other change and before the batch's events are inserted).
     pub(crate) async fn record_change<T, F>(
         &self,
         event: AuditEvent,
         change: F,
         savepoint: bool,
+        defers: bool,
         after: Option<AfterBatch>,
     ) -> Result<(EventId, T), AuditError>
     where
@@ -371,7 +457,7 @@ impl AuditStore {
             })
         });
         let (ids, value) = self
-            .submit(vec![event], Some(erased), savepoint, after)
+            .submit(vec![event], Some(erased), savepoint, defers, after)
             .await?;
         let id = ids.first().copied().ok_or(AuditError::BadRequest)?;
         let value = value
