@@ -71,6 +71,10 @@ pub enum AuditError {
     /// A batch failed; the original error was reported to another caller.
     #[error("audit batch failed: {0}")]
     BatchFailed(String),
+    /// The WAL holding the event's COMMIT could not be synced: the event is
+    /// recorded but may not survive a power loss.
+    #[error("audit sync wal: {0}")]
+    Sync(String),
     /// The writer task is gone (the runtime is shutting down).
     #[error("audit writer stopped")]
     WriterStopped,
@@ -297,6 +301,11 @@ impl AuditStore {
             rx,
             max_batch: config.max_batch.max(1),
             shared: shared.clone(),
+            wal_path: {
+                let mut p = db.path().as_os_str().to_owned();
+                p.push("-wal");
+                std::path::PathBuf::from(p)
+            },
         };
         tokio::spawn(writer.run());
         Ok(AuditStore {

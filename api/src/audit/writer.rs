@@ -19,6 +19,8 @@
 //!    back and every caller gets the error: nothing was recorded or changed.
 
 use std::any::Any;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Sqlite, SqlitePool};
+use sqlx::{Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::event::{ActorKind, AuditEvent, Decision, EventId, GENESIS_HASH, HashInput, Outcome};
@@ -91,6 +93,92 @@ pub(crate) struct Writer {
     pub rx: mpsc::Receiver<Job>,
     pub max_batch: usize,
     pub shared: Arc<WriterShared>,
+    /// The database's WAL file (`<db>-wal`).
+    pub wal_path: PathBuf,
+}
+
+/// The writer's connection setting while it holds it: COMMIT writes the
+/// WAL without syncing it; the syncer task syncs it before any caller is
+/// answered (SQLite still syncs the WAL and the database around its
+/// checkpoints, and the WAL header when it starts over). `BEGIN` and the
+/// chain head follow in the same round trip.
+const BEGIN_SQL: &str = "PRAGMA synchronous = NORMAL; \
+     BEGIN IMMEDIATE; SELECT last_id, last_hash FROM audit_head WHERE singleton = 1";
+
+/// The pool's setting (see `db.rs`), restored before the writer gives its
+/// connection back.
+const RELEASE_SQL: &str = "PRAGMA synchronous = FULL";
+
+/// A committed batch waiting for its WAL sync.
+struct Synced {
+    wal: Arc<std::fs::File>,
+    replies: Vec<(Reply, JobResult)>,
+}
+
+/// The WAL file as the writer last opened it (reopened when the path names
+/// another file: SQLite deletes the WAL when its last connection closes).
+#[derive(Default)]
+struct WalFile {
+    file: Option<(Arc<std::fs::File>, u64, u64)>,
+}
+
+impl WalFile {
+    fn current(&mut self, path: &Path) -> std::io::Result<Arc<std::fs::File>> {
+        let meta = std::fs::metadata(path)?;
+        if let Some((f, dev, ino)) = &self.file
+            && *dev == meta.dev()
+            && *ino == meta.ino()
+        {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(std::fs::OpenOptions::new().read(true).open(path)?);
+        self.file = Some((f.clone(), meta.dev(), meta.ino()));
+        Ok(f)
+    }
+}
+
+/// Syncs the WAL for committed batches and only then answers their callers;
+/// one sync covers every batch committed before it started.
+async fn syncer(mut rx: mpsc::UnboundedReceiver<Synced>) {
+    while let Some(first) = rx.recv().await {
+        let mut batches = vec![first];
+        while let Ok(b) = rx.try_recv() {
+            batches.push(b);
+        }
+        let mut files: Vec<Arc<std::fs::File>> = Vec::new();
+        for b in &batches {
+            if !files.iter().any(|f| Arc::ptr_eq(f, &b.wal)) {
+                files.push(b.wal.clone());
+            }
+        }
+        let synced = tokio::task::spawn_blocking(move || {
+            for f in &files {
+                f.sync_data()?;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match synced {
+            Ok(()) => {
+                for b in batches {
+                    for (reply, result) in b.replies {
+                        // A caller that went away still had its event committed.
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit wal sync failed: committed events may not be durable");
+                let msg = e.to_string();
+                for b in batches {
+                    for (reply, _) in b.replies {
+                        let _ = reply.send(Err(AuditError::Sync(msg.clone())));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The INSERT of `n` events, for each size of [`ROWS_PER_INSERT`] (built
@@ -207,6 +295,9 @@ fn bind_rows<'q>(
 
 impl Writer {
     pub async fn run(mut self) {
+        let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+        tokio::spawn(syncer(sync_rx));
+        let mut wal = WalFile::default();
         let mut conn: Option<PoolConnection<Sqlite>> = None;
         // Jobs answered by the previous batch, and how long it took.
         let mut answered = 0usize;
@@ -262,16 +353,35 @@ impl Writer {
             last_batch = started.elapsed();
             match result {
                 Ok(results) => {
-                    for (job, (ids, value)) in jobs.into_iter().zip(results) {
+                    let mut replies = Vec::with_capacity(jobs.len());
+                    for (job, result) in jobs.into_iter().zip(results) {
                         if let Some(after) = job.after {
                             after(true);
                         }
-                        // A caller that went away still had its event committed.
-                        let _ = job.reply.send(Ok((ids, value)));
+                        replies.push((job.reply, result));
+                    }
+                    // The callers are answered once the WAL holding the
+                    // COMMIT is synced; the next batch runs meanwhile.
+                    match wal.current(&self.wal_path) {
+                        Ok(file) => {
+                            let _ = sync_tx.send(Synced { wal: file, replies });
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, path = %self.wal_path.display(), "open audit wal to sync it");
+                            let msg = e.to_string();
+                            for (reply, _) in replies {
+                                let _ = reply.send(Err(AuditError::Sync(msg.clone())));
+                            }
+                        }
                     }
                     // Keep the connection while busy; give it back to the
-                    // pool when idle, so `Db::close` never waits on the writer.
-                    if !self.rx.is_empty() {
+                    // pool when idle (with the pool's settings), so
+                    // `Db::close` never waits on the writer.
+                    if self.rx.is_empty() {
+                        if sqlx::query(RELEASE_SQL).execute(&mut *c).await.is_err() {
+                            c.close_on_drop();
+                        }
+                    } else {
                         conn = Some(c);
                     }
                 }
@@ -282,7 +392,8 @@ impl Writer {
                     head = None;
                     tracing::error!(error = %e, events = n, "audit batch failed; rolled back");
                     fail_all(jobs, &e);
-                    // Drop the connection: it may be in an unknown state.
+                    // Drop the connection: it may be in an unknown state
+                    // (and has the writer's settings).
                     c.close_on_drop();
                 }
             }
@@ -324,12 +435,19 @@ async fn commit_batch(
 ) -> Result<Vec<JobResult>, AuditError> {
     let db = |op: &'static str| move |source| AuditError::Db { op, source };
     // BEGIN and the chain head in one round trip.
-    let row: Option<(i64, String)> = sqlx::query_as(
-        "BEGIN IMMEDIATE; SELECT last_id, last_hash FROM audit_head WHERE singleton = 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db("begin audit batch"))?;
+    // `wal_autocheckpoint` answers with a row of its own: the head is the
+    // row with two columns.
+    let rows = sqlx::query(BEGIN_SQL)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("begin audit batch"))?;
+    let row: Option<(i64, String)> = match rows.iter().find(|r| r.len() == 2) {
+        Some(r) => Some((
+            r.try_get(0).map_err(db("read audit head"))?,
+            r.try_get(1).map_err(db("read audit head"))?,
+        )),
+        None => None,
+    };
     let (mut last_id, last_hash) = match row {
         Some(h) => h,
         None => read_anchor(conn).await?,
