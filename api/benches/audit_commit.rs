@@ -156,7 +156,7 @@ fn main() -> Result {
         let reference = runs[0].rate();
         println!();
         println!(
-            "audit events committed durably (WAL, synchronous=FULL), {} cores",
+            "audit events committed durably (WAL synced before every answer), {} cores",
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(0)

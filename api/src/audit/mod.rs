@@ -9,8 +9,11 @@
 //! One writer task owns all audit writes (see `writer.rs` for its steps).
 //! [`AuditStore::record`] queues the event on a bounded channel (a full queue
 //! makes callers wait: backpressure) and awaits a oneshot that fires only
-//! after the batch holding the event has COMMITted with `synchronous=FULL`.
-//! So an `Ok(id)` means the event is durable.
+//! after the batch holding the event has COMMITted and the WAL holding that
+//! COMMIT has been synced (the writer commits with `synchronous=NORMAL` and a
+//! syncer task runs the fdatasync while the next batch is built, one sync
+//! for every batch committed before it started). So an `Ok(id)` means the
+//! event is durable.
 //!
 //! # Data changes and their events commit together
 //! The built-in store and the audit store share the database. A data change

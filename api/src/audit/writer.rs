@@ -14,9 +14,18 @@
 //!    failed change does not sink the batch;
 //! 4. assign consecutive ids, hash-chain the events, insert them with
 //!    multi-row `INSERT`s, update the head;
-//! 5. `COMMIT` (durable: `synchronous=FULL`), and only then answer every
-//!    caller's oneshot. If anything in 2-5 fails, the whole batch is rolled
-//!    back and every caller gets the error: nothing was recorded or changed.
+//! 5. `COMMIT` with `synchronous=NORMAL` (the WAL frames are written, not
+//!    synced), run the jobs' after-hooks, and hand the answers to the syncer
+//!    task, which fdatasyncs the WAL (one sync for every batch committed
+//!    before it started) and only then answers every caller's oneshot; the
+//!    writer meanwhile runs the next batch. A sync failure answers
+//!    [`AuditError::Sync`]. If anything in 2-5 fails, the whole batch is
+//!    rolled back and every caller gets the error: nothing was recorded or
+//!    changed.
+//!
+//! Changes the built-in store hands in with `defers` only plan their rows
+//! in memory; the flush hooks insert them (multi-row) before any other
+//! change of the batch runs and before the events are inserted.
 
 use std::any::Any;
 use std::os::unix::fs::MetadataExt;
