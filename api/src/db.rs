@@ -4,8 +4,10 @@
 //! Hutch relies on and applies the embedded migrations (`api/migrations`):
 //!
 //! 1. `journal_mode=WAL`: readers never block the single audit writer;
-//! 2. `synchronous=FULL`: a COMMIT that returned is on disk (the audit store
-//!    acknowledges events only after their COMMIT);
+//! 2. `synchronous=FULL`: a COMMIT that returned is on disk. (The audit
+//!    writer switches its own connection to `NORMAL` and syncs the WAL itself
+//!    before answering anyone, overlapped with its next batch: see
+//!    `audit/writer.rs`.)
 //! 3. `temp_store=MEMORY`, a 16 MiB page cache per connection and a WAL
 //!    checkpoint every 4000 pages (the audit writer's batches are the hot
 //!    path: no statement journal files, no cache spills mid-batch);

@@ -15,6 +15,7 @@ use hutch_api::store::{
     Backend, BuiltinStore, ByteStream, DEFAULT_INLINE_MAX_BYTES, DatasetId, Expect, ListObjects,
     Metadata, NewDataset, ObjectKey, RetentionPolicy, StoreConfig, StoreError, Version,
 };
+use sha2::Digest;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
 
@@ -692,5 +693,126 @@ async fn small_objects_live_inline_large_ones_in_blobs() -> Result {
     assert_eq!(content(&e, "small", None).await?, b"first");
     assert_eq!(content(&e, "big", None).await?, big);
     assert!(e.audit.verify().await?.is_ok());
+    Ok(())
+}
+
+/// Puts, metadata changes and restores of one object racing into the same
+/// audit batches: the writer plans them in memory and inserts the puts'
+/// rows later (before any change that reads rows, and before the events),
+/// so every version must still be written once, in order, with its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_batch_mixes_puts_metadata_changes_and_restores_of_one_object() -> Result {
+    let e = env().await?;
+    let k = key("k")?;
+    let first = e
+        .store
+        .put_object(ev(), &e.ds, &k, Expect::Any, None, bytes(b"v1"))
+        .await?
+        .value;
+    let mut calls = Vec::new();
+    for i in 0..16u32 {
+        let (store, ds, k) = (e.store.clone(), e.ds.clone(), k.clone());
+        calls.push(tokio::spawn(async move {
+            match i % 4 {
+                0 => store
+                    .set_metadata(ev(), &ds, &k, Expect::Any, md(&[("i", &i.to_string())]))
+                    .await
+                    .map(|a| a.value),
+                1 => store
+                    .restore_version(ev(), &ds, &k, Some(Version(1)), Expect::Any)
+                    .await
+                    .map(|a| a.value),
+                _ => store
+                    .put_object(
+                        ev(),
+                        &ds,
+                        &k,
+                        Expect::Any,
+                        None,
+                        bytes(format!("put {i}").as_bytes()),
+                    )
+                    .await
+                    .map(|a| a.value),
+            }
+        }));
+    }
+    let mut written = vec![first];
+    for c in calls {
+        written.push(c.await??);
+    }
+    written.sort_by_key(|i| i.version);
+    let versions: Vec<i64> = written.iter().map(|i| i.version.0).collect();
+    assert_eq!(
+        versions,
+        (1..=17).collect::<Vec<_>>(),
+        "one version per write"
+    );
+    let stored = e.store.list_versions(&e.ds, &k).await?;
+    assert_eq!(stored.len(), 17);
+    for (w, s) in written.iter().zip(&stored) {
+        assert_eq!(w.version, s.version);
+        assert_eq!(w.sha256, s.sha256, "version {} content", w.version.0);
+        assert_eq!(w.metadata, s.metadata, "version {} metadata", w.version.0);
+        let body = content(&e, "k", Some(s.version)).await?;
+        assert_eq!(
+            s.sha256.as_deref(),
+            Some(hex::encode(sha2::Sha256::digest(&body)).as_str())
+        );
+    }
+    let head = e.store.head_object(&e.ds, &k, None).await?;
+    assert_eq!(head.version, Version(17));
+    assert!(e.audit.verify().await?.is_ok());
+    Ok(())
+}
+
+/// A second audit store on the same file (as another process would be)
+/// moves the chain head; the first store's writer notices it and drops
+/// what it remembered of the objects, so its next write builds on the
+/// other store's version instead of colliding with it.
+#[tokio::test]
+async fn writes_by_another_writer_on_the_same_file_are_seen() -> Result {
+    let e = env().await?;
+    let k = key("k")?;
+    e.store
+        .put_object(ev(), &e.ds, &k, Expect::Any, None, bytes(b"a1"))
+        .await?;
+    let db2 = Db::open(e.dir.path().join("hutch.db")).await?;
+    let audit2 = AuditStore::open(&db2, AuditConfig::default()).await?;
+    let store2 = BuiltinStore::open(
+        &db2,
+        audit2.clone(),
+        StoreConfig {
+            blob_dir: e.dir.path().join("blobs"),
+        },
+    )
+    .await?;
+    let b = store2
+        .put_object(
+            ev(),
+            &e.ds,
+            &k,
+            Expect::Version(Version(1)),
+            None,
+            bytes(b"b2"),
+        )
+        .await?
+        .value;
+    assert_eq!(b.version, Version(2));
+    let a = e
+        .store
+        .put_object(
+            ev(),
+            &e.ds,
+            &k,
+            Expect::Version(Version(2)),
+            None,
+            bytes(b"a3"),
+        )
+        .await?
+        .value;
+    assert_eq!(a.version, Version(3));
+    assert_eq!(content(&e, "k", None).await?, b"a3");
+    assert!(e.audit.verify().await?.is_ok());
+    db2.close().await;
     Ok(())
 }

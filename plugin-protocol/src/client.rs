@@ -446,9 +446,12 @@ pub async fn put_object<R: AsyncRead + Unpin + Send + 'static>(
     };
     tx.send(first).await.map_err(|_| ClientError::Closed)?;
     let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; MAX_CHUNK_SIZE];
+        // Capacity only: `read_buf` fills it without the buffer being zeroed
+        // first (a small object touches only the pages it needs).
+        let mut buf = Vec::with_capacity(MAX_CHUNK_SIZE);
         loop {
-            let n = content.read(&mut buf).await?;
+            buf.clear();
+            let n = content.read_buf(&mut buf).await?;
             if n == 0 {
                 return Ok::<(), std::io::Error>(());
             }
@@ -494,7 +497,19 @@ pub async fn put_bytes(
         expected_version,
         metadata: Default::default(),
     };
-    put_object(data, task_id, header, std::io::Cursor::new(bytes.to_vec())).await
+    // The content is already in memory: its chunks go out as one finished
+    // stream (no reader task, no chunk-sized read buffer per call).
+    let mut msgs = Vec::with_capacity(2 + bytes.len() / MAX_CHUNK_SIZE);
+    msgs.push(pb::PutObjectRequest {
+        part: Some(pb::put_object_request::Part::Header(header)),
+    });
+    msgs.extend(bytes.chunks(MAX_CHUNK_SIZE).map(|c| pb::PutObjectRequest {
+        part: Some(pb::put_object_request::Part::Chunk(c.to_vec())),
+    }));
+    let res = data
+        .put_object(with_task(tokio_stream::iter(msgs), task_id))
+        .await;
+    Ok(res.map_err(status("put object"))?.into_inner())
 }
 
 /// Streams object content into `out` chunk by chunk; returns its info.

@@ -9,8 +9,11 @@
 //! One writer task owns all audit writes (see `writer.rs` for its steps).
 //! [`AuditStore::record`] queues the event on a bounded channel (a full queue
 //! makes callers wait: backpressure) and awaits a oneshot that fires only
-//! after the batch holding the event has COMMITted with `synchronous=FULL`.
-//! So an `Ok(id)` means the event is durable.
+//! after the batch holding the event has COMMITted and the WAL holding that
+//! COMMIT has been synced (the writer commits with `synchronous=NORMAL` and a
+//! syncer task runs the fdatasync while the next batch is built, one sync
+//! for every batch committed before it started). So an `Ok(id)` means the
+//! event is durable.
 //!
 //! # Data changes and their events commit together
 //! The built-in store and the audit store share the database. A data change
@@ -33,6 +36,8 @@ mod event;
 mod writer;
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -51,6 +56,7 @@ pub use writer::Mutated;
 use crate::db::Db;
 use event::HashInput;
 pub(crate) use writer::AfterBatch;
+
 use writer::{ErasedMutation, Job, Writer};
 
 /// Errors of the audit store.
@@ -68,6 +74,10 @@ pub enum AuditError {
     /// A batch failed; the original error was reported to another caller.
     #[error("audit batch failed: {0}")]
     BatchFailed(String),
+    /// The WAL holding the event's COMMIT could not be synced: the event is
+    /// recorded but may not survive a power loss.
+    #[error("audit sync wal: {0}")]
+    Sync(String),
     /// The writer task is gone (the runtime is shutting down).
     #[error("audit writer stopped")]
     WriterStopped,
@@ -229,11 +239,52 @@ impl VerifyReport {
 /// Verify stops collecting problems after this many.
 pub const MAX_VERIFY_PROBLEMS: usize = 100;
 
+/// Writes a deferring change left for later (see
+/// [`AuditStore::writer_state`]); the writer runs it before any SQL that may
+/// read those rows and before the batch's events are inserted.
+/// It is given the writer's current epoch (see [`WriterShared::epoch`]).
+pub(crate) type FlushHook = Arc<
+    dyn for<'c> Fn(&'c mut SqliteConnection, u64) -> BoxFuture<'c, Result<(), AuditError>>
+        + Send
+        + Sync,
+>;
+
+/// What the writer task and the store handles share.
+pub(crate) struct WriterShared {
+    /// Bumped by the writer whenever state a change planned in memory may be
+    /// stale: a batch was rolled back, or the chain head moved under the
+    /// writer (another process wrote the database).
+    pub epoch: AtomicU64,
+    /// Run before SQL that may read deferred rows (see [`FlushHook`]).
+    pub hooks: Mutex<Vec<FlushHook>>,
+    /// The built-in store's writer-side state, shared by every store on
+    /// this audit store (see [`AuditStore::writer_state`]).
+    slot: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for WriterShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterShared")
+            .field("epoch", &self.epoch.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriterShared {
+    pub(crate) fn hooks(&self) -> Vec<FlushHook> {
+        self.hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The audit store handle. Cheap to clone; all clones share one writer task.
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     db: Db,
     tx: mpsc::Sender<Job>,
+    shared: Arc<WriterShared>,
 }
 
 impl AuditStore {
@@ -243,13 +294,53 @@ impl AuditStore {
     /// None today; fallible so that opening can check the database later.
     pub async fn open(db: &Db, config: AuditConfig) -> Result<AuditStore, AuditError> {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let shared = Arc::new(WriterShared {
+            epoch: AtomicU64::new(0),
+            hooks: Mutex::new(Vec::new()),
+            slot: OnceLock::new(),
+        });
         let writer = Writer {
             pool: db.pool().clone(),
             rx,
             max_batch: config.max_batch.max(1),
+            shared: shared.clone(),
+            wal_path: {
+                let mut p = db.path().as_os_str().to_owned();
+                p.push("-wal");
+                std::path::PathBuf::from(p)
+            },
         };
         tokio::spawn(writer.run());
-        Ok(AuditStore { db: db.clone(), tx })
+        Ok(AuditStore {
+            db: db.clone(),
+            tx,
+            shared,
+        })
+    }
+
+    /// The writer's epoch: it changes whenever in-memory state planned by
+    /// changes may be stale (a rolled-back batch, a foreign write).
+    pub(crate) fn writer_epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::Acquire)
+    }
+
+    /// The one `T` shared by every user of this audit store (and its writer
+    /// task), created by `init` on first use together with its flush hook.
+    /// `None` if the slot holds another type.
+    pub(crate) fn writer_state<T: Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> (Arc<T>, FlushHook),
+    ) -> Option<Arc<T>> {
+        let any = self.shared.slot.get_or_init(|| {
+            let (state, hook) = init();
+            self.shared
+                .hooks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(hook);
+            state
+        });
+        any.clone().downcast::<T>().ok()
     }
 
     /// The database this store writes to.
@@ -262,6 +353,7 @@ impl AuditStore {
         events: Vec<AuditEvent>,
         mutation: Option<ErasedMutation>,
         savepoint: bool,
+        defers: bool,
         after: Option<AfterBatch>,
     ) -> Result<(Vec<EventId>, Option<Box<dyn Any + Send>>), AuditError> {
         let (reply, rx) = oneshot::channel();
@@ -270,6 +362,7 @@ impl AuditStore {
                 events,
                 mutation,
                 savepoint,
+                defers,
                 after,
                 reply,
             })
@@ -289,7 +382,7 @@ impl AuditStore {
     /// Once the event is queued, dropping the future does not withdraw it: it
     /// is committed anyway, the caller just does not learn its id.
     pub async fn record(&self, event: AuditEvent) -> Result<EventId, AuditError> {
-        let (ids, _) = self.submit(vec![event], None, false, None).await?;
+        let (ids, _) = self.submit(vec![event], None, false, false, None).await?;
         ids.first().copied().ok_or(AuditError::WriterStopped)
     }
 
@@ -301,7 +394,7 @@ impl AuditStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.submit(events, None, false, None).await?.0)
+        Ok(self.submit(events, None, false, false, None).await?.0)
     }
 
     /// Records `event` together with the data change `change`, in one
@@ -333,6 +426,7 @@ impl AuditStore {
             event,
             move |conn| Box::pin(async move { Ok(change(conn).await) }),
             true,
+            false,
             None,
         )
         .await
@@ -343,12 +437,16 @@ impl AuditStore {
     /// without `savepoint` it must have written nothing when it reports
     /// failure (no `SAVEPOINT`/`RELEASE` round trips); `after` runs in the
     /// writer once the batch ended (`true`: committed), before the caller
-    /// is answered, even if the caller went away.
+    /// is answered, even if the caller went away. With `defers`, `change` may
+    /// leave its rows to a flush hook registered through
+    /// [`AuditStore::writer_state`] (the writer runs the hooks before any
+    /// other change and before the batch's events are inserted).
     pub(crate) async fn record_change<T, F>(
         &self,
         event: AuditEvent,
         change: F,
         savepoint: bool,
+        defers: bool,
         after: Option<AfterBatch>,
     ) -> Result<(EventId, T), AuditError>
     where
@@ -371,7 +469,7 @@ impl AuditStore {
             })
         });
         let (ids, value) = self
-            .submit(vec![event], Some(erased), savepoint, after)
+            .submit(vec![event], Some(erased), savepoint, defers, after)
             .await?;
         let id = ids.first().copied().ok_or(AuditError::BadRequest)?;
         let value = value

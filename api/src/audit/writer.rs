@@ -14,21 +14,34 @@
 //!    failed change does not sink the batch;
 //! 4. assign consecutive ids, hash-chain the events, insert them with
 //!    multi-row `INSERT`s, update the head;
-//! 5. `COMMIT` (durable: `synchronous=FULL`), and only then answer every
-//!    caller's oneshot. If anything in 2-5 fails, the whole batch is rolled
-//!    back and every caller gets the error: nothing was recorded or changed.
+//! 5. `COMMIT` with `synchronous=NORMAL` (the WAL frames are written, not
+//!    synced), run the jobs' after-hooks, and hand the answers to the syncer
+//!    task, which fdatasyncs the WAL (one sync for every batch committed
+//!    before it started) and only then answers every caller's oneshot; the
+//!    writer meanwhile runs the next batch. A sync failure answers
+//!    [`AuditError::Sync`]. If anything in 2-5 fails, the whole batch is
+//!    rolled back and every caller gets the error: nothing was recorded or
+//!    changed.
+//!
+//! Changes the built-in store hands in with `defers` only plan their rows
+//! in memory; the flush hooks insert them (multi-row) before any other
+//! change of the batch runs and before the events are inserted.
 
 use std::any::Any;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::AuditError;
-use super::event::{AuditEvent, EventId, GENESIS_HASH, HashInput, Outcome};
+use super::event::{ActorKind, AuditEvent, Decision, EventId, GENESIS_HASH, HashInput, Outcome};
+use super::{AuditError, WriterShared};
 
 /// What a data change reports back to the writer.
 pub struct Mutated<T> {
@@ -67,6 +80,9 @@ pub(crate) struct Job {
     /// reports failure). Without it, the mutation promises to have written
     /// nothing when it reports failure.
     pub savepoint: bool,
+    /// The mutation may leave rows to the flush hooks (see
+    /// [`super::FlushHook`]).
+    pub defers: bool,
     pub after: Option<AfterBatch>,
     pub reply: Reply,
 }
@@ -85,23 +101,218 @@ pub(crate) struct Writer {
     pub pool: SqlitePool,
     pub rx: mpsc::Receiver<Job>,
     pub max_batch: usize,
+    pub shared: Arc<WriterShared>,
+    /// The database's WAL file (`<db>-wal`).
+    pub wal_path: PathBuf,
 }
 
-struct Prepared {
-    id: i64,
-    event: AuditEvent,
-    details: String,
-    outcome: String,
-    prev_hash: String,
-    hash: String,
+/// The writer's connection setting while it holds it: COMMIT writes the
+/// WAL without syncing it; the syncer task syncs it before any caller is
+/// answered (SQLite still syncs the WAL and the database around its
+/// checkpoints, and the WAL header when it starts over). `BEGIN` and the
+/// chain head follow in the same round trip.
+const BEGIN_SQL: &str = "PRAGMA synchronous = NORMAL; \
+     BEGIN IMMEDIATE; SELECT last_id, last_hash FROM audit_head WHERE singleton = 1";
+
+/// The pool's setting (see `db.rs`), restored before the writer gives its
+/// connection back.
+const RELEASE_SQL: &str = "PRAGMA synchronous = FULL";
+
+/// A committed batch waiting for its WAL sync.
+struct Synced {
+    wal: Arc<std::fs::File>,
+    replies: Vec<(Reply, JobResult)>,
+}
+
+/// The WAL file as the writer last opened it (reopened when the path names
+/// another file: SQLite deletes the WAL when its last connection closes).
+#[derive(Default)]
+struct WalFile {
+    file: Option<(Arc<std::fs::File>, u64, u64)>,
+}
+
+impl WalFile {
+    fn current(&mut self, path: &Path) -> std::io::Result<Arc<std::fs::File>> {
+        let meta = std::fs::metadata(path)?;
+        if let Some((f, dev, ino)) = &self.file
+            && *dev == meta.dev()
+            && *ino == meta.ino()
+        {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(std::fs::OpenOptions::new().read(true).open(path)?);
+        self.file = Some((f.clone(), meta.dev(), meta.ino()));
+        Ok(f)
+    }
+}
+
+/// Syncs the WAL for committed batches and only then answers their callers;
+/// one sync covers every batch committed before it started.
+async fn syncer(mut rx: mpsc::UnboundedReceiver<Synced>) {
+    while let Some(first) = rx.recv().await {
+        let mut batches = vec![first];
+        while let Ok(b) = rx.try_recv() {
+            batches.push(b);
+        }
+        let mut files: Vec<Arc<std::fs::File>> = Vec::new();
+        for b in &batches {
+            if !files.iter().any(|f| Arc::ptr_eq(f, &b.wal)) {
+                files.push(b.wal.clone());
+            }
+        }
+        let synced = tokio::task::spawn_blocking(move || {
+            for f in &files {
+                f.sync_data()?;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match synced {
+            Ok(()) => {
+                for b in batches {
+                    for (reply, result) in b.replies {
+                        // A caller that went away still had its event committed.
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit wal sync failed: committed events may not be durable");
+                let msg = e.to_string();
+                for b in batches {
+                    for (reply, _) in b.replies {
+                        let _ = reply.send(Err(AuditError::Sync(msg.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The INSERT of `n` events, for each size of [`ROWS_PER_INSERT`] (built
+/// once: the same text each time, so the connection's statement cache
+/// finds the prepared statement).
+static INSERT_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+    ROWS_PER_INSERT
+        .iter()
+        .map(|&n| {
+            let row = format!("({})", vec!["?"; 18].join(", "));
+            let sql = format!(
+                "INSERT INTO audit_events (id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
+                 actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
+                 before_version, after_version, details, prev_hash, hash) VALUES {}",
+                vec![row; n].join(", ")
+            );
+            (n, sql)
+        })
+        .collect()
+});
+
+/// Shared copies of the fixed texts bound on every row (binding an
+/// `Arc<str>` costs a reference count instead of an allocation and copy).
+struct Texts {
+    ok: Arc<str>,
+    null_details: Arc<str>,
+    kinds: [Arc<str>; 4],
+    allowed: Arc<str>,
+    denied: Arc<str>,
+}
+
+static TEXTS: LazyLock<Texts> = LazyLock::new(|| Texts {
+    ok: Arc::from("ok"),
+    null_details: Arc::from("null"),
+    kinds: [
+        Arc::from(ActorKind::Plugin.as_str()),
+        Arc::from(ActorKind::User.as_str()),
+        Arc::from(ActorKind::Admin.as_str()),
+        Arc::from(ActorKind::Daemon.as_str()),
+    ],
+    allowed: Arc::from(Decision::Allowed.as_str()),
+    denied: Arc::from(Decision::Denied.as_str()),
+});
+
+impl Texts {
+    fn kind(&self, k: ActorKind) -> Arc<str> {
+        self.kinds[match k {
+            ActorKind::Plugin => 0,
+            ActorKind::User => 1,
+            ActorKind::Admin => 2,
+            ActorKind::Daemon => 3,
+        }]
+        .clone()
+    }
+
+    fn decision(&self, d: Decision) -> Arc<str> {
+        match d {
+            Decision::Allowed => self.allowed.clone(),
+            Decision::Denied => self.denied.clone(),
+        }
+    }
+}
+
+/// Hash-chains the next `n` events of `events` (ids after `*last_id`,
+/// chained to `*last_hash`) and binds them to the INSERT of `n` rows.
+fn bind_rows<'q>(
+    events: &mut impl Iterator<Item = AuditEvent>,
+    n: usize,
+    last_id: &mut i64,
+    last_hash: &mut Arc<str>,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    let sql = INSERT_SQL
+        .iter()
+        .find(|(k, _)| *k == n)
+        .map_or("", |(_, s)| s.as_str());
+    let texts = &*TEXTS;
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for e in events.take(n) {
+        *last_id += 1;
+        let details: Arc<str> = if e.details.is_null() {
+            texts.null_details.clone()
+        } else {
+            Arc::from(e.details.to_string())
+        };
+        let outcome: Arc<str> = match &e.outcome {
+            Outcome::Ok => texts.ok.clone(),
+            o => Arc::from(o.to_stored()),
+        };
+        let hash: Arc<str> =
+            Arc::from(hash_input(*last_id, &e, &details, &outcome, last_hash).hash());
+        let prev = std::mem::replace(last_hash, hash.clone());
+        q = q
+            .bind(*last_id)
+            .bind(e.ts_us)
+            .bind(texts.kind(e.actor.kind))
+            .bind(e.actor.plugin_id)
+            .bind(e.actor.plugin_version)
+            .bind(e.actor.instance)
+            .bind(e.actor.user)
+            .bind(e.task_id)
+            .bind(e.operation)
+            .bind(e.resource)
+            .bind(texts.decision(e.decision))
+            .bind(e.reason)
+            .bind(outcome)
+            .bind(e.before_version)
+            .bind(e.after_version)
+            .bind(details)
+            .bind(prev)
+            .bind(hash);
+    }
+    q
 }
 
 impl Writer {
     pub async fn run(mut self) {
+        let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+        tokio::spawn(syncer(sync_rx));
+        let mut wal = WalFile::default();
         let mut conn: Option<PoolConnection<Sqlite>> = None;
         // Jobs answered by the previous batch, and how long it took.
         let mut answered = 0usize;
         let mut last_batch = Duration::ZERO;
+        // The chain head this writer last committed (None: not known).
+        let mut head: Option<i64> = None;
         while let Some(first) = self.rx.recv().await {
             let mut n = first.events.len();
             let mut jobs = vec![first];
@@ -146,29 +357,52 @@ impl Writer {
                 },
             };
             let mut c = c;
-            let result = commit_batch(&mut c, &mut jobs).await;
+            let result = commit_batch(&mut c, &mut jobs, &self.shared, &mut head).await;
             answered = jobs.len();
             last_batch = started.elapsed();
             match result {
                 Ok(results) => {
-                    for (job, (ids, value)) in jobs.into_iter().zip(results) {
+                    let mut replies = Vec::with_capacity(jobs.len());
+                    for (job, result) in jobs.into_iter().zip(results) {
                         if let Some(after) = job.after {
                             after(true);
                         }
-                        // A caller that went away still had its event committed.
-                        let _ = job.reply.send(Ok((ids, value)));
+                        replies.push((job.reply, result));
+                    }
+                    // The callers are answered once the WAL holding the
+                    // COMMIT is synced; the next batch runs meanwhile.
+                    match wal.current(&self.wal_path) {
+                        Ok(file) => {
+                            let _ = sync_tx.send(Synced { wal: file, replies });
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, path = %self.wal_path.display(), "open audit wal to sync it");
+                            let msg = e.to_string();
+                            for (reply, _) in replies {
+                                let _ = reply.send(Err(AuditError::Sync(msg.clone())));
+                            }
+                        }
                     }
                     // Keep the connection while busy; give it back to the
-                    // pool when idle, so `Db::close` never waits on the writer.
-                    if !self.rx.is_empty() {
+                    // pool when idle (with the pool's settings), so
+                    // `Db::close` never waits on the writer.
+                    if self.rx.is_empty() {
+                        if sqlx::query(RELEASE_SQL).execute(&mut *c).await.is_err() {
+                            c.close_on_drop();
+                        }
+                    } else {
                         conn = Some(c);
                     }
                 }
                 Err(e) => {
                     let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;
+                    // State the changes planned in memory is now stale.
+                    self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+                    head = None;
                     tracing::error!(error = %e, events = n, "audit batch failed; rolled back");
                     fail_all(jobs, &e);
-                    // Drop the connection: it may be in an unknown state.
+                    // Drop the connection: it may be in an unknown state
+                    // (and has the writer's settings).
                     c.close_on_drop();
                 }
             }
@@ -205,19 +439,47 @@ type JobResult = (Vec<EventId>, Option<Box<dyn Any + Send>>);
 async fn commit_batch(
     conn: &mut SqliteConnection,
     jobs: &mut [Job],
+    shared: &WriterShared,
+    head: &mut Option<i64>,
 ) -> Result<Vec<JobResult>, AuditError> {
     let db = |op: &'static str| move |source| AuditError::Db { op, source };
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
+    // BEGIN and the chain head in one round trip.
+    // `wal_autocheckpoint` answers with a row of its own: the head is the
+    // row with two columns.
+    let rows = sqlx::query(BEGIN_SQL)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db("begin audit batch"))?;
-    let (mut last_id, mut last_hash) = read_head(conn).await?;
+    let row: Option<(i64, String)> = match rows.iter().find(|r| r.len() == 2) {
+        Some(r) => Some((
+            r.try_get(0).map_err(db("read audit head"))?,
+            r.try_get(1).map_err(db("read audit head"))?,
+        )),
+        None => None,
+    };
+    let (mut last_id, last_hash) = match row {
+        Some(h) => h,
+        None => read_anchor(conn).await?,
+    };
+    if *head != Some(last_id) {
+        // First batch, or another process wrote the database since this
+        // writer's last COMMIT: what changes planned in memory is stale.
+        shared.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+    *head = None;
+    let mut last_hash: Arc<str> = Arc::from(last_hash);
 
-    let mut prepared: Vec<Prepared> = Vec::new();
+    let mut events: Vec<AuditEvent> = Vec::new();
     let mut results: Vec<JobResult> = Vec::with_capacity(jobs.len());
+    // Whether a deferring change may have left rows to the flush hooks.
+    let mut deferred = false;
     for job in jobs.iter_mut() {
         let mut value = None;
         if let Some(mutation) = job.mutation.take() {
+            if deferred && !job.defers {
+                flush(conn, shared).await?;
+                deferred = false;
+            }
             if job.savepoint {
                 sqlx::query("SAVEPOINT hutch_mutation")
                     .execute(&mut *conn)
@@ -225,6 +487,7 @@ async fn commit_batch(
                     .map_err(db("savepoint"))?;
             }
             let m = mutation(&mut *conn).await?;
+            deferred |= job.defers;
             if job.savepoint {
                 if m.failed.is_some() {
                     sqlx::query("ROLLBACK TO hutch_mutation")
@@ -246,65 +509,44 @@ async fn commit_batch(
             }
             value = Some(m.value);
         }
-        let mut ids = Vec::with_capacity(job.events.len());
-        for event in std::mem::take(&mut job.events) {
-            last_id += 1;
-            let details = event.details.to_string();
-            let outcome = event.outcome.to_stored();
-            let hash = hash_input(last_id, &event, &details, &outcome, &last_hash).hash();
-            prepared.push(Prepared {
-                id: last_id,
-                event,
-                details,
-                outcome,
-                prev_hash: std::mem::replace(&mut last_hash, hash.clone()),
-                hash,
-            });
-            ids.push(EventId(last_id));
-        }
+        let first = last_id + i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let n = i64::try_from(job.events.len()).unwrap_or(i64::MAX);
+        let ids = (1..=n).map(|i| EventId(first + i)).collect();
+        events.append(&mut job.events);
         results.push((ids, value));
     }
+    if deferred {
+        flush(conn, shared).await?;
+    }
 
-    let count = prepared.len();
-    let mut rows = prepared.into_iter();
-    let mut left = count;
-    while left > 0 {
-        let size = ROWS_PER_INSERT
+    // Multi-row INSERTs; each chunk's rows are hashed and bound while the
+    // previous chunk executes on the connection's worker thread.
+    let count = events.len();
+    let size_for = |left: usize| {
+        ROWS_PER_INSERT
             .into_iter()
             .find(|&n| n <= left)
-            .unwrap_or(1);
-        left -= size;
-        let chunk: Vec<Prepared> = rows.by_ref().take(size).collect();
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO audit_events (id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
-             actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
-             before_version, after_version, details, prev_hash, hash) ",
-        );
-        qb.push_values(chunk, |mut b, p| {
-            let e = p.event;
-            b.push_bind(p.id)
-                .push_bind(e.ts_us)
-                .push_bind(e.actor.kind.as_str())
-                .push_bind(e.actor.plugin_id)
-                .push_bind(e.actor.plugin_version)
-                .push_bind(e.actor.instance)
-                .push_bind(e.actor.user)
-                .push_bind(e.task_id)
-                .push_bind(e.operation)
-                .push_bind(e.resource)
-                .push_bind(e.decision.as_str())
-                .push_bind(e.reason)
-                .push_bind(p.outcome)
-                .push_bind(e.before_version)
-                .push_bind(e.after_version)
-                .push_bind(p.details)
-                .push_bind(p.prev_hash)
-                .push_bind(p.hash);
-        });
-        qb.build()
-            .execute(&mut *conn)
-            .await
-            .map_err(db("insert audit events"))?;
+            .unwrap_or(1)
+    };
+    let mut rows = events.into_iter();
+    let mut left = count;
+    let mut next = (left > 0).then(|| {
+        let n = size_for(left);
+        left -= n;
+        bind_rows(&mut rows, n, &mut last_id, &mut last_hash)
+    });
+    while let Some(q) = next.take() {
+        let exec = q.execute(&mut *conn);
+        let build = async {
+            (left > 0).then(|| {
+                let n = size_for(left);
+                left -= n;
+                bind_rows(&mut rows, n, &mut last_id, &mut last_hash)
+            })
+        };
+        let (r, built) = futures::join!(exec, build);
+        r.map_err(db("insert audit events"))?;
+        next = built;
     }
     // The head update and the COMMIT in one round trip.
     if count > 0 {
@@ -314,7 +556,7 @@ async fn commit_batch(
              COMMIT",
         )
         .bind(last_id)
-        .bind(&last_hash)
+        .bind(last_hash)
         .execute(&mut *conn)
         .await
         .map_err(db("update audit head and commit"))?;
@@ -324,23 +566,21 @@ async fn commit_batch(
             .await
             .map_err(db("commit audit batch"))?;
     }
+    *head = Some(last_id);
     Ok(results)
 }
 
-/// The chain head: the last event's id and hash, or where retention left
-/// the chain, or the genesis.
-pub(crate) async fn read_head(conn: &mut SqliteConnection) -> Result<(i64, String), AuditError> {
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT last_id, last_hash FROM audit_head WHERE singleton = 1")
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|source| AuditError::Db {
-                op: "read audit head",
-                source,
-            })?;
-    if let Some(h) = head {
-        return Ok(h);
+/// Runs the flush hooks (rows deferring changes left for later).
+async fn flush(conn: &mut SqliteConnection, shared: &WriterShared) -> Result<(), AuditError> {
+    let epoch = shared.epoch.load(Ordering::Acquire);
+    for hook in shared.hooks() {
+        hook(&mut *conn, epoch).await?;
     }
+    Ok(())
+}
+
+/// Where retention left the chain, or the genesis.
+async fn read_anchor(conn: &mut SqliteConnection) -> Result<(i64, String), AuditError> {
     let anchor: Option<(i64, String)> = sqlx::query_as(
         "SELECT last_purged_id, last_purged_hash FROM audit_anchor WHERE singleton = 1",
     )
