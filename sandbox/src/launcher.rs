@@ -419,6 +419,9 @@ struct StubStart {
     cgroup: Option<SandboxCgroup>,
     attach_error: Option<String>,
     pooled: bool,
+    /// A pooled init's mount namespace (a cold one's is opened when init's
+    /// pid arrives).
+    mount_ns: Option<std::fs::File>,
     trace: Vec<TracePoint>,
 }
 
@@ -426,12 +429,18 @@ impl Running {
     /// A sandbox whose stub was just started (cold) or claimed (pool),
     /// setting up, its wall deadline counted from `started`.
     fn new(spec: &SandboxSpec, started: Instant, s: StubStart) -> Self {
+        // A pooled sandbox's child is its init: known from the start.
+        let (init, init_pidfd) = if s.pooled {
+            (Some(s.stub), s.pidfd.try_clone().ok())
+        } else {
+            (None, None)
+        };
         Running {
             stub: s.stub,
             pidfd: s.pidfd,
             chan: Some(s.chan),
-            init: None,
-            init_pidfd: None,
+            init,
+            init_pidfd,
             cgroup: s.cgroup,
             started,
             deadline: spec
@@ -442,7 +451,7 @@ impl Running {
             kill_at: None,
             grace: spec.stop_grace,
             outcome: Outcome::default(),
-            mount_ns: None,
+            mount_ns: s.mount_ns,
             ids: (spec.uid, spec.gid),
             attach_error: s.attach_error,
             pooled: s.pooled,
@@ -452,9 +461,9 @@ impl Running {
     }
 }
 
-/// A pre-warmed stub in the pool (see [`spawn::fork_pool_stub`]).
+/// A pre-warmed init in the pool (see [`spawn::fork_pool_init`]).
 struct Pooled {
-    stub: Pid,
+    init: Pid,
     pidfd: OwnedFd,
     chan: ParentChannel,
     stdout: OwnedFd,
@@ -468,6 +477,8 @@ struct Pooled {
     trace: Vec<TracePoint>,
     /// The spec-independent binds of its pre-built root.
     base: BaseFingerprint,
+    /// Its mount namespace, opened when it reported ready.
+    mount_ns: Option<std::fs::File>,
 }
 
 /// The pre-warmed stubs for one cgroup placement.
@@ -514,6 +525,12 @@ struct Server {
     pool_seq: u64,
     graveyard: Vec<Grave>,
     janitor: Option<Janitor>,
+    /// The launcher's own pid namespace, to return to after forking a
+    /// pooled init into a new one.
+    own_pid_ns: Option<OwnedFd>,
+    /// A pidfd of the launcher itself: a pooled init checks it after
+    /// setting its parent-death signal.
+    self_pidfd: Option<OwnedFd>,
 }
 
 /// A helper process that closes the descriptors it is sent: the last
@@ -577,6 +594,12 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
             .map_err(
                 |e| tracing::warn!(error = %e, "janitor; mount namespaces are released inline"),
             )
+            .ok(),
+        own_pid_ns: crate::namespaces::own_pid_namespace()
+            .map_err(|e| tracing::warn!(error = %e, "no spawn pool"))
+            .ok(),
+        self_pidfd: pidfd_open(nix::unistd::getpid())
+            .map_err(|e| tracing::warn!(error = ?e, "pidfd of the launcher; no spawn pool"))
             .ok(),
     };
     let result = loop {
@@ -732,9 +755,9 @@ impl Server {
         for (key, pool) in &self.pools {
             for p in &pool.stubs {
                 fds.push(PollFd::new(p.chan.as_fd(), PollFlags::POLLIN));
-                slots.push(Slot::PoolChan(key.clone(), p.stub));
+                slots.push(Slot::PoolChan(key.clone(), p.init));
                 fds.push(PollFd::new(p.pidfd.as_fd(), PollFlags::POLLIN));
-                slots.push(Slot::PoolExit(key.clone(), p.stub));
+                slots.push(Slot::PoolExit(key.clone(), p.init));
             }
         }
         let n = match poll(&mut fds, timeout) {
@@ -757,7 +780,7 @@ impl Server {
                 Slot::Exit(id) => self.on_stub_exit(id),
                 Slot::PoolChan(key, stub) => self.on_pool_message(&key, stub),
                 Slot::PoolExit(key, stub) => {
-                    tracing::warn!(stub = stub.as_raw(), "pre-warmed sandbox stub died");
+                    tracing::warn!(init = stub.as_raw(), "pre-warmed sandbox init died");
                     self.discard_pooled(&key, stub, true);
                 }
             }
@@ -885,17 +908,20 @@ impl Server {
             .map(SandboxCgroup::procs_paths)
             .unwrap_or_default();
         let plan = MountPlan::prepare_base().map_err(|e| e.to_string())?;
-        let forked = spawn::fork_pool_stub(&procs, &plan).map_err(|e| e.to_string())?;
-        let pidfd = match pidfd_open(forked.stub) {
+        let (Some(own_ns), Some(me)) = (&self.own_pid_ns, &self.self_pidfd) else {
+            return Err("no pid namespace or pidfd of the launcher's own".into());
+        };
+        let forked = spawn::fork_pool_init(&procs, &plan, own_ns, me).map_err(|e| e.to_string())?;
+        let pidfd = match pidfd_open(forked.pid) {
             Ok(fd) => fd,
             Err(e) => {
-                let _ = kill(forked.stub, Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(forked.stub, None);
+                let _ = kill(forked.pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(forked.pid, None);
                 return Err(format!("pidfd_open: {e:?}"));
             }
         };
         Ok(Pooled {
-            stub: forked.stub,
+            init: forked.pid,
             pidfd,
             chan: forked.channel,
             stdout: forked.stdout,
@@ -904,6 +930,7 @@ impl Server {
             ready: false,
             trace: Vec::new(),
             base: plan.base_fingerprint(),
+            mount_ns: None,
         })
     }
 
@@ -911,11 +938,14 @@ impl Server {
         let Some(pool) = self.pools.get_mut(key) else {
             return;
         };
-        let Some(p) = pool.stubs.iter_mut().find(|p| p.stub == stub) else {
+        let Some(p) = pool.stubs.iter_mut().find(|p| p.init == stub) else {
             return;
         };
         match p.chan.recv() {
             Ok(Some((ChildMsg::PoolReady { trace }, _))) => {
+                // Held so the namespace's teardown waits until the outcome
+                // is reported (as for a cold sandbox's).
+                p.mount_ns = std::fs::File::open(format!("/proc/{}/ns/mnt", p.init)).ok();
                 p.ready = true;
                 p.trace = trace;
                 pool.failures = 0;
@@ -937,7 +967,7 @@ impl Server {
         let Some(pool) = self.pools.get_mut(key) else {
             return;
         };
-        let Some(i) = pool.stubs.iter().position(|p| p.stub == stub) else {
+        let Some(i) = pool.stubs.iter().position(|p| p.init == stub) else {
             return;
         };
         let p = pool.stubs.remove(i);
@@ -948,12 +978,12 @@ impl Server {
     }
 
     fn bury_pooled(&mut self, p: Pooled) {
-        let _ = kill(p.stub, Signal::SIGKILL);
+        let _ = kill(p.init, Signal::SIGKILL);
         let now = Instant::now();
         self.graveyard.push(Grave {
             cgroup: p.cgroup,
             mount_ns: None,
-            reap: Some(p.stub),
+            reap: Some(p.init),
             since: now,
             next_try: now,
         });
@@ -1131,7 +1161,7 @@ impl Server {
         }
         // Back from SCHED_IDLE (pre-warm) to the launcher's own policy, so
         // the claimed stub runs like a cold one.
-        if let Err(e) = spawn::SchedPolicy::current().and_then(|p| p.set_for(stub.stub)) {
+        if let Err(e) = spawn::SchedPolicy::current().and_then(|p| p.set_for(stub.init)) {
             tracing::warn!(error = %e, "scheduling policy of a pre-warmed stub; spawning cold");
             self.bury_pooled(stub);
             return Err(Some(Box::new(prepared)));
@@ -1166,13 +1196,14 @@ impl Server {
             "launcher: claim sent (stub still warming up)"
         }));
         let Pooled {
-            stub: pid,
+            init: pid,
             pidfd,
             chan,
             stdout,
             stderr,
             cgroup,
             trace: prewarm,
+            mount_ns,
             ..
         } = stub;
         trace.extend(prewarm);
@@ -1193,6 +1224,7 @@ impl Server {
                     cgroup,
                     attach_error: None,
                     pooled: true,
+                    mount_ns,
                     trace: std::mem::take(trace),
                 },
             ),
@@ -1230,7 +1262,7 @@ impl Server {
         };
         trace.push(point("launcher: stub forked"));
         let Forked {
-            stub,
+            pid: stub,
             channel,
             stdout,
             stderr,
@@ -1275,6 +1307,7 @@ impl Server {
                     cgroup,
                     attach_error,
                     pooled: false,
+                    mount_ns: None,
                     trace,
                 },
             ),
@@ -1409,7 +1442,11 @@ impl Server {
         let Some(mut r) = self.running.remove(&id) else {
             return;
         };
-        r.trace.push(point("launcher: stub reaped"));
+        r.trace.push(point(if r.pooled {
+            "launcher: init reaped"
+        } else {
+            "launcher: stub reaped"
+        }));
         // Every writer of the setup channel is dead by now (init's exit waits
         // for its whole pid namespace): drain what is left.
         if let Some(chan) = r.chan.take() {
@@ -1440,16 +1477,21 @@ impl Server {
         }
         if o.exit_code.is_none() && o.signal.is_none() && o.setup_error.is_none() {
             // Init did not report: it was killed (timeout escalation, OOM,
-            // stop); the stub exits with 128+N for init's signal N.
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
+            // stop). A pooled init is the launcher's child itself; a cold
+            // stub exits with 128+N for init's signal N.
+            if libc::WIFSIGNALED(status) {
+                o.signal = Some(libc::WTERMSIG(status));
             } else {
-                128 + libc::SIGKILL
-            };
-            if code > 128 {
-                o.signal = Some(code - 128);
-            } else {
-                o.exit_code = Some(code);
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::SIGKILL
+                };
+                if code > 128 {
+                    o.signal = Some(code - 128);
+                } else {
+                    o.exit_code = Some(code);
+                }
             }
         }
         o.wall_time_ms = r.started.elapsed().as_millis() as u64;

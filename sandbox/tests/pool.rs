@@ -108,7 +108,7 @@ fn run(launcher: &mut Launcher, spec: &SandboxSpec) -> (Outcome, String) {
 }
 
 fn pooled(o: &Outcome) -> bool {
-    o.spawn_trace.iter().any(|p| p.step == "stub: claimed")
+    o.spawn_trace.iter().any(|p| p.step == "init: claimed")
 }
 
 fn alive(pid: i32) -> bool {
