@@ -72,3 +72,4 @@ pub mod seccomp;
 pub mod spawn;
 pub mod spec;
 pub mod trace;
+pub mod zygote;

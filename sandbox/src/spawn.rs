@@ -296,7 +296,9 @@ pub fn fork_sandbox(prepared: &Prepared) -> Result<Forked, SpawnError> {
 /// blocks until the launcher sends [`LauncherMsg::Claim`] with the spec's
 /// bind sources as detached mounts (and goes on: spec binds, then as a cold
 /// init from the read-only root on) or closes the channel (it exits). Used
-/// once. The caller must be single-threaded.
+/// once. The caller must be single-threaded. `oom_score_adj`: written to
+/// init's own first (a zygote runs at -1000 and gives its inits back the
+/// value it had).
 ///
 /// # Errors
 /// A pipe, the channel, `fork` or the pid namespace switch failed.
@@ -305,6 +307,7 @@ pub fn fork_pool_init(
     base: &MountPlan,
     own_pid_ns: &OwnedFd,
     parent_pidfd: &OwnedFd,
+    oom_score_adj: Option<i32>,
 ) -> Result<Forked, SpawnError> {
     let procs: Vec<CString> = cgroup_procs
         .iter()
@@ -320,7 +323,7 @@ pub fn fork_pool_init(
                 stdout: out_w.as_raw_fd(),
                 stderr: err_w.as_raw_fd(),
             };
-            let code = pool_init_steps(&procs, base, &child, io, parent_pidfd);
+            let code = pool_init_steps(&procs, base, &child, io, parent_pidfd, oom_score_adj);
             finish(&child, code)
         }
         ForkResult::Parent { child } => Ok(Forked {
@@ -397,9 +400,13 @@ fn pool_init_steps(
     chan: &ChildChannel,
     io: ChildIo,
     parent_pidfd: &OwnedFd,
+    oom_score_adj: Option<i32>,
 ) -> Result<i32, StepError> {
     let mut trace = Trace::new();
     trace.mark("prewarm: forked (pid 1)");
+    if let Some(adj) = oom_score_adj {
+        set_oom_score_adj(adj)?;
+    }
     // Pre-warm work must not take CPU from running sandboxes: SCHED_IDLE
     // until claimed (the launcher gives it its own policy back before it
     // sends the claim, so init wakes up at normal priority).
@@ -432,6 +439,8 @@ fn pool_init_steps(
         &[],
     )
     .map_err(|e| StepError::other("report pool init ready", e.to_string()))?;
+    // The pre-warm marks went with `PoolReady`; the rest starts afresh.
+    let mut trace = Trace::new();
     let (p, trees) = match chan.recv() {
         Ok(Some((LauncherMsg::Claim(p), trees))) => (p, trees),
         // Drained or the launcher is gone: leave without a trace.
@@ -458,6 +467,14 @@ fn pool_init_steps(
     nix::unistd::sethostname(&p.hostname).step("sethostname", &p.hostname)?;
     trace.mark("init: root read-only, hostname");
     init_fork_plugin(&p, chan, io, &mut trace)
+}
+
+/// Step: this process's `oom_score_adj` (a pool zygote sets -1000, so the
+/// memory cgroup's OOM killer never picks it; its inits get the old value
+/// back).
+pub(crate) fn set_oom_score_adj(adj: i32) -> Result<(), StepError> {
+    std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+        .step("write", "/proc/self/oom_score_adj")
 }
 
 /// A scheduling policy and nice value (the pool stub's pre-warm runs as
@@ -506,7 +523,7 @@ impl SchedPolicy {
 
 /// Step (pre-warmed stub): move this process into its cgroup, in every
 /// hierarchy, by writing `0` to each `cgroup.procs`.
-fn join_cgroup(cgroup_procs: &[CString]) -> Result<(), StepError> {
+pub(crate) fn join_cgroup(cgroup_procs: &[CString]) -> Result<(), StepError> {
     for path in cgroup_procs {
         let shown = path.to_string_lossy();
         let fd = nix::fcntl::open(
