@@ -116,8 +116,9 @@ pub enum Event {
         /// Denials come through seccomp user notification.
         seccomp_notify: bool,
     },
-    /// The sandbox ended (or could not be set up): every process of it is
-    /// gone. The launcher removes its cgroup right after sending this (it
+    /// The sandbox ended (or could not be set up): every process of the
+    /// plugin is gone (the sandbox's init may still be exiting; the
+    /// launcher reaps it and releases the sandbox). The launcher removes its cgroup right after sending this (it
     /// exits only once that is done, so dropping the [`Launcher`] waits
     /// for it).
     Exited {
@@ -417,6 +418,10 @@ struct Running {
     dirty: bool,
     /// Init reported the plugin's end.
     plugin_ended: bool,
+    /// The outcome was sent (the sandbox may still be exiting).
+    reported: bool,
+    /// It ended normally (see `report`): its slot may be reused.
+    normal: bool,
 }
 
 /// How a sandbox's stub came to be (the only difference between the two
@@ -472,6 +477,8 @@ impl Running {
             baseline: s.baseline,
             dirty: false,
             plugin_ended: false,
+            reported: false,
+            normal: false,
         }
     }
 }
@@ -1252,13 +1259,15 @@ impl Server {
     fn on_request(&mut self) {
         match self.ctrl.recv() {
             Ok(Some((Request::Spawn { id, spec }, _))) => self.spawn(id, &spec),
+            // A reported sandbox is over (its init is exiting): nothing to
+            // stop any more.
             Ok(Some((Request::Stop { id }, _))) => {
-                if let Some(r) = self.running.get_mut(&id) {
+                if let Some(r) = self.running.get_mut(&id).filter(|r| !r.reported) {
                     terminate(r);
                 }
             }
             Ok(Some((Request::Kill { id }, _))) => {
-                if let Some(r) = self.running.get_mut(&id) {
+                if let Some(r) = self.running.get_mut(&id).filter(|r| !r.reported) {
                     kill_now(r);
                 }
             }
@@ -1604,6 +1613,7 @@ impl Server {
         let Some(chan) = &r.chan else { return };
         let msg = chan.recv();
         let mut started: Option<(Event, Vec<OwnedFd>)> = None;
+        let mut report_now = false;
         match msg {
             Ok(Some((ChildMsg::InitForked { pid }, _))) => {
                 r.trace.push(point("launcher: init pid received"));
@@ -1684,6 +1694,7 @@ impl Server {
                     exit_code,
                     signal,
                     at_ns,
+                    all_gone,
                 },
                 _,
             ))) => {
@@ -1694,6 +1705,14 @@ impl Server {
                     step: "init: plugin reaped".into(),
                     ns: at_ns,
                 });
+                // With a cgroup the stats are final now: report without
+                // waiting for init's own exit (it follows; the sandbox is
+                // released then). Without one, the CPU time comes from the
+                // stub's rusage at its exit.
+                if all_gone && r.cgroup.is_some() && !r.reported {
+                    r.trace.push(point("launcher: plugin end received"));
+                    report_now = true;
+                }
             }
             Ok(Some((ChildMsg::PoolReady { .. }, _))) => {}
             Ok(None) => r.chan = None,
@@ -1705,6 +1724,9 @@ impl Server {
         if let Some((event, fds)) = started {
             let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
             self.send(&event, &raw);
+        }
+        if report_now {
+            self.report(id, None, None);
         }
     }
 
@@ -1726,9 +1748,6 @@ impl Server {
                 }
             }
         };
-        let Some(mut r) = self.running.remove(&id) else {
-            return;
-        };
         r.trace.push(point(if r.pooled {
             "launcher: init reaped"
         } else {
@@ -1743,7 +1762,8 @@ impl Server {
                         exit_code,
                         signal,
                         at_ns,
-                    } => {
+                        ..
+                    } if !r.plugin_ended => {
                         r.outcome.exit_code = exit_code;
                         r.outcome.signal = signal;
                         r.plugin_ended = true;
@@ -1759,6 +1779,52 @@ impl Server {
                 }
             }
         }
+        if !r.reported {
+            self.report(id, status, usage);
+        }
+        let Some(mut r) = self.running.remove(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        // A slot goes back to the pool only after a normal end and when
+        // nothing but its zygote is left in its cgroup; any other end
+        // buries it whole (zygote included).
+        let cgroup = match (r.slot.take(), r.cgroup.take()) {
+            (Some((key, mut slot)), Some(cg)) => {
+                let alone = r.normal && self.ctrl_open && cg.pids() == [slot.zygote.as_raw()];
+                let size = self.config.pool_size;
+                match self.pools.get_mut(&key) {
+                    // At most a pool's worth of free slots is kept.
+                    Some(pool) if alone && pool.free.len() < size => {
+                        slot.freed = now;
+                        slot.next_try = now;
+                        pool.free.push((cg, slot));
+                    }
+                    _ => self.bury_slot(cg, slot),
+                }
+                None
+            }
+            (_, cg) => cg,
+        };
+        self.graveyard.push(Grave {
+            cgroup,
+            mount_ns: r.mount_ns.take(),
+            reap: None,
+            since: now,
+            next_try: now,
+        });
+    }
+
+    /// Report sandbox `id`'s outcome: when its init said every plugin
+    /// process is gone ([`ChildMsg::PluginEnded`], sandboxes with a cgroup:
+    /// the stats are final then, so the report does not wait for init's own
+    /// exit), or when init (or the stub) exited. `status`/`usage`: the
+    /// launcher's child's, when it was reaped.
+    fn report(&mut self, id: u64, status: Option<libc::c_int>, usage: Option<libc::rusage>) {
+        let Some(r) = self.running.get_mut(&id) else {
+            return;
+        };
+        r.reported = true;
         let o = &mut r.outcome;
         if o.setup_error.is_none() {
             o.setup_error = r.attach_error.take();
@@ -1788,8 +1854,7 @@ impl Server {
         let rusage_ns =
             |t: libc::timeval| (t.tv_sec as u64) * 1_000_000_000 + (t.tv_usec as u64) * 1000;
         o.cpu_time_ns = usage.map_or(0, |u| rusage_ns(u.ru_utime) + rusage_ns(u.ru_stime));
-        let cgroup = r.cgroup.take();
-        if let Some(cg) = &cgroup {
+        if let Some(cg) = &r.cgroup {
             let stats = match r.baseline.as_mut() {
                 Some(base) => cg.stats_since(base),
                 None => cg.stats(),
@@ -1807,51 +1872,26 @@ impl Server {
             }
         }
         r.trace.push(point("launcher: cgroup stats read"));
-        // The outcome is final (every process of the pid namespace is gone):
-        // report it first; the now empty cgroup and the mount namespace are
+        // The outcome is final (no process of the plugin is left): report
+        // it first; the now empty cgroup and the mount namespace are
         // released when the launcher is idle (the launcher exits only after
         // that, so `Launcher`'s drop still waits for it).
         let mut trace = std::mem::take(&mut r.trace);
         trace.sort_by_key(|p| p.ns);
         r.outcome.spawn_trace = trace;
         let o = &r.outcome;
-        let normal = !r.dirty
+        r.normal = !r.dirty
             && r.plugin_ended
             && o.setup_error.is_none()
             && !o.timed_out
             && !o.oom_killed
             && !o.pids_limit_hit
             && r.baseline.as_ref().is_some_and(StatsBaseline::peak_reset);
+        // No more timers: the sandbox is over.
+        r.deadline = None;
+        r.kill_at = None;
         let outcome = Box::new(std::mem::take(&mut r.outcome));
         self.send(&Event::Exited { id, outcome }, &[]);
-        let now = Instant::now();
-        // A slot goes back to the pool only after a normal end and when
-        // nothing but its zygote is left in its cgroup; any other end
-        // buries it whole (zygote included).
-        let cgroup = match (r.slot.take(), cgroup) {
-            (Some((key, mut slot)), Some(cg)) => {
-                let alone = normal && self.ctrl_open && cg.pids() == [slot.zygote.as_raw()];
-                let size = self.config.pool_size;
-                match self.pools.get_mut(&key) {
-                    // At most a pool's worth of free slots is kept.
-                    Some(pool) if alone && pool.free.len() < size => {
-                        slot.freed = now;
-                        slot.next_try = now;
-                        pool.free.push((cg, slot));
-                    }
-                    _ => self.bury_slot(cg, slot),
-                }
-                None
-            }
-            (_, cg) => cg,
-        };
-        self.graveyard.push(Grave {
-            cgroup,
-            mount_ns: r.mount_ns.take(),
-            reap: None,
-            since: now,
-            next_try: now,
-        });
     }
 
     fn on_timers(&mut self) {

@@ -85,6 +85,9 @@ pub enum ChildMsg {
         signal: Option<i32>,
         /// When init reaped the plugin (`CLOCK_MONOTONIC` ns).
         at_ns: u64,
+        /// Init killed and reaped every other process of the sandbox
+        /// before sending this: the outcome is final.
+        all_gone: bool,
     },
 }
 
@@ -430,8 +433,13 @@ fn pool_init_steps(
     mounts::prewarm_root(base)?;
     trace.mark("prewarm: base tree, pivot_root, detach old root");
     mounts::mount_proc()?;
+    mounts::seal_dev()?;
     net::bring_up_loopback()?;
-    trace.mark("prewarm: /proc, lo up");
+    trace.mark("prewarm: /proc, seal /dev, lo up");
+    // Its cgroup is final (the zygote's, or none), so the cgroup namespace
+    // and the rest of init's own confinement come before the claim too.
+    let forwarded = init_seal()?;
+    trace.mark("prewarm: cgroup ns, bounding set");
     chan.send(
         &ChildMsg::PoolReady {
             trace: trace.points(),
@@ -461,12 +469,11 @@ fn pool_init_steps(
     drop(trees);
     mounts::mount_tmp(&p.plan)?;
     mounts::write_etc(&p.plan)?;
-    mounts::seal_dev()?;
-    trace.mark("init: /tmp, /etc, seal /dev");
+    trace.mark("init: /tmp, /etc");
     mounts::make_root_read_only()?;
     nix::unistd::sethostname(&p.hostname).step("sethostname", &p.hostname)?;
     trace.mark("init: root read-only, hostname");
-    init_fork_plugin(&p, chan, io, &mut trace)
+    init_fork_plugin(&p, chan, io, &mut trace, &forwarded)
 }
 
 /// Step: this process's `oom_score_adj` (a pool zygote sets -1000, so the
@@ -617,23 +624,31 @@ fn init_steps(
     trace.mark("init: root read-only, hostname, lo");
     wait_for_attach(chan)?;
     trace.mark("init: cgroup attach waited");
-    init_fork_plugin(p, chan, io, trace)
+    let forwarded = init_seal()?;
+    trace.mark("init: cgroup ns, bounding set");
+    init_fork_plugin(p, chan, io, trace, &forwarded)
 }
 
-/// Init's last steps, cold or pre-warmed, once it is in the sandbox's
-/// cgroup with its root read-only: cgroup namespace, bounding set, the
+/// Init's own confinement, once it is in the sandbox's cgroup: a cgroup
+/// namespace rooted there, an empty capability bounding set (init never
+/// executes anything; its effective capabilities stay for the mounts still
+/// to come), not dumpable, and the signals its loop waits for blocked.
+fn init_seal() -> Result<SigSet, StepError> {
+    namespaces::unshare_cgroup_namespace()?;
+    identity::drop_bounding_set()?;
+    identity::set_not_dumpable()?;
+    block_init_signals()
+}
+
+/// Init's last step, cold or pre-warmed, with its root read-only: the
 /// plugin fork, then the init loop.
 fn init_fork_plugin(
     p: &Prepared,
     chan: &ChildChannel,
     io: ChildIo,
     trace: &mut Trace,
+    forwarded: &SigSet,
 ) -> Result<i32, StepError> {
-    namespaces::unshare_cgroup_namespace()?;
-    identity::drop_bounding_set()?;
-    identity::set_not_dumpable()?;
-    let forwarded = block_init_signals()?;
-    trace.mark("init: cgroup ns, bounding set");
     // SAFETY: init is single-threaded (forked from the single-threaded launcher, stub or zygote).
     match unsafe { fork() }.step("fork", "plugin")? {
         ForkResult::Child => {
@@ -644,7 +659,7 @@ fn init_fork_plugin(
             identity::close_fds_except(&[chan.as_raw_fd()])?;
             identity::keep_only_kill_capability()?;
             identity::set_no_new_privs()?;
-            init_loop(chan, child, &forwarded)
+            init_loop(chan, child, forwarded)
         }
     }
 }
@@ -725,11 +740,19 @@ fn init_loop(chan: &ChildChannel, plugin: Pid, set: &SigSet) -> Result<i32, Step
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => return Err(StepError::sys("waitpid", "", e)),
             };
+            let at_ns = now_ns();
+            // The plugin is gone: kill what it left (everything in the pid
+            // namespace but init) and reap it all, so that when the
+            // launcher reads this, no plugin process is left and the
+            // outcome is final (init's own exit follows).
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            while let Ok(_) | Err(Errno::EINTR) = waitpid(None, None) {}
             let _ = chan.send(
                 &ChildMsg::PluginEnded {
                     exit_code,
                     signal,
-                    at_ns: now_ns(),
+                    at_ns,
+                    all_gone: true,
                 },
                 &[],
             );

@@ -67,7 +67,9 @@ impl Parent {
     }
 
     /// The pool's processes of `launcher`: zygotes (its children) and the
-    /// pre-warmed inits (their children).
+    /// pre-warmed inits (their children, still at `SCHED_IDLE`: a claimed
+    /// init gets the launcher's policy, and may still be exiting after its
+    /// sandbox's outcome).
     fn pool_processes(&self, launcher: Pid) -> (Vec<i32>, Vec<i32>) {
         let (_, pids) = self.pool_cgroups(launcher);
         let zygotes: Vec<i32> = pids
@@ -79,6 +81,7 @@ impl Parent {
             .iter()
             .copied()
             .filter(|p| ppid(*p).is_some_and(|pp| zygotes.contains(&pp)))
+            .filter(|p| stat_field(*p, 41) == Some(libc::SCHED_IDLE))
             .collect();
         (zygotes, inits)
     }
@@ -111,14 +114,14 @@ impl Parent {
         line.rsplit('/').next().unwrap().to_owned()
     }
 
-    /// Every process in the pool's cgroups is a zygote or a pre-warmed init
-    /// (nothing a sandbox left behind).
+    /// Every process in the pool's cgroups is a zygote or an init (nothing
+    /// a sandbox left behind).
     fn only_zygotes_and_inits(&self, launcher: Pid) {
         let (_, all) = self.pool_cgroups(launcher);
-        let (zygotes, inits) = self.pool_processes(launcher);
+        let (zygotes, _) = self.pool_processes(launcher);
         for p in &all {
             assert!(
-                zygotes.contains(p) || inits.contains(p),
+                zygotes.contains(p) || ppid(*p).is_some_and(|pp| zygotes.contains(&pp)),
                 "{p} (parent {:?}) left in a pool slot: {all:?}",
                 ppid(*p)
             );
@@ -206,11 +209,16 @@ fn reused(o: &Outcome) -> bool {
         .any(|p| p.step == "launcher: limits set on reused slot")
 }
 
-fn ppid(pid: i32) -> Option<i32> {
+/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`.
+fn stat_field(pid: i32, n: usize) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
     let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(1)?.parse().ok()
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+fn ppid(pid: i32) -> Option<i32> {
+    stat_field(pid, 4)
 }
 
 fn alive(pid: i32) -> bool {
