@@ -11,14 +11,19 @@
 //! stats and removes the cgroup when a sandbox ends. When the daemon goes
 //! away (control socket EOF) it kills every sandbox, cleans up and exits.
 //!
-//! It also keeps a small **pool of pre-warmed stubs** per cgroup placement
-//! ([`LauncherConfig::pool_size`], docs/sandbox.md "The spawn pool"): each
-//! already sits in a fresh cgroup of its own and in fresh mount, pid, net
-//! (`lo` up), ipc and uts namespaces. A spawn claims one (writing the
-//! sandbox's limits to its cgroup first), sends it the prepared spec, and the
-//! stub goes on from forking init; the pool is refilled while the launcher is
-//! otherwise idle. Finished sandboxes' cgroups and mount namespaces are
-//! likewise released when idle, after the outcome was reported.
+//! It also keeps a small **pool of pre-warmed inits** per cgroup placement
+//! ([`LauncherConfig::pool_size`], docs/sandbox.md "The spawn pool"): each is
+//! pid 1 of a fresh pid namespace (no stub), in fresh mount, net (`lo` up),
+//! ipc and uts namespaces with the spec-independent root built. With a
+//! cgroup placement it comes from a **pool slot**: a cgroup created once and
+//! a zygote in it ([`crate::zygote`]) that forks the slot's inits, so no
+//! spawn migrates a process or creates a cgroup; a slot is reused after a
+//! normal end (limits changed, stats reset per sandbox) and buried after any
+//! other. A spawn claims an init (writing the sandbox's limits to its cgroup
+//! first), sends it the prepared spec, and init goes on from the spec's
+//! binds; the pool is refilled while the launcher is otherwise idle.
+//! Finished sandboxes' cgroups and mount namespaces are likewise released
+//! when idle, after the outcome was reported.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -73,15 +78,15 @@ pub enum Request {
     },
 }
 
-/// Default [`LauncherConfig::pool_size`]: two pre-warmed stubs per cgroup
-/// placement in use (each is one sleeping process, its namespaces and an
-/// empty cgroup; well under 1 MiB).
+/// Default [`LauncherConfig::pool_size`]: two pre-warmed inits per cgroup
+/// placement in use (each is one sleeping process and its namespaces, plus a
+/// zygote and a cgroup per slot).
 pub const DEFAULT_POOL_SIZE: usize = 2;
 
 /// How the launcher runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LauncherConfig {
-    /// Pre-warmed stubs kept ready per cgroup placement; 0 turns the pool
+    /// Pre-warmed inits kept ready per cgroup placement; 0 turns the pool
     /// off (every spawn is cold). A placement's pool is filled after its
     /// first spawn or on [`Launcher::prewarm`].
     pub pool_size: usize,
@@ -694,8 +699,8 @@ fn wait4_nohang(pid: Pid) -> Result<Option<(libc::c_int, libc::rusage)>, Errno> 
     Ok((rc != 0).then_some((status, usage)))
 }
 
-/// Tasks of Hutch's own in every sandbox cgroup (the stub and init), added
-/// to the spec's `pids_max`.
+/// Tasks of Hutch's own in every sandbox cgroup (the stub and init cold, the
+/// zygote and init in a pool slot), added to the spec's `pids_max`.
 pub const SANDBOX_OVERHEAD_TASKS: u64 = 2;
 
 /// A launcher-side trace point, now.
