@@ -407,6 +407,10 @@ fn pool_init_steps(
 ) -> Result<i32, StepError> {
     let mut trace = Trace::new();
     trace.mark("prewarm: forked (pid 1)");
+    // A stop may come before init's loop runs: held pending (not dropped,
+    // as a pid namespace's init drops default-action signals), then
+    // forwarded to the plugin.
+    block_init_signals()?;
     if let Some(adj) = oom_score_adj {
         set_oom_score_adj(adj)?;
     }
@@ -613,6 +617,8 @@ fn init_steps(
     trace: &mut Trace,
 ) -> Result<i32, StepError> {
     init_die_with_stub(lifeline)?;
+    // As in the pre-warmed init: an early stop stays pending.
+    block_init_signals()?;
     trace.mark("init: pdeathsig");
     build_mount_tree(p, trace)?;
     identity::close_fds_except(&[chan.as_raw_fd(), io.stdout, io.stderr, lifeline.as_raw_fd()])?;
