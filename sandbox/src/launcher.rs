@@ -1780,6 +1780,17 @@ impl Server {
                     ChildMsg::Failed(e) => {
                         r.outcome.setup_error.get_or_insert(e.to_string());
                     }
+                    // Not read before the exit (same poll round): keep what
+                    // it reports (the sandbox is over; no `Started` now).
+                    ChildMsg::Executing {
+                        landlock,
+                        seccomp_notify,
+                        trace,
+                    } if !r.reported => {
+                        r.trace.extend(trace);
+                        r.outcome.landlock = landlock;
+                        r.outcome.seccomp_notify = seccomp_notify;
+                    }
                     _ => {}
                 }
             }
