@@ -26,6 +26,30 @@ pub fn die_with_parent(expected_parent: Pid) -> Result<(), StepError> {
     Ok(())
 }
 
+/// Step: die with SIGKILL when the parent dies, for a process in a pid
+/// namespace below its parent's (where `getppid()` is 0, so
+/// [`die_with_parent`]'s check cannot work): `parent` is a pidfd of the
+/// parent, opened before the fork; once the `prctl` is in force, a readable
+/// pidfd means the parent already exited and the signal will never come.
+///
+/// # Errors
+/// `prctl` or `poll` failed, or the parent is already gone.
+pub fn die_with_parent_pidfd(parent: &std::os::fd::OwnedFd) -> Result<(), StepError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).step("prctl PR_SET_PDEATHSIG", "")?;
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(parent),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).step("poll", "parent pidfd")?;
+    if n > 0 {
+        return Err(StepError::other(
+            "prctl PR_SET_PDEATHSIG",
+            "parent died before setup",
+        ));
+    }
+    Ok(())
+}
+
 /// Step: empty the capability bounding set, so no later `execve` (of a
 /// setuid or file-capability binary) can regain anything. Needs
 /// `CAP_SETPCAP`, so it runs before the uid switch.

@@ -11,14 +11,19 @@
 //! stats and removes the cgroup when a sandbox ends. When the daemon goes
 //! away (control socket EOF) it kills every sandbox, cleans up and exits.
 //!
-//! It also keeps a small **pool of pre-warmed stubs** per cgroup placement
-//! ([`LauncherConfig::pool_size`], docs/sandbox.md "The spawn pool"): each
-//! already sits in a fresh cgroup of its own and in fresh mount, pid, net
-//! (`lo` up), ipc and uts namespaces. A spawn claims one (writing the
-//! sandbox's limits to its cgroup first), sends it the prepared spec, and the
-//! stub goes on from forking init; the pool is refilled while the launcher is
-//! otherwise idle. Finished sandboxes' cgroups and mount namespaces are
-//! likewise released when idle, after the outcome was reported.
+//! It also keeps a small **pool of pre-warmed inits** per cgroup placement
+//! ([`LauncherConfig::pool_size`], docs/sandbox.md "The spawn pool"): each is
+//! pid 1 of a fresh pid namespace (no stub), in fresh mount, net (`lo` up),
+//! ipc and uts namespaces with the spec-independent root built. With a
+//! cgroup placement it comes from a **pool slot**: a cgroup created once and
+//! a zygote in it ([`crate::zygote`]) that forks the slot's inits, so no
+//! spawn migrates a process or creates a cgroup; a slot is reused after a
+//! normal end (limits changed, stats reset per sandbox) and buried after any
+//! other. A spawn claims an init (writing the sandbox's limits to its cgroup
+//! first), sends it the prepared spec, and init goes on from the spec's
+//! binds; the pool is refilled while the launcher is otherwise idle.
+//! Finished sandboxes' cgroups and mount namespaces are likewise released
+//! when idle, after the outcome was reported.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -33,7 +38,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{
-    CgroupConfig, CgroupLimits, CgroupManager, Controller, Placement, SandboxCgroup,
+    CgroupConfig, CgroupLimits, CgroupManager, Controller, Placement, SandboxCgroup, StatsBaseline,
 };
 use crate::channel::{self, Channel, ChannelError};
 use crate::mounts::{BaseFingerprint, MountPlan};
@@ -42,6 +47,7 @@ use crate::seccomp::DenialMonitor;
 use crate::spawn::{self, ChildMsg, Forked, LauncherMsg, ParentChannel, Prepared};
 use crate::spec::{CgroupPlacement, SandboxSpec};
 use crate::trace::{TracePoint, now_ns};
+use crate::zygote::{self, ZygoteChannel, ZygoteReply, ZygoteRequest};
 
 /// A request from the daemon to the launcher.
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,15 +78,15 @@ pub enum Request {
     },
 }
 
-/// Default [`LauncherConfig::pool_size`]: two pre-warmed stubs per cgroup
-/// placement in use (each is one sleeping process, its namespaces and an
-/// empty cgroup; well under 1 MiB).
+/// Default [`LauncherConfig::pool_size`]: two pre-warmed inits per cgroup
+/// placement in use (each is one sleeping process and its namespaces, plus a
+/// zygote and a cgroup per slot).
 pub const DEFAULT_POOL_SIZE: usize = 2;
 
 /// How the launcher runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LauncherConfig {
-    /// Pre-warmed stubs kept ready per cgroup placement; 0 turns the pool
+    /// Pre-warmed inits kept ready per cgroup placement; 0 turns the pool
     /// off (every spawn is cold). A placement's pool is filled after its
     /// first spawn or on [`Launcher::prewarm`].
     pub pool_size: usize,
@@ -115,8 +121,9 @@ pub enum Event {
         /// Denials come through seccomp user notification.
         seccomp_notify: bool,
     },
-    /// The sandbox ended (or could not be set up): every process of it is
-    /// gone. The launcher removes its cgroup right after sending this (it
+    /// The sandbox ended (or could not be set up): every process of the
+    /// plugin is gone (the sandbox's init may still be exiting; the
+    /// launcher reaps it and releases the sandbox). The launcher removes its cgroup right after sending this (it
     /// exits only once that is done, so dropping the [`Launcher`] waits
     /// for it).
     Exited {
@@ -408,6 +415,18 @@ struct Running {
     setting_up: bool,
     /// Launcher-side and child-side trace points.
     trace: Vec<TracePoint>,
+    /// The pool slot it runs in (its cgroup is `cgroup`), with its pool.
+    slot: Option<(PoolKey, PoolSlot)>,
+    /// The slot's counters when this sandbox was claimed.
+    baseline: Option<StatsBaseline>,
+    /// Stopped or killed by the launcher: its slot is never reused.
+    dirty: bool,
+    /// Init reported the plugin's end.
+    plugin_ended: bool,
+    /// The outcome was sent (the sandbox may still be exiting).
+    reported: bool,
+    /// It ended normally (see `report`): its slot may be reused.
+    normal: bool,
 }
 
 /// How a sandbox's stub came to be (the only difference between the two
@@ -419,19 +438,30 @@ struct StubStart {
     cgroup: Option<SandboxCgroup>,
     attach_error: Option<String>,
     pooled: bool,
+    /// A pooled init's mount namespace (a cold one's is opened when init's
+    /// pid arrives).
+    mount_ns: Option<std::fs::File>,
     trace: Vec<TracePoint>,
+    slot: Option<(PoolKey, PoolSlot)>,
+    baseline: Option<StatsBaseline>,
 }
 
 impl Running {
     /// A sandbox whose stub was just started (cold) or claimed (pool),
     /// setting up, its wall deadline counted from `started`.
     fn new(spec: &SandboxSpec, started: Instant, s: StubStart) -> Self {
+        // A pooled sandbox's child is its init: known from the start.
+        let (init, init_pidfd) = if s.pooled {
+            (Some(s.stub), s.pidfd.try_clone().ok())
+        } else {
+            (None, None)
+        };
         Running {
             stub: s.stub,
             pidfd: s.pidfd,
             chan: Some(s.chan),
-            init: None,
-            init_pidfd: None,
+            init,
+            init_pidfd,
             cgroup: s.cgroup,
             started,
             deadline: spec
@@ -442,19 +472,25 @@ impl Running {
             kill_at: None,
             grace: spec.stop_grace,
             outcome: Outcome::default(),
-            mount_ns: None,
+            mount_ns: s.mount_ns,
             ids: (spec.uid, spec.gid),
             attach_error: s.attach_error,
             pooled: s.pooled,
             setting_up: true,
             trace: s.trace,
+            slot: s.slot,
+            baseline: s.baseline,
+            dirty: false,
+            plugin_ended: false,
+            reported: false,
+            normal: false,
         }
     }
 }
 
-/// A pre-warmed stub in the pool (see [`spawn::fork_pool_stub`]).
+/// A pre-warmed init in the pool (see [`spawn::fork_pool_init`]).
 struct Pooled {
-    stub: Pid,
+    init: Pid,
     pidfd: OwnedFd,
     chan: ParentChannel,
     stdout: OwnedFd,
@@ -468,16 +504,48 @@ struct Pooled {
     trace: Vec<TracePoint>,
     /// The spec-independent binds of its pre-built root.
     base: BaseFingerprint,
+    /// Its mount namespace, opened when it reported ready.
+    mount_ns: Option<std::fs::File>,
+    /// The slot whose zygote forked it (cgroup placements).
+    slot: Option<PoolSlot>,
+}
+
+/// A pool slot (cgroup placements): a cgroup created once and the zygote
+/// in it ([`zygote`]) that forks each of the slot's pre-warmed inits, so no
+/// spawn migrates a process between cgroups or creates or removes one. The
+/// cgroup itself travels next to it (`Pooled::cgroup`, `Running::cgroup`,
+/// or the pairs in [`Pool`]).
+struct PoolSlot {
+    zygote: Pid,
+    chan: ZygoteChannel,
+    /// The limits written to the cgroup now (none when fresh).
+    limits: CgroupLimits,
+    /// Sandboxes claimed in it so far.
+    uses: u64,
+    /// The base mount plan of the init it forks next.
+    base: BaseFingerprint,
+    /// Back in the pool since (a free slot waits until its last sandbox's
+    /// tmpfs pages are no longer charged to it).
+    freed: Instant,
+    next_try: Instant,
 }
 
 /// The pre-warmed stubs for one cgroup placement.
 struct Pool {
     placement: Option<CgroupPlacement>,
     stubs: Vec<Pooled>,
+    /// Slots whose zygote is forking an init (reply pending).
+    warming: Vec<(SandboxCgroup, PoolSlot)>,
+    /// Slots back from a sandbox that ended normally, to re-warm.
+    free: Vec<(SandboxCgroup, PoolSlot)>,
     /// Pre-warms that failed in a row; the pool stops refilling at
     /// [`MAX_POOL_FAILURES`] (spawns are then cold).
     failures: u32,
 }
+
+/// How long a spawn waits for a warming pool slot's init before it goes
+/// cold, in ms.
+const WARMING_WAIT_MS: u8 = 20;
 
 /// Consecutive pre-warm failures after which a placement's pool gives up.
 const MAX_POOL_FAILURES: u32 = 3;
@@ -514,6 +582,12 @@ struct Server {
     pool_seq: u64,
     graveyard: Vec<Grave>,
     janitor: Option<Janitor>,
+    /// The launcher's own pid namespace, to return to after forking a
+    /// pooled init into a new one.
+    own_pid_ns: Option<OwnedFd>,
+    /// A pidfd of the launcher itself: a pooled init checks it after
+    /// setting its parent-death signal.
+    self_pidfd: Option<OwnedFd>,
 }
 
 /// A helper process that closes the descriptors it is sent: the last
@@ -578,6 +652,12 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
                 |e| tracing::warn!(error = %e, "janitor; mount namespaces are released inline"),
             )
             .ok(),
+        own_pid_ns: crate::namespaces::own_pid_namespace()
+            .map_err(|e| tracing::warn!(error = %e, "no spawn pool"))
+            .ok(),
+        self_pidfd: pidfd_open(nix::unistd::getpid())
+            .map_err(|e| tracing::warn!(error = ?e, "pidfd of the launcher; no spawn pool"))
+            .ok(),
     };
     let result = loop {
         if !server.ctrl_open && server.running.is_empty() {
@@ -619,8 +699,8 @@ fn wait4_nohang(pid: Pid) -> Result<Option<(libc::c_int, libc::rusage)>, Errno> 
     Ok((rc != 0).then_some((status, usage)))
 }
 
-/// Tasks of Hutch's own in every sandbox cgroup (the stub and init), added
-/// to the spec's `pids_max`.
+/// Tasks of Hutch's own in every sandbox cgroup (the stub and init cold, the
+/// zygote and init in a pool slot), added to the spec's `pids_max`.
 pub const SANDBOX_OVERHEAD_TASKS: u64 = 2;
 
 /// A launcher-side trace point, now.
@@ -667,6 +747,7 @@ enum Slot {
     Exit(u64),
     PoolChan(PoolKey, Pid),
     PoolExit(PoolKey, Pid),
+    Zygote(PoolKey, Pid),
 }
 
 impl Server {
@@ -684,13 +765,15 @@ impl Server {
             .running
             .values()
             .any(|r| r.setting_up && r.started.elapsed() < Duration::from_secs(1));
-        let refill = (self.ctrl_open
-            && !setting_up
-            && self
-                .pools
+        let refill = if self.ctrl_open && !setting_up {
+            self.pools
                 .values()
-                .any(|p| p.stubs.len() < self.config.pool_size && p.failures < MAX_POOL_FAILURES))
-        .then_some(now);
+                .filter(|p| self.short(p))
+                .map(|p| p.free.iter().map(|(_, s)| s.next_try).min().unwrap_or(now))
+                .min()
+        } else {
+            None
+        };
         match (grave, refill) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -732,9 +815,13 @@ impl Server {
         for (key, pool) in &self.pools {
             for p in &pool.stubs {
                 fds.push(PollFd::new(p.chan.as_fd(), PollFlags::POLLIN));
-                slots.push(Slot::PoolChan(key.clone(), p.stub));
+                slots.push(Slot::PoolChan(key.clone(), p.init));
                 fds.push(PollFd::new(p.pidfd.as_fd(), PollFlags::POLLIN));
-                slots.push(Slot::PoolExit(key.clone(), p.stub));
+                slots.push(Slot::PoolExit(key.clone(), p.init));
+            }
+            for (_, z) in &pool.warming {
+                fds.push(PollFd::new(z.chan.as_fd(), PollFlags::POLLIN));
+                slots.push(Slot::Zygote(key.clone(), z.zygote));
             }
         }
         let n = match poll(&mut fds, timeout) {
@@ -756,8 +843,9 @@ impl Server {
                 Slot::Chan(id) => self.on_child_message(id),
                 Slot::Exit(id) => self.on_stub_exit(id),
                 Slot::PoolChan(key, stub) => self.on_pool_message(&key, stub),
+                Slot::Zygote(key, zygote) => self.on_zygote_message(&key, zygote),
                 Slot::PoolExit(key, stub) => {
-                    tracing::warn!(stub = stub.as_raw(), "pre-warmed sandbox stub died");
+                    tracing::warn!(init = stub.as_raw(), "pre-warmed sandbox init died");
                     self.discard_pooled(&key, stub, true);
                 }
             }
@@ -841,69 +929,257 @@ impl Server {
         }
     }
 
-    /// Pre-warm one stub for the first pool below its size.
+    /// A pool below its size that may still be refilled.
+    fn short(&self, p: &Pool) -> bool {
+        p.stubs.len() + p.warming.len() < self.config.pool_size && p.failures < MAX_POOL_FAILURES
+    }
+
+    /// Pre-warm one init for the first pool below its size: without a
+    /// cgroup forked by the launcher itself; with one, by the zygote of a
+    /// free slot (re-warm) or of a new slot.
     fn refill_one(&mut self) {
-        let size = self.config.pool_size;
+        let now = Instant::now();
+        let due = |p: &Pool| p.free.is_empty() || p.free.iter().any(|(_, s)| s.next_try <= now);
         let Some((key, placement)) = self
             .pools
             .iter()
-            .find(|(_, p)| p.stubs.len() < size && p.failures < MAX_POOL_FAILURES)
+            .find(|(_, p)| self.short(p) && due(p))
             .map(|(k, p)| (k.clone(), p.placement.clone()))
         else {
             return;
         };
-        self.pool_seq += 1;
-        let name = format!("hutch-pool-{}-{}", std::process::id(), self.pool_seq);
-        let result = self.prewarm_stub(&name, placement.as_ref());
+        let result = match &placement {
+            None => self.prewarm_stub().map(Some),
+            Some(pl) => self.warm_slot(&key, pl, now),
+        };
         let Some(pool) = self.pools.get_mut(&key) else {
             return;
         };
         match result {
-            Ok(p) => pool.stubs.push(p),
+            Ok(Some(p)) => pool.stubs.push(p),
+            Ok(None) => {}
             Err(e) => {
                 pool.failures += 1;
-                tracing::warn!(error = %e, failures = pool.failures, "pre-warming a sandbox stub");
+                tracing::warn!(error = %e, failures = pool.failures, "pre-warming a sandbox");
             }
         }
     }
 
-    fn prewarm_stub(
+    /// Ask a free slot's zygote for a new init, or start a new slot; the
+    /// init arrives with [`ZygoteReply::Forked`]. `Ok(None)` when nothing
+    /// failed (the init comes later, or the free slot is not ready yet, or
+    /// it was replaced).
+    fn warm_slot(
         &mut self,
-        name: &str,
-        placement: Option<&CgroupPlacement>,
-    ) -> Result<Pooled, String> {
-        let cgroup = match placement {
-            None => None,
-            Some(pl) => Some(
-                self.manager(pl)?
-                    .create_unlimited(name)
-                    .map_err(|e| format!("cgroup: {e}"))?,
-            ),
-        };
-        let procs = cgroup
-            .as_ref()
-            .map(SandboxCgroup::procs_paths)
-            .unwrap_or_default();
+        key: &PoolKey,
+        placement: &CgroupPlacement,
+        now: Instant,
+    ) -> Result<Option<Pooled>, String> {
         let plan = MountPlan::prepare_base().map_err(|e| e.to_string())?;
-        let forked = spawn::fork_pool_stub(&procs, &plan).map_err(|e| e.to_string())?;
-        let pidfd = match pidfd_open(forked.stub) {
+        let free = self.pools.get_mut(key).and_then(|p| {
+            let i = p.free.iter().position(|(_, s)| s.next_try <= now)?;
+            Some(p.free.swap_remove(i))
+        });
+        if let Some((cg, mut slot)) = free {
+            // The last sandbox's tmpfs pages (its root, /tmp) leave the
+            // cgroup when its mount namespace is gone: wait for that, so
+            // the next sandbox's memory limit is its own.
+            match cg.shmem_bytes() {
+                Ok(0) => {}
+                Ok(_) if slot.freed.elapsed() < GRAVE_PATIENCE => {
+                    slot.next_try = now + Duration::from_millis(1);
+                    if let Some(p) = self.pools.get_mut(key) {
+                        p.free.push((cg, slot));
+                    }
+                    return Ok(None);
+                }
+                Ok(bytes) => {
+                    tracing::debug!(bytes, "pool slot still holds tmpfs pages; replaced");
+                    self.bury_slot(cg, slot);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pool slot memory.stat; replaced");
+                    self.bury_slot(cg, slot);
+                    return Ok(None);
+                }
+            }
+            slot.base = plan.base_fingerprint();
+            let sent = slot.chan.send(
+                &ZygoteRequest::Fork {
+                    base: Box::new(plan),
+                },
+                &[],
+            );
+            match sent {
+                Ok(()) => {
+                    if let Some(p) = self.pools.get_mut(key) {
+                        p.warming.push((cg, slot));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pool slot zygote gone; replaced");
+                    self.bury_slot(cg, slot);
+                }
+            }
+            return Ok(None);
+        }
+        self.pool_seq += 1;
+        let name = format!("hutch-pool-{}-{}", std::process::id(), self.pool_seq);
+        let cg = self
+            .manager(placement)?
+            .create_unlimited(&name)
+            .map_err(|e| format!("cgroup: {e}"))?;
+        let z = zygote::fork_zygote(&cg.procs_paths(), &plan).map_err(|e| e.to_string())?;
+        let slot = PoolSlot {
+            zygote: z.pid,
+            chan: z.chan,
+            limits: CgroupLimits::default(),
+            uses: 0,
+            base: plan.base_fingerprint(),
+            freed: now,
+            next_try: now,
+        };
+        if let Some(p) = self.pools.get_mut(key) {
+            p.warming.push((cg, slot));
+        }
+        Ok(None)
+    }
+
+    /// A slot's zygote reported: its new init joins the pool, or the slot
+    /// is buried.
+    fn on_zygote_message(&mut self, key: &PoolKey, zygote: Pid) {
+        let Some(pool) = self.pools.get_mut(key) else {
+            return;
+        };
+        let Some(i) = pool.warming.iter().position(|(_, s)| s.zygote == zygote) else {
+            return;
+        };
+        let (cg, slot) = pool.warming.swap_remove(i);
+        let fds = match slot.chan.recv() {
+            Ok(Some((ZygoteReply::Forked { init }, fds))) => Some((init, fds)),
+            Ok(Some((ZygoteReply::Failed(e), _))) => {
+                tracing::warn!(error = %e, "pool slot zygote failed");
+                None
+            }
+            Ok(None) => {
+                tracing::warn!("pool slot zygote exited");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pool slot zygote");
+                None
+            }
+        };
+        if let Some((init, fds)) = fds {
+            let mut it = fds.into_iter();
+            if let (Some(pidfd), Some(chan), Some(stdout), Some(stderr), None) =
+                (it.next(), it.next(), it.next(), it.next(), it.next())
+            {
+                let base = slot.base.clone();
+                pool.stubs.push(Pooled {
+                    init: Pid::from_raw(init),
+                    pidfd,
+                    chan: Channel::from_fd(chan),
+                    stdout,
+                    stderr,
+                    cgroup: Some(cg),
+                    ready: false,
+                    trace: Vec::new(),
+                    base,
+                    mount_ns: None,
+                    slot: Some(slot),
+                });
+                return;
+            }
+        }
+        pool.failures += 1;
+        self.bury_slot(cg, slot);
+    }
+
+    /// Take in the inits the zygotes of `key`'s pool have forked but the
+    /// poll loop has not seen yet; when there is none, wait a little
+    /// ([`WARMING_WAIT_MS`]) for a slot that is warming (a zygote forks an
+    /// init in well under a millisecond; a new slot's zygote first joins
+    /// its cgroup), rather than spawning cold.
+    fn collect_warming(&mut self, key: &PoolKey) {
+        let mut waited = false;
+        loop {
+            let Some(pool) = self.pools.get(key) else {
+                return;
+            };
+            let timeout = if pool.stubs.is_empty() && !waited {
+                PollTimeout::from(WARMING_WAIT_MS)
+            } else {
+                PollTimeout::ZERO
+            };
+            let zygotes: Vec<Pid> = pool.warming.iter().map(|(_, s)| s.zygote).collect();
+            let mut fds: Vec<PollFd<'_>> = pool
+                .warming
+                .iter()
+                .map(|(_, s)| PollFd::new(s.chan.as_fd(), PollFlags::POLLIN))
+                .collect();
+            if fds.is_empty() || !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+                return;
+            }
+            let which: Vec<Pid> = fds
+                .iter()
+                .zip(zygotes)
+                .filter(|(f, _)| f.any().unwrap_or(false))
+                .map(|(_, z)| z)
+                .collect();
+            drop(fds);
+            for z in which {
+                self.on_zygote_message(key, z);
+            }
+            waited = true;
+        }
+    }
+
+    /// Bury a slot with its cgroup: its channel is closed, so the zygote
+    /// kills and reaps its init, if any, and exits (the grave reaps it, then
+    /// kills whatever is left in the cgroup and removes it).
+    fn bury_slot(&mut self, cg: SandboxCgroup, slot: PoolSlot) {
+        let PoolSlot { zygote, chan, .. } = slot;
+        drop(chan);
+        let now = Instant::now();
+        self.graveyard.push(Grave {
+            cgroup: Some(cg),
+            mount_ns: None,
+            reap: Some(zygote),
+            since: now,
+            next_try: now,
+        });
+    }
+
+    /// Fork a pre-warmed init without a cgroup (the launcher's own child).
+    fn prewarm_stub(&mut self) -> Result<Pooled, String> {
+        let plan = MountPlan::prepare_base().map_err(|e| e.to_string())?;
+        let (Some(own_ns), Some(me)) = (&self.own_pid_ns, &self.self_pidfd) else {
+            return Err("no pid namespace or pidfd of the launcher's own".into());
+        };
+        let forked =
+            spawn::fork_pool_init(&[], &plan, own_ns, me, None).map_err(|e| e.to_string())?;
+        let pidfd = match pidfd_open(forked.pid) {
             Ok(fd) => fd,
             Err(e) => {
-                let _ = kill(forked.stub, Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(forked.stub, None);
+                let _ = kill(forked.pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(forked.pid, None);
                 return Err(format!("pidfd_open: {e:?}"));
             }
         };
         Ok(Pooled {
-            stub: forked.stub,
+            init: forked.pid,
             pidfd,
             chan: forked.channel,
             stdout: forked.stdout,
             stderr: forked.stderr,
-            cgroup,
+            cgroup: None,
             ready: false,
             trace: Vec::new(),
             base: plan.base_fingerprint(),
+            mount_ns: None,
+            slot: None,
         })
     }
 
@@ -911,11 +1187,14 @@ impl Server {
         let Some(pool) = self.pools.get_mut(key) else {
             return;
         };
-        let Some(p) = pool.stubs.iter_mut().find(|p| p.stub == stub) else {
+        let Some(p) = pool.stubs.iter_mut().find(|p| p.init == stub) else {
             return;
         };
         match p.chan.recv() {
             Ok(Some((ChildMsg::PoolReady { trace }, _))) => {
+                // Held so the namespace's teardown waits until the outcome
+                // is reported (as for a cold sandbox's).
+                p.mount_ns = std::fs::File::open(format!("/proc/{}/ns/mnt", p.init)).ok();
                 p.ready = true;
                 p.trace = trace;
                 pool.failures = 0;
@@ -937,7 +1216,7 @@ impl Server {
         let Some(pool) = self.pools.get_mut(key) else {
             return;
         };
-        let Some(i) = pool.stubs.iter().position(|p| p.stub == stub) else {
+        let Some(i) = pool.stubs.iter().position(|p| p.init == stub) else {
             return;
         };
         let p = pool.stubs.remove(i);
@@ -948,12 +1227,15 @@ impl Server {
     }
 
     fn bury_pooled(&mut self, p: Pooled) {
-        let _ = kill(p.stub, Signal::SIGKILL);
+        let _ = pidfd_send_signal(&p.pidfd, Signal::SIGKILL);
+        if let (Some(cg), Some(slot)) = (p.cgroup, p.slot) {
+            return self.bury_slot(cg, slot);
+        }
         let now = Instant::now();
         self.graveyard.push(Grave {
-            cgroup: p.cgroup,
+            cgroup: None,
             mount_ns: None,
-            reap: Some(p.stub),
+            reap: Some(p.init),
             since: now,
             next_try: now,
         });
@@ -969,18 +1251,28 @@ impl Server {
         for p in stubs {
             self.bury_pooled(p);
         }
+        let slots: Vec<(SandboxCgroup, PoolSlot)> = self
+            .pools
+            .values_mut()
+            .flat_map(|p| p.warming.drain(..).chain(p.free.drain(..)))
+            .collect();
+        for (cg, slot) in slots {
+            self.bury_slot(cg, slot);
+        }
     }
 
     fn on_request(&mut self) {
         match self.ctrl.recv() {
             Ok(Some((Request::Spawn { id, spec }, _))) => self.spawn(id, &spec),
+            // A reported sandbox is over (its init is exiting): nothing to
+            // stop any more.
             Ok(Some((Request::Stop { id }, _))) => {
-                if let Some(r) = self.running.get_mut(&id) {
+                if let Some(r) = self.running.get_mut(&id).filter(|r| !r.reported) {
                     terminate(r);
                 }
             }
             Ok(Some((Request::Kill { id }, _))) => {
-                if let Some(r) = self.running.get_mut(&id) {
+                if let Some(r) = self.running.get_mut(&id).filter(|r| !r.reported) {
                     kill_now(r);
                 }
             }
@@ -992,6 +1284,8 @@ impl Server {
                         .or_insert_with(|| Pool {
                             placement,
                             stubs: Vec::new(),
+                            warming: Vec::new(),
+                            free: Vec::new(),
                             failures: 0,
                         });
                     // Fork the stubs now (each warms up on its own): a
@@ -1066,6 +1360,8 @@ impl Server {
             .or_insert_with(|| Pool {
                 placement: spec.cgroup.clone(),
                 stubs: Vec::new(),
+                warming: Vec::new(),
+                free: Vec::new(),
                 failures: 0,
             });
         // Same system trees, devices and /etc files as checked just now;
@@ -1095,6 +1391,9 @@ impl Server {
         };
         trace.push(point("launcher: prepared"));
         let limits = cgroup_limits(spec);
+        if self.config.pool_size > 0 && !spec.user_namespace {
+            self.collect_warming(&pool_key(spec.cgroup.as_ref()));
+        }
         let prepared = match self.take_pooled(spec, &prepared) {
             None => prepared,
             Some(stub) => match self.claim(id, spec, prepared, stub, &limits, &mut trace) {
@@ -1120,23 +1419,46 @@ impl Server {
         trace: &mut Vec<TracePoint>,
     ) -> Result<(), Option<Box<Prepared>>> {
         let started = Instant::now();
-        // The limits are in place before the stub even learns it was
-        // claimed, so no plugin code ever runs in an unlimited cgroup.
-        if let Some(cg) = &stub.cgroup
-            && let Err(e) = cg.set_limits(limits)
-        {
-            self.bury_pooled(stub);
-            self.fail_spawn(id, started, format!("cgroup: {e}"));
-            return Err(None);
+        let mut stub = stub;
+        // The limits are in place before init even learns it was claimed,
+        // so no plugin code ever runs without them. A reused slot's cgroup
+        // has the last sandbox's: only what differs is written. Then the
+        // slot's counters are reset or recorded, so the stats are this
+        // sandbox's own.
+        let mut baseline = None;
+        if let Some(cg) = &stub.cgroup {
+            let set = match stub.slot.as_mut() {
+                Some(slot) => cg
+                    .change_limits(&slot.limits, limits)
+                    .map(|()| slot.limits = limits.clone())
+                    .and_then(|()| cg.begin_stats().map(Some)),
+                None => cg.set_limits(limits).map(|()| None),
+            };
+            match set {
+                Ok(b) => baseline = b,
+                Err(e) => {
+                    self.bury_pooled(stub);
+                    self.fail_spawn(id, started, format!("cgroup: {e}"));
+                    return Err(None);
+                }
+            }
+        }
+        let reused = stub.slot.as_ref().is_some_and(|s| s.uses > 0);
+        if let Some(slot) = stub.slot.as_mut() {
+            slot.uses += 1;
         }
         // Back from SCHED_IDLE (pre-warm) to the launcher's own policy, so
         // the claimed stub runs like a cold one.
-        if let Err(e) = spawn::SchedPolicy::current().and_then(|p| p.set_for(stub.stub)) {
+        if let Err(e) = spawn::SchedPolicy::current().and_then(|p| p.set_for(stub.init)) {
             tracing::warn!(error = %e, "scheduling policy of a pre-warmed stub; spawning cold");
             self.bury_pooled(stub);
             return Err(Some(Box::new(prepared)));
         }
-        trace.push(point("launcher: limits set on pooled cgroup"));
+        trace.push(point(if reused {
+            "launcher: limits set on reused slot"
+        } else {
+            "launcher: limits set on pooled cgroup"
+        }));
         // The stub's root was pivoted long ago: it gets the spec's bind
         // sources as detached mounts, checked here (device and inode).
         let trees = match crate::mounts::clone_spec_sources(prepared.plan()) {
@@ -1166,13 +1488,15 @@ impl Server {
             "launcher: claim sent (stub still warming up)"
         }));
         let Pooled {
-            stub: pid,
+            init: pid,
             pidfd,
             chan,
             stdout,
             stderr,
             cgroup,
             trace: prewarm,
+            mount_ns,
+            slot,
             ..
         } = stub;
         trace.extend(prewarm);
@@ -1193,7 +1517,10 @@ impl Server {
                     cgroup,
                     attach_error: None,
                     pooled: true,
+                    mount_ns,
                     trace: std::mem::take(trace),
+                    slot: slot.map(|s| (pool_key(spec.cgroup.as_ref()), s)),
+                    baseline,
                 },
             ),
         );
@@ -1230,7 +1557,7 @@ impl Server {
         };
         trace.push(point("launcher: stub forked"));
         let Forked {
-            stub,
+            pid: stub,
             channel,
             stdout,
             stderr,
@@ -1275,7 +1602,10 @@ impl Server {
                     cgroup,
                     attach_error,
                     pooled: false,
+                    mount_ns: None,
                     trace,
+                    slot: None,
+                    baseline: None,
                 },
             ),
         );
@@ -1288,6 +1618,7 @@ impl Server {
         let Some(chan) = &r.chan else { return };
         let msg = chan.recv();
         let mut started: Option<(Event, Vec<OwnedFd>)> = None;
+        let mut report_now = false;
         match msg {
             Ok(Some((ChildMsg::InitForked { pid }, _))) => {
                 r.trace.push(point("launcher: init pid received"));
@@ -1368,15 +1699,25 @@ impl Server {
                     exit_code,
                     signal,
                     at_ns,
+                    all_gone,
                 },
                 _,
             ))) => {
                 r.outcome.exit_code = exit_code;
                 r.outcome.signal = signal;
+                r.plugin_ended = true;
                 r.trace.push(TracePoint {
                     step: "init: plugin reaped".into(),
                     ns: at_ns,
                 });
+                // With a cgroup the stats are final now: report without
+                // waiting for init's own exit (it follows; the sandbox is
+                // released then). Without one, the CPU time comes from the
+                // stub's rusage at its exit.
+                if all_gone && r.cgroup.is_some() && !r.reported {
+                    r.trace.push(point("launcher: plugin end received"));
+                    report_now = true;
+                }
             }
             Ok(Some((ChildMsg::PoolReady { .. }, _))) => {}
             Ok(None) => r.chan = None,
@@ -1389,27 +1730,34 @@ impl Server {
             let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
             self.send(&event, &raw);
         }
+        if report_now {
+            self.report(id, None, None);
+        }
     }
 
     fn on_stub_exit(&mut self, id: u64) {
         let Some(r) = self.running.get_mut(&id) else {
             return;
         };
-        let (status, usage) = match wait4_nohang(r.stub) {
-            Ok(Some(x)) => x,
-            Ok(None) | Err(Errno::EINTR) => return,
-            Err(e) => {
-                tracing::error!(sandbox = id, error = ?e, "wait4 on sandbox stub");
-                (0, {
-                    // SAFETY: rusage is plain old data; all-zero is a valid value.
-                    unsafe { std::mem::zeroed() }
-                })
+        // A slot's init is its zygote's child (the zygote reaps it): its
+        // pidfd said it exited; its CPU time comes from the cgroup.
+        let (status, usage) = if r.slot.is_some() {
+            (None, None)
+        } else {
+            match wait4_nohang(r.stub) {
+                Ok(Some((status, usage))) => (Some(status), Some(usage)),
+                Ok(None) | Err(Errno::EINTR) => return,
+                Err(e) => {
+                    tracing::error!(sandbox = id, error = ?e, "wait4 on sandbox stub");
+                    (None, None)
+                }
             }
         };
-        let Some(mut r) = self.running.remove(&id) else {
-            return;
-        };
-        r.trace.push(point("launcher: stub reaped"));
+        r.trace.push(point(if r.pooled {
+            "launcher: init reaped"
+        } else {
+            "launcher: stub reaped"
+        }));
         // Every writer of the setup channel is dead by now (init's exit waits
         // for its whole pid namespace): drain what is left.
         if let Some(chan) = r.chan.take() {
@@ -1419,9 +1767,11 @@ impl Server {
                         exit_code,
                         signal,
                         at_ns,
-                    } => {
+                        ..
+                    } if !r.plugin_ended => {
                         r.outcome.exit_code = exit_code;
                         r.outcome.signal = signal;
+                        r.plugin_ended = true;
                         r.trace.push(TracePoint {
                             step: "init: plugin reaped".into(),
                             ns: at_ns,
@@ -1430,35 +1780,102 @@ impl Server {
                     ChildMsg::Failed(e) => {
                         r.outcome.setup_error.get_or_insert(e.to_string());
                     }
+                    // Not read before the exit (same poll round): keep what
+                    // it reports (the sandbox is over; no `Started` now).
+                    ChildMsg::Executing {
+                        landlock,
+                        seccomp_notify,
+                        trace,
+                    } if !r.reported => {
+                        r.trace.extend(trace);
+                        r.outcome.landlock = landlock;
+                        r.outcome.seccomp_notify = seccomp_notify;
+                    }
                     _ => {}
                 }
             }
         }
+        if !r.reported {
+            self.report(id, status, usage);
+        }
+        let Some(mut r) = self.running.remove(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        // A slot goes back to the pool only after a normal end and when
+        // nothing but its zygote is left in its cgroup; any other end
+        // buries it whole (zygote included).
+        let cgroup = match (r.slot.take(), r.cgroup.take()) {
+            (Some((key, mut slot)), Some(cg)) => {
+                let alone = r.normal && self.ctrl_open && cg.pids() == [slot.zygote.as_raw()];
+                let size = self.config.pool_size;
+                match self.pools.get_mut(&key) {
+                    // At most a pool's worth of free slots is kept.
+                    Some(pool) if alone && pool.free.len() < size => {
+                        slot.freed = now;
+                        slot.next_try = now;
+                        pool.free.push((cg, slot));
+                    }
+                    _ => self.bury_slot(cg, slot),
+                }
+                None
+            }
+            (_, cg) => cg,
+        };
+        self.graveyard.push(Grave {
+            cgroup,
+            mount_ns: r.mount_ns.take(),
+            reap: None,
+            since: now,
+            next_try: now,
+        });
+    }
+
+    /// Report sandbox `id`'s outcome: when its init said every plugin
+    /// process is gone ([`ChildMsg::PluginEnded`], sandboxes with a cgroup:
+    /// the stats are final then, so the report does not wait for init's own
+    /// exit), or when init (or the stub) exited. `status`/`usage`: the
+    /// launcher's child's, when it was reaped.
+    fn report(&mut self, id: u64, status: Option<libc::c_int>, usage: Option<libc::rusage>) {
+        let Some(r) = self.running.get_mut(&id) else {
+            return;
+        };
+        r.reported = true;
         let o = &mut r.outcome;
         if o.setup_error.is_none() {
             o.setup_error = r.attach_error.take();
         }
         if o.exit_code.is_none() && o.signal.is_none() && o.setup_error.is_none() {
             // Init did not report: it was killed (timeout escalation, OOM,
-            // stop); the stub exits with 128+N for init's signal N.
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
+            // stop). A pooled init is the launcher's child itself; a cold
+            // stub exits with 128+N for init's signal N.
+            if let Some(status) = status.filter(|s| !libc::WIFSIGNALED(*s)) {
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::SIGKILL
+                };
+                if code > 128 {
+                    o.signal = Some(code - 128);
+                } else {
+                    o.exit_code = Some(code);
+                }
             } else {
-                128 + libc::SIGKILL
-            };
-            if code > 128 {
-                o.signal = Some(code - 128);
-            } else {
-                o.exit_code = Some(code);
+                // Killed (a pooled init is the launcher's child or the
+                // zygote's; unknown status counts as SIGKILL).
+                o.signal = Some(status.map_or(libc::SIGKILL, |s| libc::WTERMSIG(s)));
             }
         }
         o.wall_time_ms = r.started.elapsed().as_millis() as u64;
         let rusage_ns =
             |t: libc::timeval| (t.tv_sec as u64) * 1_000_000_000 + (t.tv_usec as u64) * 1000;
-        o.cpu_time_ns = rusage_ns(usage.ru_utime) + rusage_ns(usage.ru_stime);
-        let cgroup = r.cgroup.take();
-        if let Some(cg) = &cgroup {
-            match cg.stats() {
+        o.cpu_time_ns = usage.map_or(0, |u| rusage_ns(u.ru_utime) + rusage_ns(u.ru_stime));
+        if let Some(cg) = &r.cgroup {
+            let stats = match r.baseline.as_mut() {
+                Some(base) => cg.stats_since(base),
+                None => cg.stats(),
+            };
+            match stats {
                 Ok(stats) => {
                     o.oom_killed = stats.oom_kills > 0;
                     o.pids_limit_hit = stats.pids_limit_hits > 0;
@@ -1471,23 +1888,26 @@ impl Server {
             }
         }
         r.trace.push(point("launcher: cgroup stats read"));
-        // The outcome is final (every process of the pid namespace is gone):
-        // report it first; the now empty cgroup and the mount namespace are
+        // The outcome is final (no process of the plugin is left): report
+        // it first; the now empty cgroup and the mount namespace are
         // released when the launcher is idle (the launcher exits only after
         // that, so `Launcher`'s drop still waits for it).
         let mut trace = std::mem::take(&mut r.trace);
         trace.sort_by_key(|p| p.ns);
         r.outcome.spawn_trace = trace;
+        let o = &r.outcome;
+        r.normal = !r.dirty
+            && r.plugin_ended
+            && o.setup_error.is_none()
+            && !o.timed_out
+            && !o.oom_killed
+            && !o.pids_limit_hit
+            && r.baseline.as_ref().is_some_and(StatsBaseline::peak_reset);
+        // No more timers: the sandbox is over.
+        r.deadline = None;
+        r.kill_at = None;
         let outcome = Box::new(std::mem::take(&mut r.outcome));
         self.send(&Event::Exited { id, outcome }, &[]);
-        let now = Instant::now();
-        self.graveyard.push(Grave {
-            cgroup,
-            mount_ns: r.mount_ns.take(),
-            reap: None,
-            since: now,
-            next_try: now,
-        });
     }
 
     fn on_timers(&mut self) {
@@ -1508,6 +1928,7 @@ impl Server {
 /// SIGTERM to the plugin through init (which forwards it); kill after grace.
 fn terminate(r: &mut Running) {
     r.deadline = None;
+    r.dirty = true;
     match &r.init_pidfd {
         Some(init) if r.outcome.setup_error.is_none() => {
             let _ = pidfd_send_signal(init, Signal::SIGTERM);
@@ -1521,6 +1942,7 @@ fn terminate(r: &mut Running) {
 /// pid namespace down) and the stub (unreaped, so its pid cannot be reused).
 fn kill_now(r: &mut Running) {
     r.deadline = None;
+    r.dirty = true;
     r.kill_at = None;
     if let Some(Err(e)) = r.cgroup.as_ref().map(SandboxCgroup::kill_all) {
         tracing::warn!(error = %e, "cgroup kill");
@@ -1528,7 +1950,12 @@ fn kill_now(r: &mut Running) {
     if let Some(init) = &r.init_pidfd {
         let _ = pidfd_send_signal(init, Signal::SIGKILL);
     }
-    let _ = kill(r.stub, Signal::SIGKILL);
+    if !r.pooled {
+        // The cold stub: the launcher's unreaped child, so its pid is
+        // still its own (a pooled init was signalled through its pidfd;
+        // a slot's init is not the launcher's child).
+        let _ = kill(r.stub, Signal::SIGKILL);
+    }
 }
 
 fn pidfd_send_signal(pidfd: &OwnedFd, sig: Signal) -> Result<(), Errno> {

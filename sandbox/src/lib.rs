@@ -45,11 +45,15 @@
 //!    -> Landlock -> seccomp (listener handed back over the channel) ->
 //!    `execve`.
 //!
-//! **Warm spawns**: the launcher keeps pre-warmed stubs per cgroup placement
-//! that did the spec-independent steps ahead of time (own cgroup joined,
-//! namespaces, base mount tree pivoted and the old root detached); a spawn
-//! claims one, writes its limits, and hands it the prepared spec and the
-//! spec's bind sources as detached mounts. See docs/sandbox.md.
+//! **Warm spawns**: the launcher keeps pre-warmed inits per cgroup placement
+//! that did the spec-independent steps ahead of time, with no stub: each is
+//! forked straight into a new pid namespace (`unshare(CLONE_NEWPID)`,
+//! `fork`, `setns` back), by the zygote of a pool slot (a cgroup joined once
+//! and reused after normal ends) or by the launcher when there is no
+//! cgroup; it unshares mount, net, ipc and uts, pivots into the base tree,
+//! mounts `/proc` and enters its cgroup namespace. A spawn claims one,
+//! writes its limits, and hands it the prepared spec and the spec's bind
+//! sources as detached mounts. See docs/sandbox.md.
 //!
 //! [`host`] probes what the kernel offers (behind `hutchd check-host`).
 //!
@@ -72,3 +76,4 @@ pub mod seccomp;
 pub mod spawn;
 pub mod spec;
 pub mod trace;
+pub mod zygote;

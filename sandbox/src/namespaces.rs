@@ -55,3 +55,41 @@ pub fn unshare_sandbox_namespaces(user_namespace: bool) -> Result<(), StepError>
 pub fn unshare_cgroup_namespace() -> Result<(), StepError> {
     unshare(CloneFlags::CLONE_NEWCGROUP).step("unshare", "CLONE_NEWCGROUP")
 }
+
+/// Mount, net, ipc and uts: what a pre-forked init unshares itself (its pid
+/// namespace came with its fork, see [`fork_into_new_pid_namespace`]).
+pub const INIT_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
+    .union(CloneFlags::CLONE_NEWNET)
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWUTS);
+
+/// The caller's own pid namespace (`/proc/self/ns/pid`), kept open so that
+/// [`fork_into_new_pid_namespace`] can return to it.
+///
+/// # Errors
+/// The open failed.
+pub fn own_pid_namespace() -> Result<std::os::fd::OwnedFd, StepError> {
+    let f = std::fs::File::open("/proc/self/ns/pid").step("open", "/proc/self/ns/pid")?;
+    Ok(f.into())
+}
+
+/// `fork` whose child is pid 1 of a new pid namespace: `unshare(CLONE_NEWPID)`
+/// (which only changes where the caller's *next* child goes), glibc `fork`,
+/// then, in the parent, `setns(own, CLONE_NEWPID)` so its later children are
+/// in its own namespace again. The caller must be single-threaded.
+///
+/// # Errors
+/// `unshare`, `fork` or the `setns` back failed (after a failed `setns` the
+/// caller's children would all land in the new namespace: treat it as fatal).
+pub fn fork_into_new_pid_namespace(
+    own: &std::os::fd::OwnedFd,
+) -> Result<nix::unistd::ForkResult, StepError> {
+    unshare(CloneFlags::CLONE_NEWPID).step("unshare", "CLONE_NEWPID")?;
+    // SAFETY: the caller is single-threaded (documented precondition), so the child's copy of every lock and allocator is consistent.
+    let forked = unsafe { nix::unistd::fork() };
+    if let Ok(nix::unistd::ForkResult::Child) = forked {
+        return Ok(nix::unistd::ForkResult::Child);
+    }
+    nix::sched::setns(own, CloneFlags::CLONE_NEWPID).step("setns back to", "own pid namespace")?;
+    forked.step("fork", "init")
+}

@@ -2,22 +2,33 @@
 //! steps, one function per step (the order and its reasons are in the crate
 //! doc and docs/sandbox.md).
 //!
-//! Three processes are forked per sandbox, all with glibc `fork` from the
-//! single-threaded launcher (never a raw `clone`):
+//! Every process is forked with glibc `fork` from a single-threaded process
+//! (never a raw `clone`). Two paths:
+//!
+//! **Cold** ([`fork_sandbox`]: no pool, or a user namespace), three
+//! processes:
 //! - **stub** (launcher's child, host pid namespace): parent-death signal,
 //!   `unshare` of the namespaces, forks init, relays init's end to the
 //!   launcher (exit code = init's code, or 128+N if init was killed).
 //! - **init** (pid 1 of the new pid namespace): builds the mount tree, sets
-//!   hostname and `lo`, waits for the cgroup attach, enters a cgroup
-//!   namespace, empties the capability bounding set, forks the plugin, then
-//!   keeps only `CAP_KILL` (it stays uid 0, so the plugin can neither signal
-//!   nor trace it, and `/proc` is mounted `hidepid=invisible`, so the plugin
-//!   does not even see it), reaps zombies and forwards SIGTERM/SIGINT/
-//!   SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 until the plugin exits, reports its
-//!   status and exits (the kernel then kills whatever the plugin left).
-//! - **plugin** (pid 2): per-plugin uid/gid, no capabilities,
-//!   `no_new_privs`, new session, stdio, closes every other descriptor,
-//!   Landlock, seccomp, `execve`.
+//!   hostname and `lo`, waits for the cgroup attach, then as below.
+//! - **plugin** (pid 2), as below.
+//!
+//! **Pre-warmed** ([`fork_pool_init`]), two processes: **init** is forked
+//! straight into a new pid namespace (`unshare(CLONE_NEWPID)`, `fork`,
+//! `setns` back), so there is no stub: it unshares mount, net, ipc and uts
+//! itself, builds the spec-independent tree, mounts `/proc`, brings `lo` up
+//! and waits for its claim; then the spec's binds, `/tmp`, `/etc`.
+//!
+//! On both paths init then enters a cgroup namespace, empties the
+//! capability bounding set, forks the plugin, keeps only `CAP_KILL` (it
+//! stays uid 0, so the plugin can neither signal nor trace it, and `/proc`
+//! is mounted `hidepid=invisible`, so the plugin does not even see it),
+//! reaps zombies and forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2
+//! until the plugin exits, reports its status and exits (the kernel then
+//! kills whatever the plugin left). The **plugin** gets its per-plugin
+//! uid/gid, no capabilities, `no_new_privs`, a new session, stdio, closes
+//! every other descriptor, then Landlock, seccomp, `execve`.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -43,7 +54,7 @@ pub enum ChildMsg {
     /// The stub entered a new user namespace; the launcher must write its
     /// uid/gid maps (answered with [`LauncherMsg::IdMapsWritten`]).
     NeedIdMaps,
-    /// A pre-warmed stub (see [`fork_pool_stub`]) is in its cgroup and its
+    /// A pre-warmed init (see [`fork_pool_init`]) is in its cgroup and its
     /// namespaces and waits for [`LauncherMsg::Claim`].
     PoolReady {
         /// Its pre-warm steps.
@@ -74,6 +85,9 @@ pub enum ChildMsg {
         signal: Option<i32>,
         /// When init reaped the plugin (`CLOCK_MONOTONIC` ns).
         at_ns: u64,
+        /// Init killed and reaped every other process of the sandbox
+        /// before sending this: the outcome is final.
+        all_gone: bool,
     },
 }
 
@@ -124,6 +138,9 @@ pub enum SpawnError {
     /// The setup channel failed.
     #[error(transparent)]
     Channel(#[from] channel::ChannelError),
+    /// A parent-side step (the pid namespace switch) failed.
+    #[error(transparent)]
+    Step(#[from] StepError),
 }
 
 /// Everything the child needs, built before `fork` so the child only makes
@@ -220,8 +237,8 @@ impl Prepared {
 /// A forked sandbox, seen from the launcher.
 #[derive(Debug)]
 pub struct Forked {
-    /// The stub process (the launcher's child).
-    pub stub: Pid,
+    /// The forked process: a stub (cold path) or a pre-warmed init.
+    pub pid: Pid,
     /// Setup channel: step failures, init's pid, `Executing`, the plugin's end.
     pub channel: ParentChannel,
     /// Read end of the plugin's stdout.
@@ -259,7 +276,7 @@ pub fn fork_sandbox(prepared: &Prepared) -> Result<Forked, SpawnError> {
             finish(&child, code)
         }
         ForkResult::Parent { child } => Ok(Forked {
-            stub: child,
+            pid: child,
             channel: parent_end,
             stdout: out_r,
             stderr: err_r,
@@ -267,24 +284,33 @@ pub fn fork_sandbox(prepared: &Prepared) -> Result<Forked, SpawnError> {
     }
 }
 
-/// Fork a pre-warmed stub for the launcher's pool (`docs/sandbox.md`,
-/// "The spawn pool"). It does every spec-independent step ahead of time:
-/// closes foreign fds, sets its parent-death signal, moves itself into its
-/// own cgroup by writing `0` to each of `cgroup_procs` (the slow v1
-/// migration happens here, in the stub, while the launcher goes on), unshares
-/// the mount, pid, net, ipc and uts namespaces, builds the spec-independent
-/// part of the mount tree (`base`) and pivots into it, detaching the old
-/// root ([`mounts::prewarm_root`]), brings `lo` up, and reports
-/// [`ChildMsg::PoolReady`]. Then it blocks until the launcher sends
-/// [`LauncherMsg::Claim`] with the spec's bind sources as detached mounts
-/// (and goes on from forking init) or closes the channel (it exits). Used
-/// once.
+/// Fork a pre-warmed init for the launcher's pool (`docs/sandbox.md`,
+/// "The spawn pool"), straight into a new pid namespace
+/// ([`namespaces::fork_into_new_pid_namespace`]; `own_pid_ns` is the
+/// caller's): the child is pid 1 of it, with no stub in between. It does
+/// every spec-independent step ahead of time, at `SCHED_IDLE`: closes
+/// foreign fds, sets its parent-death signal (checked through
+/// `parent_pidfd`, a pidfd of the caller), joins its cgroup by writing `0` to
+/// each of `cgroup_procs` (none when the caller already put it there, or
+/// there is no cgroup), unshares the mount, net, ipc and uts namespaces,
+/// builds the spec-independent part of the mount tree (`base`) and pivots
+/// into it ([`mounts::prewarm_root`]), mounts `/proc` (its pid namespace is
+/// final), brings `lo` up, and reports [`ChildMsg::PoolReady`]. Then it
+/// blocks until the launcher sends [`LauncherMsg::Claim`] with the spec's
+/// bind sources as detached mounts (and goes on: spec binds, then as a cold
+/// init from the read-only root on) or closes the channel (it exits). Used
+/// once. The caller must be single-threaded. `oom_score_adj`: written to
+/// init's own first (a zygote runs at -1000 and gives its inits back the
+/// value it had).
 ///
 /// # Errors
-/// A pipe, the channel or `fork` failed.
-pub fn fork_pool_stub(
+/// A pipe, the channel, `fork` or the pid namespace switch failed.
+pub fn fork_pool_init(
     cgroup_procs: &[std::path::PathBuf],
     base: &MountPlan,
+    own_pid_ns: &OwnedFd,
+    parent_pidfd: &OwnedFd,
+    oom_score_adj: Option<i32>,
 ) -> Result<Forked, SpawnError> {
     let procs: Vec<CString> = cgroup_procs
         .iter()
@@ -293,20 +319,18 @@ pub fn fork_pool_stub(
     let (parent_end, child_end) = channel::pair::<LauncherMsg, ChildMsg>()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let launcher = getpid();
-    // SAFETY: the launcher is single-threaded, so the child's copy of every lock and allocator is consistent.
-    match unsafe { fork() }.map_err(|errno| SpawnError::Sys { op: "fork", errno })? {
+    match namespaces::fork_into_new_pid_namespace(own_pid_ns)? {
         ForkResult::Child => {
             let child = child_end;
             let io = ChildIo {
                 stdout: out_w.as_raw_fd(),
                 stderr: err_w.as_raw_fd(),
             };
-            let code = pool_stub_steps(&procs, base, &child, io, launcher);
+            let code = pool_init_steps(&procs, base, &child, io, parent_pidfd, oom_score_adj);
             finish(&child, code)
         }
         ForkResult::Parent { child } => Ok(Forked {
-            stub: child,
+            pid: child,
             channel: parent_end,
             stdout: out_r,
             stderr: err_r,
@@ -319,15 +343,6 @@ pub fn fork_pool_stub(
 struct ChildIo {
     stdout: RawFd,
     stderr: RawFd,
-}
-
-/// How far a stub got before init is forked: a cold stub did everything
-/// just now and its cgroup attach is the launcher's job; a pre-warmed one
-/// joined its cgroup and brought `lo` up before it was claimed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Start {
-    Cold,
-    Warm,
 }
 
 /// `_exit(2)`: leave now, without atexit handlers or flushing stdio buffers
@@ -377,42 +392,67 @@ fn stub_steps(
             _ => return Err(StepError::other("wait for id maps", "launcher went away")),
         }
     }
-    stub_fork_init(p, chan, io, trace, Start::Cold, &[])
+    stub_fork_init(p, chan, io, trace)
 }
 
-/// The pre-warmed stub (see [`fork_pool_stub`]): returns its exit code
-/// (init's once claimed, 0 when the pool is drained unclaimed).
-fn pool_stub_steps(
+/// The pre-warmed init (see [`fork_pool_init`]): returns its exit code (0
+/// after reporting the plugin's end, or when the pool is drained unclaimed).
+fn pool_init_steps(
     cgroup_procs: &[CString],
     base: &MountPlan,
     chan: &ChildChannel,
     io: ChildIo,
-    launcher: Pid,
+    parent_pidfd: &OwnedFd,
+    oom_score_adj: Option<i32>,
 ) -> Result<i32, StepError> {
     let mut trace = Trace::new();
-    trace.mark("prewarm: forked");
+    trace.mark("prewarm: forked (pid 1)");
+    // A stop may come before init's loop runs: held pending (not dropped,
+    // as a pid namespace's init drops default-action signals), then
+    // forwarded to the plugin.
+    block_init_signals()?;
+    if let Some(adj) = oom_score_adj {
+        set_oom_score_adj(adj)?;
+    }
     // Pre-warm work must not take CPU from running sandboxes: SCHED_IDLE
     // until claimed (the launcher gives it its own policy back before it
-    // sends the claim, so the stub wakes up at normal priority).
+    // sends the claim, so init wakes up at normal priority).
     SchedPolicy::idle().set_for(Pid::from_raw(0))?;
+    identity::close_fds_except(&[
+        chan.as_raw_fd(),
+        io.stdout,
+        io.stderr,
+        parent_pidfd.as_raw_fd(),
+    ])?;
+    identity::die_with_parent_pidfd(parent_pidfd)?;
     identity::close_fds_except(&[chan.as_raw_fd(), io.stdout, io.stderr])?;
-    identity::die_with_parent(launcher)?;
     trace.mark("prewarm: fds closed, pdeathsig");
-    join_cgroup(cgroup_procs)?;
-    trace.mark("prewarm: joined cgroup");
-    namespaces::unshare_sandbox_namespaces(false)?;
-    trace.mark("prewarm: unshare mnt,pid,net,ipc,uts");
+    if !cgroup_procs.is_empty() {
+        join_cgroup(cgroup_procs)?;
+        trace.mark("prewarm: joined cgroup");
+    }
+    nix::sched::unshare(namespaces::INIT_NAMESPACES)
+        .step("unshare", format!("{:?}", namespaces::INIT_NAMESPACES))?;
+    trace.mark("prewarm: unshare mnt,net,ipc,uts");
     mounts::prewarm_root(base)?;
     trace.mark("prewarm: base tree, pivot_root, detach old root");
+    mounts::mount_proc()?;
+    mounts::seal_dev()?;
     net::bring_up_loopback()?;
-    trace.mark("prewarm: lo up");
+    trace.mark("prewarm: /proc, seal /dev, lo up");
+    // Its cgroup is final (the zygote's, or none), so the cgroup namespace
+    // and the rest of init's own confinement come before the claim too.
+    let forwarded = init_seal()?;
+    trace.mark("prewarm: cgroup ns, bounding set");
     chan.send(
         &ChildMsg::PoolReady {
             trace: trace.points(),
         },
         &[],
     )
-    .map_err(|e| StepError::other("report pool stub ready", e.to_string()))?;
+    .map_err(|e| StepError::other("report pool init ready", e.to_string()))?;
+    // The pre-warm marks went with `PoolReady`; the rest starts afresh.
+    let mut trace = Trace::new();
     let (p, trees) = match chan.recv() {
         Ok(Some((LauncherMsg::Claim(p), trees))) => (p, trees),
         // Drained or the launcher is gone: leave without a trace.
@@ -425,11 +465,27 @@ fn pool_stub_steps(
         }
         Err(e) => return Err(StepError::other("wait for claim", e.to_string())),
     };
-    trace.mark("stub: claimed");
-    // Closed by `close_fds_except` after init is forked, never dropped.
-    let trees = std::mem::ManuallyDrop::new(trees);
+    trace.mark("init: claimed");
     mounts::check_base(&p.plan)?;
-    stub_fork_init(&p, chan, io, &mut trace, Start::Warm, &trees)
+    mounts::attach_spec_binds(&p.plan, &trees)?;
+    mounts::mask_sockets(&p.plan)?;
+    trace.mark("init: spec binds attached (move_mount)");
+    drop(trees);
+    mounts::mount_tmp(&p.plan)?;
+    mounts::write_etc(&p.plan)?;
+    trace.mark("init: /tmp, /etc");
+    mounts::make_root_read_only()?;
+    nix::unistd::sethostname(&p.hostname).step("sethostname", &p.hostname)?;
+    trace.mark("init: root read-only, hostname");
+    init_fork_plugin(&p, chan, io, &mut trace, &forwarded)
+}
+
+/// Step: this process's `oom_score_adj` (a pool zygote sets -1000, so the
+/// memory cgroup's OOM killer never picks it; its inits get the old value
+/// back).
+pub(crate) fn set_oom_score_adj(adj: i32) -> Result<(), StepError> {
+    std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+        .step("write", "/proc/self/oom_score_adj")
 }
 
 /// A scheduling policy and nice value (the pool stub's pre-warm runs as
@@ -478,7 +534,7 @@ impl SchedPolicy {
 
 /// Step (pre-warmed stub): move this process into its cgroup, in every
 /// hierarchy, by writing `0` to each `cgroup.procs`.
-fn join_cgroup(cgroup_procs: &[CString]) -> Result<(), StepError> {
+pub(crate) fn join_cgroup(cgroup_procs: &[CString]) -> Result<(), StepError> {
     for path in cgroup_procs {
         let shown = path.to_string_lossy();
         let fd = nix::fcntl::open(
@@ -499,8 +555,6 @@ fn stub_fork_init(
     chan: &ChildChannel,
     io: ChildIo,
     trace: &mut Trace,
-    start: Start,
-    trees: &[OwnedFd],
 ) -> Result<i32, StepError> {
     // Lifeline: init learns reliably whether the stub died before init's
     // PR_SET_PDEATHSIG took effect (getppid() is 0 across pid namespaces).
@@ -511,7 +565,7 @@ fn stub_fork_init(
         ForkResult::Child => {
             drop(life_w);
             trace.mark("init: forked");
-            let code = init_steps(p, chan, io, &life_r, trace, start, trees);
+            let code = init_steps(p, chan, io, &life_r, trace);
             finish(chan, code)
         }
         ForkResult::Parent { child } => {
@@ -553,57 +607,55 @@ fn init_die_with_stub(lifeline: &OwnedFd) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Init's setup, in order, then the plugin fork and the init loop.
+/// Init's setup (cold path), in order, then the plugin fork and the init
+/// loop.
 fn init_steps(
     p: &Prepared,
     chan: &ChildChannel,
     io: ChildIo,
     lifeline: &OwnedFd,
     trace: &mut Trace,
-    start: Start,
-    trees: &[OwnedFd],
 ) -> Result<i32, StepError> {
     init_die_with_stub(lifeline)?;
+    // As in the pre-warmed init: an early stop stays pending.
+    block_init_signals()?;
     trace.mark("init: pdeathsig");
-    match start {
-        Start::Cold => {
-            build_mount_tree(p, trace)?;
-            identity::close_fds_except(&[
-                chan.as_raw_fd(),
-                io.stdout,
-                io.stderr,
-                lifeline.as_raw_fd(),
-            ])?;
-            mounts::pivot()?;
-            trace.mark("init: pivot_root, detach old root");
-        }
-        Start::Warm => {
-            finish_prewarmed_tree(p, trees, trace)?;
-            identity::close_fds_except(&[
-                chan.as_raw_fd(),
-                io.stdout,
-                io.stderr,
-                lifeline.as_raw_fd(),
-            ])?;
-        }
-    }
+    build_mount_tree(p, trace)?;
+    identity::close_fds_except(&[chan.as_raw_fd(), io.stdout, io.stderr, lifeline.as_raw_fd()])?;
+    mounts::pivot()?;
+    trace.mark("init: pivot_root, detach old root");
     mounts::make_root_read_only()?;
     nix::unistd::sethostname(&p.hostname).step("sethostname", &p.hostname)?;
-    if start == Start::Cold {
-        net::bring_up_loopback()?;
-    }
+    net::bring_up_loopback()?;
     trace.mark("init: root read-only, hostname, lo");
-    if start == Start::Cold {
-        // A pre-warmed stub joined its cgroup before it forked init.
-        wait_for_attach(chan)?;
-        trace.mark("init: cgroup attach waited");
-    }
+    wait_for_attach(chan)?;
+    trace.mark("init: cgroup attach waited");
+    let forwarded = init_seal()?;
+    trace.mark("init: cgroup ns, bounding set");
+    init_fork_plugin(p, chan, io, trace, &forwarded)
+}
+
+/// Init's own confinement, once it is in the sandbox's cgroup: a cgroup
+/// namespace rooted there, an empty capability bounding set (init never
+/// executes anything; its effective capabilities stay for the mounts still
+/// to come), not dumpable, and the signals its loop waits for blocked.
+fn init_seal() -> Result<SigSet, StepError> {
     namespaces::unshare_cgroup_namespace()?;
     identity::drop_bounding_set()?;
     identity::set_not_dumpable()?;
-    let forwarded = block_init_signals()?;
-    trace.mark("init: cgroup ns, bounding set");
-    // SAFETY: init is single-threaded (forked from the single-threaded stub).
+    block_init_signals()
+}
+
+/// Init's last step, cold or pre-warmed, with its root read-only: the
+/// plugin fork, then the init loop.
+fn init_fork_plugin(
+    p: &Prepared,
+    chan: &ChildChannel,
+    io: ChildIo,
+    trace: &mut Trace,
+    forwarded: &SigSet,
+) -> Result<i32, StepError> {
+    // SAFETY: init is single-threaded (forked from the single-threaded launcher, stub or zygote).
     match unsafe { fork() }.step("fork", "plugin")? {
         ForkResult::Child => {
             trace.mark("plugin: forked");
@@ -613,7 +665,7 @@ fn init_steps(
             identity::close_fds_except(&[chan.as_raw_fd()])?;
             identity::keep_only_kill_capability()?;
             identity::set_no_new_privs()?;
-            init_loop(chan, child, &forwarded)
+            init_loop(chan, child, forwarded)
         }
     }
 }
@@ -632,24 +684,6 @@ fn build_mount_tree(p: &Prepared, trace: &mut Trace) -> Result<(), StepError> {
     mounts::bind_all(&p.plan, &sources)?;
     mounts::mask_sockets(&p.plan)?;
     trace.mark("init: binds");
-    mounts::mount_tmp(&p.plan)?;
-    mounts::write_etc(&p.plan)?;
-    mounts::mount_proc()?;
-    mounts::seal_dev()?;
-    trace.mark("init: /tmp, /etc, /proc, seal /dev");
-    Ok(())
-}
-
-/// Steps (pre-warmed sandbox, root already pivoted by the stub): the spec's
-/// binds attached from the detached trees, then as in the cold path.
-fn finish_prewarmed_tree(
-    p: &Prepared,
-    trees: &[OwnedFd],
-    trace: &mut Trace,
-) -> Result<(), StepError> {
-    mounts::attach_spec_binds(&p.plan, trees)?;
-    mounts::mask_sockets(&p.plan)?;
-    trace.mark("init: spec binds attached (move_mount)");
     mounts::mount_tmp(&p.plan)?;
     mounts::write_etc(&p.plan)?;
     mounts::mount_proc()?;
@@ -712,11 +746,19 @@ fn init_loop(chan: &ChildChannel, plugin: Pid, set: &SigSet) -> Result<i32, Step
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => return Err(StepError::sys("waitpid", "", e)),
             };
+            let at_ns = now_ns();
+            // The plugin is gone: kill what it left (everything in the pid
+            // namespace but init) and reap it all, so that when the
+            // launcher reads this, no plugin process is left and the
+            // outcome is final (init's own exit follows).
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            while let Ok(_) | Err(Errno::EINTR) = waitpid(None, None) {}
             let _ = chan.send(
                 &ChildMsg::PluginEnded {
                     exit_code,
                     signal,
-                    at_ns: now_ns(),
+                    at_ns,
+                    all_gone: true,
                 },
                 &[],
             );

@@ -39,7 +39,7 @@ fn run(spec: &SandboxSpec) -> (Outcome, String, String) {
     };
     let (cold, ..) = once(0);
     let (warm, out, err) = once(1);
-    let pooled = warm.spawn_trace.iter().any(|p| p.step == "stub: claimed");
+    let pooled = warm.spawn_trace.iter().any(|p| p.step == "init: claimed");
     assert_eq!(
         pooled,
         !spec.user_namespace

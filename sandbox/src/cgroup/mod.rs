@@ -22,6 +22,7 @@
 mod hierarchy;
 pub mod layout;
 pub mod live;
+pub mod reuse;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +45,7 @@ use nix::unistd::Pid;
 
 use hierarchy::HutchHierarchy;
 pub use layout::{CgroupHierarchies, Controller};
+pub use reuse::StatsBaseline;
 
 /// CFS period used for `cpu_max` (100 ms, the kernel default).
 const CPU_PERIOD_US: u64 = 100_000;

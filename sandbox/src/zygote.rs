@@ -1,0 +1,237 @@
+//! A pool slot's zygote: a small process that sits in the slot's cgroup and
+//! forks each pre-warmed init of that slot (docs/sandbox.md "The spawn
+//! pool").
+//!
+//! The zygote is the launcher's child. It closes every other descriptor,
+//! sets its parent-death signal, sets its `oom_score_adj` to -1000 (the
+//! memory cgroup's OOM killer never picks it; its inits get the old value
+//! back; best effort, it needs `CAP_SYS_RESOURCE`), and joins the slot's cgroup **once** (on v1, and on v2 without
+//! `CLONE_INTO_CGROUP`, every `cgroup.procs` write takes the cgroup
+//! threadgroup lock for write and waits for an RCU grace period, stalling
+//! every fork and exit on the host; a child forked inside the cgroup
+//! inherits it without any migration). Then it forks a pre-warmed init
+//! ([`spawn::fork_pool_init`]) right away and again on every
+//! [`ZygoteRequest::Fork`], each time handing the launcher, with
+//! [`ZygoteReply::Forked`], the init's pidfd (`pidfd_open` of its own
+//! unreaped child: no pid-reuse race), the init's setup channel and the read
+//! ends of its stdout and stderr. It reaps each init when it exits. It exits
+//! when the launcher closes the channel (its init, if any, then dies of its
+//! parent-death signal).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::unistd::{ForkResult, Pid, fork, getpid};
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{self, Channel};
+use crate::error::{StepContext, StepError};
+use crate::mounts::MountPlan;
+use crate::spawn::{self, SpawnError};
+use crate::{identity, namespaces};
+
+/// A request from the launcher to a zygote.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ZygoteRequest {
+    /// Fork the next pre-warmed init, with this spec-independent mount plan.
+    /// Sent only once the previous init has exited.
+    Fork {
+        /// The base mount plan, prepared by the launcher just now.
+        base: Box<MountPlan>,
+    },
+}
+
+/// A message from a zygote to the launcher.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ZygoteReply {
+    /// A pre-warmed init was forked. Carries, in order, its pidfd, its
+    /// setup channel ([`spawn::ParentChannel`]) and the read ends of its
+    /// stdout and stderr.
+    Forked {
+        /// Host pid of the init.
+        init: i32,
+    },
+    /// The zygote failed; it exits.
+    Failed(StepError),
+}
+
+/// The launcher's end of a zygote's channel.
+pub type ZygoteChannel = Channel<ZygoteRequest, ZygoteReply>;
+type OwnEnd = Channel<ZygoteReply, ZygoteRequest>;
+
+/// A forked zygote, seen from the launcher.
+#[derive(Debug)]
+pub struct Zygote {
+    /// Its pid (the launcher's child).
+    pub pid: Pid,
+    /// Its channel.
+    pub chan: ZygoteChannel,
+}
+
+/// Fork a zygote that joins the cgroup of `cgroup_procs` (its
+/// `cgroup.procs` files) and forks its first pre-warmed init with `base`.
+/// Must be called from a single-threaded process (the launcher).
+///
+/// # Errors
+/// The channel or `fork` failed, or a path holds a NUL byte.
+pub fn fork_zygote(cgroup_procs: &[PathBuf], base: &MountPlan) -> Result<Zygote, SpawnError> {
+    let procs: Vec<CString> = cgroup_procs
+        .iter()
+        .map(|p| {
+            CString::new(p.as_os_str().as_bytes()).map_err(|_| SpawnError::Spec {
+                field: "cgroup",
+                reason: "contains a NUL byte".into(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let (ours, theirs) = channel::pair::<ZygoteRequest, ZygoteReply>()?;
+    let launcher = getpid();
+    // SAFETY: the launcher is single-threaded, so the child's copy of every lock and allocator is consistent.
+    match unsafe { fork() }.map_err(|errno| SpawnError::Sys { op: "fork", errno })? {
+        ForkResult::Child => {
+            drop(ours);
+            let code = match zygote_main(&theirs, &procs, base, launcher) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = theirs.send(&ZygoteReply::Failed(e), &[]);
+                    1
+                }
+            };
+            spawn::exit_now(code)
+        }
+        ForkResult::Parent { child } => Ok(Zygote {
+            pid: child,
+            chan: ours,
+        }),
+    }
+}
+
+fn zygote_main(
+    chan: &OwnEnd,
+    procs: &[CString],
+    base: &MountPlan,
+    launcher: Pid,
+) -> Result<(), StepError> {
+    identity::close_fds_except(&[chan.as_raw_fd()])?;
+    identity::die_with_parent(launcher)?;
+    let old_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .step("read", "/proc/self/oom_score_adj")?
+        .trim()
+        .parse::<i32>()
+        .unwrap_or(0);
+    // Best effort: lowering it needs CAP_SYS_RESOURCE (a container may
+    // lack it; then the zygote is as exposed as a cold sandbox's stub).
+    let restore = spawn::set_oom_score_adj(-1000).ok().map(|()| old_adj);
+    spawn::join_cgroup(procs)?;
+    let own_ns = namespaces::own_pid_namespace()?;
+    let me = pidfd_open(getpid()).step("pidfd_open", "self")?;
+    let mut init = Some(fork_init(chan, base, &own_ns, &me, restore)?);
+    loop {
+        let mut fds = vec![PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
+        if let Some((_, pidfd)) = &init {
+            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(StepError::sys("poll", "zygote", e)),
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+        drop(fds);
+        if ready.get(1).copied().unwrap_or(false)
+            && let Some((pid, _)) = init.take()
+        {
+            reap(pid);
+        }
+        if !ready.first().copied().unwrap_or(false) {
+            continue;
+        }
+        match chan.recv() {
+            Ok(Some((ZygoteRequest::Fork { base }, _))) => {
+                // The launcher asks only after the previous init exited.
+                if let Some((pid, _)) = init.take() {
+                    reap(pid);
+                }
+                init = Some(fork_init(chan, &base, &own_ns, &me, restore)?);
+            }
+            // The launcher closed the channel (the slot is buried, or the
+            // launcher exits): kill and reap the init, so it never outlives
+            // the zygote unreaped, then exit.
+            Ok(None) | Err(_) => {
+                if let Some((pid, pidfd)) = init.take() {
+                    let _ = pidfd_send_signal_kill(&pidfd);
+                    reap(pid);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Wait for init `pid` (it has exited or is about to).
+fn reap(pid: Pid) {
+    loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(Errno::EINTR) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Fork one pre-warmed init and hand it to the launcher; keep its pid and a
+/// pidfd of it (to reap it when it exits).
+fn fork_init(
+    chan: &OwnEnd,
+    base: &MountPlan,
+    own_ns: &OwnedFd,
+    me: &OwnedFd,
+    oom_score_adj: Option<i32>,
+) -> Result<(Pid, OwnedFd), StepError> {
+    let forked = spawn::fork_pool_init(&[], base, own_ns, me, oom_score_adj)
+        .map_err(|e| StepError::other("fork pre-warmed init", e.to_string()))?;
+    let pidfd = pidfd_open(forked.pid).step("pidfd_open", forked.pid)?;
+    let fds: [RawFd; 4] = [
+        pidfd.as_raw_fd(),
+        forked.channel.as_raw_fd(),
+        forked.stdout.as_raw_fd(),
+        forked.stderr.as_raw_fd(),
+    ];
+    chan.send(
+        &ZygoteReply::Forked {
+            init: forked.pid.as_raw(),
+        },
+        &fds,
+    )
+    .map_err(|e| StepError::other("hand over pre-warmed init", e.to_string()))?;
+    Ok((forked.pid, pidfd))
+}
+
+/// SIGKILL through a pidfd.
+fn pidfd_send_signal_kill(pidfd: &OwnedFd) -> Result<(), Errno> {
+    // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo (NULL) and no flags.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// `pidfd_open(pid, 0)`.
+///
+/// # Errors
+/// The call failed.
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })?;
+    // SAFETY: the kernel just created `fd` for us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
