@@ -13,7 +13,7 @@ use hutch_sandbox::spec::SandboxSpec;
 const UID: u32 = 0x7e0f_0001;
 
 mod common;
-use common::{plugin_dir, privileged};
+use common::{plugin_dir, privileged, wait_prewarmed};
 
 fn sh(name: &str, plugin: &Path, script: &str) -> SandboxSpec {
     let mut s = SandboxSpec::new(name, plugin.to_owned(), PathBuf::from("/bin/sh"), UID, UID);
@@ -28,6 +28,13 @@ fn run(spec: &SandboxSpec) -> (Outcome, String, String) {
         let mut launcher = Launcher::start_with(LauncherConfig { pool_size }).unwrap();
         if pool_size > 0 {
             launcher.prewarm(spec.cgroup.as_ref()).unwrap();
+            // Pre-warming runs at SCHED_IDLE: under load (parallel tests)
+            // a spawn right after `prewarm` could find no init yet and go
+            // cold, and this run is meant to test the pooled path.
+            assert!(
+                wait_prewarmed(launcher.pid()),
+                "the pool never pre-warmed an init"
+            );
         }
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let outcome = launcher.run(spec, &mut out, &mut err).unwrap();

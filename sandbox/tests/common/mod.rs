@@ -24,3 +24,42 @@ pub fn plugin_dir() -> tempfile::TempDir {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
 }
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`.
+fn stat_field(pid: i32, n: usize) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// Wait (up to 10 s) until `launcher` has a pre-warmed init: a process at
+/// `SCHED_IDLE` (pre-warm work runs there, so under load it can take a
+/// while) that is the launcher's child (no cgroup) or its zygote's child (a
+/// pool slot). Returns whether one was seen; a spawn that follows is then
+/// served from the pool rather than cold.
+pub fn wait_prewarmed(launcher: nix::unistd::Pid) -> bool {
+    let launcher = launcher.as_raw();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let found = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    return false;
+                };
+                let Some(parent) = stat_field(pid, 4) else {
+                    return false;
+                };
+                stat_field(pid, 41) == Some(libc::SCHED_IDLE)
+                    && (parent == launcher || stat_field(parent, 4) == Some(launcher))
+            });
+        if found {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
