@@ -2,16 +2,18 @@
 //!
 //! The flow of one spawn:
 //! 1. [`compile`] in the parent, before fork: turns [`profile::PROFILE`] plus the admin-approved
-//!    [`SeccompConfig::additions`] into two BPF programs (everything allocated here).
+//!    [`SeccompConfig::additions`] into one BPF program (everything allocated here).
 //! 2. [`CompiledFilters::apply`] in the child, the last step before `execve` (after the identity
-//!    switch and Landlock): sets `no_new_privs`, installs the `clone3 -> ENOSYS` filter, then the
-//!    allowlist. With user notification it returns the listener fd, which the child hands to
-//!    the launcher with [`send_listener`] (closing its own copy) before `execve`.
+//!    switch and Landlock): sets `no_new_privs` and installs the filter. With user notification
+//!    it returns the listener fd, which the child hands to the launcher with [`send_listener`]
+//!    (closing its own copy) before `execve`.
 //! 3. [`DenialMonitor::spawn`] in the supervisor on the listener it got with [`recv_listener`]:
 //!    answers every denied syscall with `EPERM` and counts it; [`DenialMonitor::finish`] after
 //!    the plugin exited returns the aggregated [`Denial`]s.
 //!
-//! Two stacked filters, because seccompiler 0.5 compiles one match action per filter:
+//! One filter. seccompiler 0.5 compiles one match action per filter, so the program is the
+//! allowlist with the `ENOSYS` answers spliced in (each filter installed costs ~0.3 ms to
+//! attach and about as much again over exec/exit, so two stacked filters were measurably slower):
 //! - **allowlist**: match action `ALLOW`, default action `ERRNO(EPERM)`, or `USER_NOTIF` when
 //!   notification is on (seccompiler has no `USER_NOTIF` action: the program is compiled with
 //!   `ERRNO(EPERM)` as a placeholder and its default-action `RET` instructions are patched, see
@@ -21,9 +23,11 @@
 //!   the architecture check and each syscall's argument rules; `dispatch` arranges them behind
 //!   a binary search on the syscall number instead of seccompiler's linear chain (installing
 //!   the linear 1500-instruction chain costs ~1 ms, the tree ~0.1 ms).
-//! - **enosys**: `clone3` (every [`profile::Rule::Enosys`] entry) returns `ENOSYS`,
-//!   everything else `ALLOW`. The kernel runs every filter and keeps the most severe action;
-//!   `ERRNO` outranks `ALLOW`, so `clone3` fails with `ENOSYS` and glibc falls back to `clone`.
+//! - **enosys**: `clone3` (every [`profile::Rule::Enosys`] entry) returns `ENOSYS`, so glibc
+//!   falls back to `clone`. `splice_enosys` inserts `JEQ nr; RET ERRNO(ENOSYS)` pairs right
+//!   after the allowlist's prologue (architecture check, `LD nr`), where no jump crosses, so a
+//!   foreign-architecture call is still killed and an x32 call (never equal to a native
+//!   number) still falls to the default action.
 //!
 //! See docs/seccomp.md for the profile and how admins approve additions.
 
@@ -32,7 +36,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::errno::Errno;
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch, sock_filter,
+    SeccompRule, TargetArch, sock_filter,
 };
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +96,12 @@ pub enum SeccompError {
     ProfileEntry {
         /// The syscall.
         name: &'static str,
+    },
+    /// The compiled allowlist did not start with the prologue the `ENOSYS` splice expects.
+    #[error("splice ENOSYS answers into seccomp filter allowlist: {reason}")]
+    Splice {
+        /// What was wrong.
+        reason: &'static str,
     },
     /// seccompiler refused to compile a filter.
     #[error("compile seccomp filter {filter}: {source}")]
@@ -159,18 +169,27 @@ const BPF_RET_K: u16 = 0x06;
 const BPF_CLASS_MASK: u16 = 0x07;
 const BPF_CLASS_RET: u16 = 0x06;
 
-/// The compiled BPF programs, built in the parent and installed in the child.
-/// Serializable so the launcher can hand them to a pre-warmed sandbox process
+/// `BPF_LD | BPF_W | BPF_ABS`, `BPF_JMP | BPF_JEQ | BPF_K` (for the `ENOSYS` splice).
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JEQ_K: u16 = 0x15;
+/// Offsets of `arch` and `nr` in `struct seccomp_data`.
+const DATA_ARCH: u32 = 4;
+const DATA_NR: u32 = 0;
+/// The allowlist prologue: `LD arch; JEQ x86_64, 1, 0; RET KILL_PROCESS; LD nr`.
+const PROLOGUE_LEN: usize = 4;
+/// The kernel's limit on a filter's length (`BPF_MAXINSNS`).
+const BPF_MAXINSNS: usize = 4096;
+
+/// The compiled BPF program, built in the parent and installed in the child.
+/// Serializable so the launcher can hand it to a pre-warmed sandbox process
 /// (`crate::pool`), which was forked before the spec was known.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompiledFilters {
-    /// Installed first: `ENOSYS` for [`Rule::Enosys`] syscalls, `ALLOW` otherwise.
+    /// The one filter: the allowlist (default `EPERM` or `USER_NOTIF`) with `ENOSYS` answers
+    /// for the [`Rule::Enosys`] syscalls spliced in after its prologue.
     #[serde(with = "bpf_serde")]
-    enosys: BpfProgram,
-    /// Installed last: the allowlist; default `EPERM` or `USER_NOTIF`.
-    #[serde(with = "bpf_serde")]
-    allowlist: BpfProgram,
-    /// Whether the allowlist's default action is `USER_NOTIF`.
+    program: BpfProgram,
+    /// Whether the default action is `USER_NOTIF`.
     notify: bool,
 }
 
@@ -232,7 +251,7 @@ fn compile_with(
     let additions = validate_additions(&config.additions)?;
 
     let mut allow = std::collections::BTreeMap::new();
-    let mut enosys = std::collections::BTreeMap::new();
+    let mut enosys = Vec::new();
     for &(name, rule, _) in PROFILE {
         let nr = syscalls::number(name).ok_or(SeccompError::ProfileEntry { name })?;
         let rules = argument_rules(rule).map_err(|source| SeccompError::Compile {
@@ -241,7 +260,7 @@ fn compile_with(
         })?;
         allow.insert(nr, rules);
         if rule == Rule::Enosys {
-            enosys.insert(nr, Vec::new());
+            enosys.push(u32::try_from(nr).map_err(|_| SeccompError::ProfileEntry { name })?);
         }
     }
     for nr in additions {
@@ -249,23 +268,12 @@ fn compile_with(
     }
 
     let arch = TargetArch::x86_64;
-    let allowlist = dispatch::assemble(
+    let mut program = dispatch::assemble(
         allow,
         SeccompAction::Allow,
         SeccompAction::Errno(DENY_ERRNO),
         arch,
     )?;
-    let enosys = SeccompFilter::new(
-        enosys,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .and_then(BpfProgram::try_from)
-    .map_err(|source| SeccompError::Compile {
-        filter: "enosys",
-        source,
-    })?;
 
     let notify = config.notify && kernel_has_user_notif;
     if config.notify && !notify {
@@ -273,15 +281,61 @@ fn compile_with(
             "kernel lacks seccomp user notification; denials are plain EPERM, unreported"
         );
     }
-    let mut filters = CompiledFilters {
-        enosys,
-        allowlist,
-        notify,
-    };
+    // Patch before splicing: the patch refuses any RET it does not know, ERRNO(ENOSYS) included.
     if notify {
-        patch_default_action(&mut filters.allowlist, libc::SECCOMP_RET_USER_NOTIF)?;
+        patch_default_action(&mut program, libc::SECCOMP_RET_USER_NOTIF)?;
     }
-    Ok(filters)
+    splice_enosys(&mut program, &enosys)?;
+    Ok(CompiledFilters { program, notify })
+}
+
+/// Insert `JEQ nr, 0, 1; RET ERRNO(ENOSYS)` for each of `numbers` right after the allowlist's
+/// prologue (`LD arch; JEQ AUDIT_ARCH_X86_64, 1, 0; RET KILL_PROCESS; LD nr`).
+///
+/// BPF jumps are relative and only go forward. The prologue's one jump (index 1 to the `LD nr`
+/// at index 3) ends before the insertion point and every later jump starts after it, so no
+/// offset changes. Each inserted `JEQ` skips only its own `RET` and leaves the accumulator
+/// (the syscall number) alone, so a number that matches none continues into the allowlist
+/// exactly as before. The architecture check still runs first.
+///
+/// # Errors
+/// [`SeccompError::Splice`] if the program does not start with that prologue or would exceed
+/// the kernel's 4096-instruction limit.
+pub(crate) fn splice_enosys(prog: &mut BpfProgram, numbers: &[u32]) -> Result<(), SeccompError> {
+    let stmt = |code, k| sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let prologue_ok = prog.len() > PROLOGUE_LEN
+        && prog[0] == stmt(BPF_LD_W_ABS, DATA_ARCH)
+        && (prog[1].code, prog[1].jt, prog[1].jf) == (BPF_JEQ_K, 1, 0)
+        && prog[2] == stmt(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS)
+        && prog[3] == stmt(BPF_LD_W_ABS, DATA_NR);
+    if !prologue_ok {
+        return Err(SeccompError::Splice {
+            reason: "the program does not start with arch check + LD nr",
+        });
+    }
+    if prog.len() + 2 * numbers.len() > BPF_MAXINSNS {
+        return Err(SeccompError::Splice {
+            reason: "the program would exceed 4096 instructions",
+        });
+    }
+    let enosys = numbers.iter().flat_map(|&nr| {
+        [
+            sock_filter {
+                code: BPF_JEQ_K,
+                jt: 0,
+                jf: 1,
+                k: nr,
+            },
+            stmt(BPF_RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        ]
+    });
+    prog.splice(PROLOGUE_LEN..PROLOGUE_LEN, enosys);
+    Ok(())
 }
 
 /// Map the additions to syscall numbers, refusing unknown, hard-denied and argument-restricted
@@ -328,7 +382,7 @@ fn argument_rules(rule: Rule) -> Result<Vec<SeccompRule>, BackendError> {
             .collect()
     };
     match rule {
-        // The enosys filter answers clone3; the allowlist lets it through to that answer.
+        // The spliced ENOSYS answer catches clone3 before the allowlist's decision is reached.
         Rule::Always | Rule::Enosys => Ok(Vec::new()),
         Rule::CloneWithoutNamespaces => Ok(vec![SeccompRule::new(vec![dword(
             0,
@@ -406,18 +460,13 @@ impl CompiledFilters {
         self.notify
     }
 
-    /// The allowlist program (for inspection and tests).
-    pub fn allowlist_program(&self) -> &[sock_filter] {
-        &self.allowlist
+    /// The one BPF program [`apply`](Self::apply) installs (for inspection and tests).
+    pub fn program(&self) -> &[sock_filter] {
+        &self.program
     }
 
-    /// The `clone3 -> ENOSYS` program (for inspection and tests).
-    pub fn enosys_program(&self) -> &[sock_filter] {
-        &self.enosys
-    }
-
-    /// Install the filters on the calling thread: `no_new_privs`, then the enosys filter, then
-    /// the allowlist (with a new listener when [`notify`](Self::notify) is on). Call it in the
+    /// Install the filter on the calling thread: `no_new_privs`, then the one program (with a
+    /// new listener when [`notify`](Self::notify) is on). Call it in the
     /// single-threaded child as the last step before `execve`. Does not allocate.
     ///
     /// With notification, every denied syscall the caller makes blocks until a
@@ -429,21 +478,16 @@ impl CompiledFilters {
     /// [`SeccompError::NoNewPrivs`] or [`SeccompError::Install`] with the kernel's errno.
     pub fn apply(&self) -> Result<Option<OwnedFd>, SeccompError> {
         sys::set_no_new_privs().map_err(|errno| SeccompError::NoNewPrivs { errno })?;
-        sys::set_mode_filter(&self.enosys, 0).map_err(|errno| SeccompError::Install {
-            filter: "enosys",
-            errno,
-        })?;
         let flags = if self.notify {
             libc::SECCOMP_FILTER_FLAG_NEW_LISTENER
         } else {
             0
         };
-        let rc = sys::set_mode_filter(&self.allowlist, flags).map_err(|errno| {
-            SeccompError::Install {
+        let rc =
+            sys::set_mode_filter(&self.program, flags).map_err(|errno| SeccompError::Install {
                 filter: "allowlist",
                 errno,
-            }
-        })?;
+            })?;
         if !self.notify {
             return Ok(None);
         }

@@ -15,6 +15,7 @@ use nix::unistd::{ForkResult, fork};
 
 use super::profile::{HARD_DENIED, PROFILE, Rule};
 use super::*;
+use seccompiler::SeccompFilter;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 /// What a monitored child run yields: its results, how it ended, what was denied.
@@ -265,7 +266,15 @@ fn linear_allowlist() -> Result<BpfProgram, Box<dyn std::error::Error>> {
 fn dispatch_tree_decides_exactly_like_the_linear_filter() -> TestResult {
     use super::dispatch::interp::{Data, run};
     let linear = linear_allowlist()?;
-    let tree = plain()?.allowlist_program().to_vec();
+    let tree = plain()?.program().to_vec();
+    // The one program differs from the linear allowlist only by the spliced ENOSYS answers.
+    let enosys_ret = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    let enosys: Vec<u32> = PROFILE
+        .iter()
+        .filter(|e| e.1 == Rule::Enosys)
+        .map(|e| syscall_number(e.0).map(|n| n as u32).ok_or("profile entry"))
+        .collect::<Result<_, _>>()?;
+    assert!(enosys.contains(&(libc::SYS_clone3 as u32)));
     assert!(
         tree.len() < linear.len(),
         "{} vs {}",
@@ -319,7 +328,10 @@ fn dispatch_tree_decides_exactly_like_the_linear_filter() -> TestResult {
                     arch,
                     args: *args,
                 };
-                let (l, t) = (run(&linear, &d), run(&tree, &d));
+                let (mut l, t) = (run(&linear, &d), run(&tree, &d));
+                if arch == 0xc000_003e && enosys.contains(&nr) {
+                    l = enosys_ret;
+                }
                 assert_eq!(l, t, "nr {nr:#x} arch {arch:#x} args {args:x?}");
                 checked += 1;
             }
@@ -340,6 +352,11 @@ fn dispatch_tree_decides_exactly_like_the_linear_filter() -> TestResult {
     let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     assert_eq!(x86(libc::SYS_read, [0; 6]), libc::SECCOMP_RET_ALLOW);
     assert_eq!(x86(libc::SYS_ptrace, [0; 6]), eperm);
+    assert_eq!(x86(libc::SYS_clone3, [0; 6]), enosys_ret);
+    assert_eq!(
+        x86(syscalls::X32_SYSCALL_BIT | libc::SYS_clone3, [0; 6]),
+        eperm
+    );
     assert_eq!(
         x86(libc::SYS_ioctl, [0, libc::TIOCSTI | 1 << 32, 0, 0, 0, 0]),
         eperm
@@ -381,7 +398,7 @@ fn notify_patch_replaces_exactly_the_default_action() -> TestResult {
         notify: true,
     })?;
     assert!(notify.notify());
-    let (a, b) = (plain.allowlist_program(), notify.allowlist_program());
+    let (a, b) = (plain.program(), notify.program());
     assert_eq!(a.len(), b.len());
     let placeholder = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     let mut patched = 0;
@@ -414,7 +431,8 @@ fn notify_patch_replaces_exactly_the_default_action() -> TestResult {
             [
                 libc::SECCOMP_RET_ALLOW,
                 libc::SECCOMP_RET_KILL_PROCESS,
-                libc::SECCOMP_RET_USER_NOTIF
+                libc::SECCOMP_RET_USER_NOTIF,
+                libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
             ]
             .contains(&k),
             "unexpected RET {k:#x}"
@@ -433,8 +451,8 @@ fn without_kernel_support_notify_falls_back_to_plain_eperm() -> TestResult {
     };
     let f = compile_with(&config, false)?;
     assert!(!f.notify(), "reports notify=false");
-    assert_eq!(f.allowlist_program(), plain()?.allowlist_program());
-    assert!(!rets(f.allowlist_program()).contains(&libc::SECCOMP_RET_USER_NOTIF));
+    assert_eq!(f.program(), plain()?.program());
+    assert!(!rets(f.program()).contains(&libc::SECCOMP_RET_USER_NOTIF));
     let (r, st) = in_child(|out| {
         out[0] = match f.apply() {
             Ok(None) => 0,
@@ -474,6 +492,120 @@ fn notify_patch_refuses_programs_it_does_not_understand() {
         },
     ];
     assert!(patch_default_action(&mut ret_a, libc::SECCOMP_RET_USER_NOTIF).is_err());
+}
+
+// --- the ENOSYS splice -------------------------------------------------------------------
+
+#[test]
+fn enosys_splice_sits_after_the_prologue_and_refuses_other_shapes() -> TestResult {
+    let prog = plain()?.program().to_vec();
+    // LD arch; JEQ x86_64, 1, 0; RET KILL; LD nr; then JEQ clone3, 0, 1; RET ERRNO(ENOSYS).
+    assert_eq!((prog[0].code, prog[0].k), (BPF_LD_W_ABS, DATA_ARCH));
+    assert_eq!((prog[1].code, prog[1].jt, prog[1].jf), (BPF_JEQ_K, 1, 0));
+    assert_eq!(prog[2].k, libc::SECCOMP_RET_KILL_PROCESS);
+    assert_eq!((prog[3].code, prog[3].k), (BPF_LD_W_ABS, DATA_NR));
+    let jeq = &prog[PROLOGUE_LEN];
+    assert_eq!(
+        (jeq.code, jeq.jt, jeq.jf, jeq.k),
+        (BPF_JEQ_K, 0, 1, libc::SYS_clone3 as u32)
+    );
+    assert_eq!(
+        (prog[PROLOGUE_LEN + 1].code, prog[PROLOGUE_LEN + 1].k),
+        (BPF_RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32)
+    );
+    // A program without the prologue is refused, not spliced.
+    let mut short: BpfProgram = prog[..3].to_vec();
+    assert!(matches!(
+        splice_enosys(&mut short, &[1]),
+        Err(SeccompError::Splice { .. })
+    ));
+    let mut shifted: BpfProgram = prog[1..].to_vec();
+    assert!(matches!(
+        splice_enosys(&mut shifted, &[1]),
+        Err(SeccompError::Splice { .. })
+    ));
+    Ok(())
+}
+
+/// `Seccomp_filters:` from /proc/self/status, with raw syscalls only (safe after fork).
+fn seccomp_filter_count() -> i64 {
+    let path = c"/proc/self/status";
+    let fd = sys(
+        libc::SYS_openat,
+        libc::AT_FDCWD as u64,
+        path.as_ptr() as u64,
+        libc::O_RDONLY as u64,
+    );
+    if fd < 0 {
+        return fd;
+    }
+    let mut buf = [0u8; 16384];
+    let mut len = 0usize;
+    while len < buf.len() {
+        let n = sys(
+            libc::SYS_read,
+            fd as u64,
+            buf[len..].as_mut_ptr() as u64,
+            (buf.len() - len) as u64,
+        );
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    sys(libc::SYS_close, fd as u64, 0, 0);
+    let key = b"\nSeccomp_filters:";
+    let Some(at) = buf[..len].windows(key.len()).position(|w| w == key) else {
+        return -1;
+    };
+    let mut count = 0i64;
+    for &c in buf[at + key.len()..len]
+        .iter()
+        .skip_while(|c| **c == b' ' || **c == b'\t')
+    {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        count = count * 10 + i64::from(c - b'0');
+    }
+    count
+}
+
+#[test]
+fn exactly_one_filter_is_installed() -> TestResult {
+    let f = plain()?;
+    let (r, st) = in_child(|out| {
+        out[0] = seccomp_filter_count();
+        apply_or_exit(&f);
+        out[1] = seccomp_filter_count();
+        out[2] = sys(libc::SYS_clone3, 0, 88, 0);
+        out[3] = sys(libc::SYS_getpid, 0, 0, 0);
+        out[4] = sys(libc::SYS_ptrace, libc::PTRACE_TRACEME as u64, 0, 0);
+    })?;
+    assert_exited_ok(st);
+    assert_eq!(r[0], 0, "no filter before apply");
+    assert_eq!(r[1], 1, "apply installs exactly one filter");
+    assert_eq!(r[2], -(libc::ENOSYS as i64), "clone3");
+    assert!(r[3] > 0, "getpid: {}", r[3]);
+    assert_eq!(r[4], EPERM, "ptrace");
+
+    let Some(f) = notifying()? else {
+        return Ok(());
+    };
+    let (r, st, denials) = with_monitor(&f, |out| {
+        out[1] = seccomp_filter_count();
+        out[2] = sys(libc::SYS_clone3, 0, 88, 0);
+        out[3] = sys(libc::SYS_getpid, 0, 0, 0);
+        out[4] = sys(libc::SYS_ptrace, libc::PTRACE_TRACEME as u64, 0, 0);
+    })?;
+    assert_exited_ok(st);
+    assert_eq!(r[1], 1, "one filter with notification too");
+    assert_eq!(r[2], -(libc::ENOSYS as i64), "clone3");
+    assert!(r[3] > 0, "getpid: {}", r[3]);
+    assert_eq!(r[4], EPERM, "ptrace answered by the monitor");
+    assert_eq!(count_of(&denials, "ptrace"), Some(1), "{denials:?}");
+    assert_eq!(denials.len(), 1, "only ptrace was denied: {denials:?}");
+    Ok(())
 }
 
 // --- the filters in the kernel ------------------------------------------------------------
