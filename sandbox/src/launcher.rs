@@ -703,6 +703,15 @@ fn wait4_nohang(pid: Pid) -> Result<Option<(libc::c_int, libc::rusage)>, Errno> 
 /// zygote and init in a pool slot), added to the spec's `pids_max`.
 pub const SANDBOX_OVERHEAD_TASKS: u64 = 2;
 
+/// The cgroup name of a pool slot: `hutch-pool-<launcher pid>-<n>`.
+pub const POOL_SLOT_PREFIX: &str = "hutch-pool-";
+
+/// `pids.max` of a sandbox cgroup, cold or pool slot, for the plugin's own
+/// task budget `pids_max` (+ [`SANDBOX_OVERHEAD_TASKS`]).
+pub fn sandbox_pids_max(pids_max: u64) -> u64 {
+    pids_max.saturating_add(SANDBOX_OVERHEAD_TASKS)
+}
+
 /// A launcher-side trace point, now.
 fn point(step: &str) -> TracePoint {
     TracePoint {
@@ -733,10 +742,7 @@ fn cgroup_limits(spec: &SandboxSpec) -> CgroupLimits {
         memory_max: spec.limits.memory_max,
         swap_max: spec.limits.swap_max,
         cpu_max: spec.limits.cpu_max,
-        pids_max: spec
-            .limits
-            .pids_max
-            .map(|p| p.saturating_add(SANDBOX_OVERHEAD_TASKS)),
+        pids_max: spec.limits.pids_max.map(sandbox_pids_max),
     }
 }
 
@@ -1025,7 +1031,7 @@ impl Server {
             return Ok(None);
         }
         self.pool_seq += 1;
-        let name = format!("hutch-pool-{}-{}", std::process::id(), self.pool_seq);
+        let name = format!("{POOL_SLOT_PREFIX}{}-{}", std::process::id(), self.pool_seq);
         let cg = self
             .manager(placement)?
             .create_unlimited(&name)
@@ -1810,8 +1816,21 @@ impl Server {
                 let alone = r.normal && self.ctrl_open && cg.pids() == [slot.zygote.as_raw()];
                 let size = self.config.pool_size;
                 match self.pools.get_mut(&key) {
-                    // At most a pool's worth of free slots is kept.
-                    Some(pool) if alone && pool.free.len() < size => {
+                    // At most a pool's worth of free slots is kept. Its
+                    // limits may have been changed live (`cgroup::live`)
+                    // since the claim: every file is rewritten to what
+                    // `slot.limits` records, so the next claim (which writes
+                    // only what differs from that record) leaks nothing.
+                    Some(pool)
+                        if alone
+                            && pool.free.len() < size
+                            && cg
+                                .rewrite_limits(&slot.limits)
+                                .inspect_err(|e| {
+                                    tracing::warn!(error = %e, "pool slot limits; replaced");
+                                })
+                                .is_ok() =>
+                    {
                         slot.freed = now;
                         slot.next_try = now;
                         pool.free.push((cg, slot));

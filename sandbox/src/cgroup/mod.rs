@@ -82,6 +82,18 @@ pub enum CgroupError {
         /// Why.
         reason: &'static str,
     },
+    /// A process is not in a cgroup Hutch created for a sandbox (directly
+    /// under the configured parent, named for that sandbox or a pool slot):
+    /// live limits are never written there.
+    #[error("process {pid} is not in a Hutch sandbox cgroup ({cgroup}): {reason}")]
+    NotSandboxCgroup {
+        /// The host pid looked up.
+        pid: i32,
+        /// Its cgroup path in the controller's hierarchy (or what was read).
+        cgroup: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// A limit value cannot be applied.
     #[error("invalid cgroup limit {what}: {reason}")]
     InvalidLimit {

@@ -15,7 +15,7 @@
 
 use std::fs;
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{
     CPU_PERIOD_US, CgroupError, CgroupLimits, CgroupStats, Controller, SandboxCgroup, io_err,
@@ -50,58 +50,76 @@ impl SandboxCgroup {
     /// # Errors
     /// An invalid or unsupported limit, or a failed write.
     pub fn change_limits(&self, from: &CgroupLimits, to: &CgroupLimits) -> Result<(), CgroupError> {
+        self.write_limits(Some(from), to)
+    }
+
+    /// Write every limit file for `to`, whatever the cgroup has now (a
+    /// limit that is `None` in `to` is set to unlimited). The launcher does
+    /// this when a pool slot comes back from a sandbox, because its limits
+    /// may have been changed live ([`super::live`]) behind the launcher's
+    /// record, and the next claim writes only what differs from the record.
+    ///
+    /// # Errors
+    /// An invalid or unsupported limit, or a failed write.
+    pub fn rewrite_limits(&self, to: &CgroupLimits) -> Result<(), CgroupError> {
+        self.write_limits(None, to)
+    }
+
+    /// [`SandboxCgroup::change_limits`] from `from`, or from an unknown
+    /// state (`None`: every file is written).
+    fn write_limits(
+        &self,
+        from: Option<&CgroupLimits>,
+        to: &CgroupLimits,
+    ) -> Result<(), CgroupError> {
         let missing = |c: &str| CgroupError::ControllerMissing {
             controller: c.into(),
             path: self.dirs.first().cloned().unwrap_or_default(),
         };
+        let differs = |f: &dyn Fn(&CgroupLimits) -> bool| from.is_none_or(f);
         let unlimited = if self.v2 { "max" } else { "-1" };
-        if (from.memory_max, from.swap_max) != (to.memory_max, to.swap_max) {
+        if differs(&|f| (f.memory_max, f.swap_max) != (to.memory_max, to.swap_max)) {
             let d = self
                 .dir_of(Controller::Memory)
                 .ok_or_else(|| missing("memory"))?;
             let value = |v: Option<u64>| v.map_or(unlimited.to_owned(), |v| v.to_string());
+            let memory_changes = differs(&|f| f.memory_max != to.memory_max);
             if self.v2 {
-                if from.memory_max != to.memory_max {
+                if memory_changes {
                     write_file(&d.join("memory.max"), &value(to.memory_max))?;
                 }
-                if from.swap_max != to.swap_max {
+                if differs(&|f| f.swap_max != to.swap_max) {
                     self.change_swap(&d, to.swap_max.map(|s| s.to_string()))?;
                 }
             } else {
-                // memory <= memory+swap must hold after every write: lift
-                // memsw first, then set memory, then memsw again.
-                let memsw = d.join("memory.memsw.limit_in_bytes");
-                if from.swap_max.is_some() && memsw.exists() {
-                    write_file(&memsw, "-1")?;
+                if to.swap_max.is_some() && to.memory_max.is_none() {
+                    return Err(CgroupError::InvalidLimit {
+                        what: "swap_max",
+                        reason: "cgroup v1 limits memory+swap together: set memory_max too".into(),
+                    });
                 }
-                if from.memory_max != to.memory_max {
-                    write_file(&d.join("memory.limit_in_bytes"), &value(to.memory_max))?;
+                let had_swap = from.is_none_or(|f| f.swap_max.is_some());
+                let memsw = match (to.memory_max, to.swap_max) {
+                    (Some(m), Some(swap)) => Some(m.saturating_add(swap)),
+                    _ => None,
+                };
+                if memsw.is_some() && !d.join("memory.memsw.limit_in_bytes").exists() {
+                    self.change_swap(&d, Some(String::new()))?;
                 }
-                if let Some(swap) = to.swap_max {
-                    let Some(m) = to.memory_max else {
-                        return Err(CgroupError::InvalidLimit {
-                            what: "swap_max",
-                            reason: "cgroup v1 limits memory+swap together: set memory_max too"
-                                .into(),
-                        });
-                    };
-                    self.change_swap(&d, Some(m.saturating_add(swap).to_string()))?;
-                }
+                v1_memory(
+                    &d,
+                    had_swap,
+                    memory_changes.then(|| value(to.memory_max)),
+                    memsw.map(|v| v.to_string()),
+                    &mut |p, v| write_file(&p, &v),
+                )?;
             }
         }
-        if from.cpu_max != to.cpu_max {
+        if differs(&|f| f.cpu_max != to.cpu_max) {
             let d = self.dir_of(Controller::Cpu).ok_or_else(|| missing("cpu"))?;
             let quota = match to.cpu_max {
                 None => None,
-                Some(cpus) if !cpus.is_finite() || cpus <= 0.0 || cpus > 4096.0 => {
-                    return Err(CgroupError::InvalidLimit {
-                        what: "cpu_max",
-                        reason: format!("{cpus} CPUs is not in (0, 4096]"),
-                    });
-                }
-                // The kernel's minimum quota is 1 ms.
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                Some(cpus) => Some(((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000)),
+                Some(cpus) => Some(cpu_quota(cpus)?),
             };
             if self.v2 {
                 let q = quota.map_or("max".to_owned(), |q| q.to_string());
@@ -112,7 +130,7 @@ impl SandboxCgroup {
                 write_file(&d.join("cpu.cfs_quota_us"), &q)?;
             }
         }
-        if from.pids_max != to.pids_max {
+        if differs(&|f| f.pids_max != to.pids_max) {
             let d = self
                 .dir_of(Controller::Pids)
                 .ok_or_else(|| missing("pids"))?;
@@ -231,4 +249,52 @@ impl SandboxCgroup {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0))
     }
+}
+
+/// The CFS quota in microseconds per [`CPU_PERIOD_US`] for `cpus` CPUs (the
+/// kernel's minimum quota is 1 ms).
+///
+/// # Errors
+/// `cpus` is not in (0, 4096].
+pub(crate) fn cpu_quota(cpus: f64) -> Result<u64, CgroupError> {
+    if !cpus.is_finite() || cpus <= 0.0 || cpus > 4096.0 {
+        return Err(CgroupError::InvalidLimit {
+            what: "cpu_max",
+            reason: format!("{cpus} CPUs is not in (0, 4096]"),
+        });
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000))
+}
+
+/// The v1 memory limits of the cgroup directory `d`, in an order the kernel
+/// accepts (memory <= memory+swap must hold after every write): when
+/// `had_swap` (a memory+swap limit may be set), `memory.memsw.limit_in_bytes`
+/// is lifted first; then `memory.limit_in_bytes` is set to `memory` (if
+/// given), then memory+swap to `memsw` (if given). Used by the launcher's
+/// writes and by live changes ([`super::live`]); `put` writes one file.
+///
+/// # Errors
+/// What `put` returns.
+pub(crate) fn v1_memory(
+    d: &Path,
+    had_swap: bool,
+    memory: Option<String>,
+    memsw: Option<String>,
+    put: &mut dyn FnMut(PathBuf, String) -> Result<(), CgroupError>,
+) -> Result<(), CgroupError> {
+    let memsw_file = d.join("memory.memsw.limit_in_bytes");
+    let has_memsw = memsw_file.exists();
+    if had_swap && has_memsw {
+        put(memsw_file.clone(), "-1".into())?;
+    }
+    if let Some(m) = memory {
+        put(d.join("memory.limit_in_bytes"), m)?;
+    }
+    if let Some(v) = memsw
+        && has_memsw
+    {
+        put(memsw_file, v)?;
+    }
+    Ok(())
 }

@@ -877,3 +877,44 @@ fn real_names_of_control_files_are_refused_as_existing() -> TestResult {
     cg.remove()?;
     Ok(())
 }
+
+/// A pool slot whose limits were changed live (behind the launcher's
+/// record): a claim with the recorded limits writes nothing and keeps the
+/// live values, so the launcher rewrites every file when the slot comes
+/// back ([`SandboxCgroup::rewrite_limits`]); then the next sandbox gets the
+/// values it asks for.
+#[test]
+fn real_rewrite_limits_undoes_a_live_change_on_a_reused_slot() -> TestResult {
+    if !privileged("real_rewrite_limits_undoes_a_live_change_on_a_reused_slot") {
+        return Ok(());
+    }
+    let mgr = real_manager("rewrite")?;
+    let cg = mgr.0.create_unlimited("hutch-pool-1-1")?;
+    let recorded = CgroupLimits {
+        memory_max: Some(64 << 20),
+        swap_max: None,
+        cpu_max: Some(1.0),
+        pids_max: Some(20),
+    };
+    cg.change_limits(&CgroupLimits::default(), &recorded)?;
+    let file = |ctrl: Controller, v1: &str, v2: &str| -> PathBuf {
+        let d = cg.dir_of(ctrl).unwrap_or_default();
+        if cg.v2 { d.join(v2) } else { d.join(v1) }
+    };
+    let pids = file(Controller::Pids, "pids.max", "pids.max");
+    let mem = file(Controller::Memory, "memory.limit_in_bytes", "memory.max");
+    // A live change (as `cgroup::live` writes it).
+    std::fs::write(&pids, "5")?;
+    std::fs::write(&mem, (32u64 << 20).to_string())?;
+    // The record says nothing changed: a claim writes nothing.
+    cg.change_limits(&recorded, &recorded)?;
+    assert_eq!(std::fs::read_to_string(&pids)?.trim(), "5");
+    cg.rewrite_limits(&recorded)?;
+    assert_eq!(std::fs::read_to_string(&pids)?.trim(), "20");
+    assert_eq!(
+        std::fs::read_to_string(&mem)?.trim(),
+        (64u64 << 20).to_string()
+    );
+    cg.remove()?;
+    Ok(())
+}
