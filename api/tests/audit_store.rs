@@ -427,3 +427,44 @@ async fn closing_the_database_does_not_wait_for_an_idle_writer() -> Result {
     assert!(after.is_err(), "recorded into a closed database: {after:?}");
     Ok(())
 }
+
+/// `verify` while events keep being committed: the head and its event commit
+/// together, so a verify that reads the events and then the head must not
+/// call the chain truncated because a newer event arrived in between (the
+/// daemon records events while `hutchctl audit verify` runs).
+#[tokio::test]
+async fn verify_during_concurrent_writes_is_not_fooled() -> Result {
+    let e = env().await?;
+    // Enough events that a verify reads several pages.
+    let batch: Vec<AuditEvent> = (0..12_000).map(event).collect();
+    e.audit.record_batch(batch).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let audit = e.audit.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                audit.record(event(n)).await?;
+                n += 1;
+            }
+            Ok::<_, hutch_api::audit::AuditError>(n)
+        })
+    };
+    let mut reports = Vec::new();
+    for _ in 0..5 {
+        reports.push(e.audit.verify().await?);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await??;
+    assert!(written > 0, "the writer committed nothing meanwhile");
+    for r in &reports {
+        assert!(
+            r.is_ok(),
+            "verify under concurrent writes: {:?}",
+            r.problems
+        );
+    }
+    assert!(e.audit.verify().await?.is_ok());
+    Ok(())
+}

@@ -619,12 +619,22 @@ impl AuditStore {
                 report.problems.push(p);
             }
         };
+        // The head first, and only the events up to it: events committed
+        // while this runs (the head and its event commit together) are past
+        // it, so a busy daemon is not reported as truncated.
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT last_id, last_hash FROM audit_head WHERE singleton = 1")
+                .fetch_optional(pool)
+                .await
+                .map_err(dberr("read head"))?;
+        let upto = head.as_ref().map_or(i64::MAX, |(id, _)| *id);
         let mut after = i64::MIN;
         loop {
             let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT_EVENTS} WHERE id > ? ORDER BY id LIMIT ?"
+                "{SELECT_EVENTS} WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
             )))
             .bind(after)
+            .bind(upto)
             .bind(PAGE)
             .fetch_all(pool)
             .await
@@ -695,11 +705,6 @@ impl AuditStore {
             }
         }
         report.last_id = prev_id;
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT last_id, last_hash FROM audit_head WHERE singleton = 1")
-                .fetch_optional(pool)
-                .await
-                .map_err(dberr("read head"))?;
         if let Some((head_id, head_hash)) = head {
             if head_id > prev_id {
                 problem(
