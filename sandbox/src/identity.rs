@@ -29,8 +29,10 @@ pub fn die_with_parent(expected_parent: Pid) -> Result<(), StepError> {
 /// Step: die with SIGKILL when the parent dies, for a process in a pid
 /// namespace below its parent's (where `getppid()` is 0, so
 /// [`die_with_parent`]'s check cannot work): `parent` is a pidfd of the
-/// parent, opened before the fork; once the `prctl` is in force, a readable
-/// pidfd means the parent already exited and the signal will never come.
+/// parent, opened before the fork, or the read end of a lifeline pipe whose
+/// only write end the parent holds; once the `prctl` is in force, a readable
+/// `parent` (pidfd of an exited process, or EOF) means the parent already
+/// exited and the signal will never come.
 ///
 /// # Errors
 /// `prctl` or `poll` failed, or the parent is already gone.
@@ -40,7 +42,7 @@ pub fn die_with_parent_pidfd(parent: &std::os::fd::OwnedFd) -> Result<(), StepEr
         std::os::fd::AsFd::as_fd(parent),
         nix::poll::PollFlags::POLLIN,
     )];
-    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).step("poll", "parent pidfd")?;
+    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).step("poll", "parent fd")?;
     if n > 0 {
         return Err(StepError::other(
             "prctl PR_SET_PDEATHSIG",

@@ -590,21 +590,10 @@ fn stub_fork_init(
     }
 }
 
-/// Step: PDEATHSIG for init, checked through the lifeline pipe.
+/// Step: PDEATHSIG for init, checked through the lifeline pipe (EOF once
+/// the stub is gone).
 fn init_die_with_stub(lifeline: &OwnedFd) -> Result<(), StepError> {
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).step("prctl PR_SET_PDEATHSIG", "")?;
-    let mut fds = [nix::poll::PollFd::new(
-        std::os::fd::AsFd::as_fd(lifeline),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).step("poll", "lifeline")?;
-    if n > 0 {
-        return Err(StepError::other(
-            "prctl PR_SET_PDEATHSIG",
-            "stub died before setup",
-        ));
-    }
-    Ok(())
+    identity::die_with_parent_pidfd(lifeline)
 }
 
 /// Init's setup (cold path), in order, then the plugin fork and the init
