@@ -641,17 +641,29 @@ impl CgroupManager {
     }
 
     /// Sweep everything under the parent, then remove the parent directories
-    /// themselves (not `<base>`). For shutdown and tests.
+    /// themselves (not `<base>`). For shutdown and tests. On v1 a parent whose
+    /// last child was just removed can answer `EBUSY` for a moment (the
+    /// child's offlining is asynchronous): the parent's own `rmdir` is retried
+    /// for up to [`PARENT_RMDIR_PATIENCE`].
     ///
     /// # Errors
     /// See [`CgroupManager::sweep_stale`]; rmdir of a parent fails.
     pub fn remove_parent(&self) -> Result<(), CgroupError> {
         self.sweep_stale()?;
         let depth = self.config.parent.split('/').count();
+        let deadline = Instant::now() + PARENT_RMDIR_PATIENCE;
         for dir in self.hier.dirs() {
             let mut d = dir.clone();
             for _ in 0..depth {
-                match fs::remove_dir(&d) {
+                let mut removed = fs::remove_dir(&d);
+                while d == dir
+                    && matches!(&removed, Err(e) if e.raw_os_error() == Some(libc::EBUSY))
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                    removed = fs::remove_dir(&d);
+                }
+                match removed {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     // A shared intermediate parent still used by someone else.
@@ -666,6 +678,9 @@ impl CgroupManager {
         Ok(())
     }
 }
+
+/// How long [`CgroupManager::remove_parent`] retries a parent's `EBUSY`.
+const PARENT_RMDIR_PATIENCE: Duration = Duration::from_secs(2);
 
 /// One sandbox's cgroup, in every hierarchy used. Removed by
 /// [`SandboxCgroup::remove`]; dropped without it, it is killed and removed
