@@ -644,7 +644,7 @@ impl CgroupManager {
     /// themselves (not `<base>`). For shutdown and tests. On v1 a parent whose
     /// last child was just removed can answer `EBUSY` for a moment (the
     /// child's offlining is asynchronous): the parent's own `rmdir` is retried
-    /// for up to [`PARENT_RMDIR_PATIENCE`].
+    /// for up to 2 s.
     ///
     /// # Errors
     /// See [`CgroupManager::sweep_stale`]; rmdir of a parent fails.
