@@ -707,7 +707,7 @@ impl BuiltinStore {
             key: key.clone(),
             version,
         };
-        if version.is_none() {
+        let Some(v) = version else {
             let hk = head_key(ds, key);
             let (hit, generation) = self.caches.head(&hk);
             if let Some(row) = hit {
@@ -722,7 +722,7 @@ impl BuiltinStore {
             let row = Arc::new(head_row(&mut conn, ds, key).await?.ok_or_else(not_found)?);
             self.caches.remember_head(hk, row.clone(), generation);
             return Ok(row);
-        }
+        };
         let mut conn = self
             .db
             .pool()
@@ -730,18 +730,15 @@ impl BuiltinStore {
             .await
             .map_err(db("acquire connection"))?;
         let head = head_row(&mut conn, ds, key).await?;
-        match version {
-            None => head.map(Arc::new).ok_or_else(not_found),
-            Some(v) => match version_row(&mut conn, ds, key, v).await? {
-                Some(r) => Ok(Arc::new(r)),
-                None => match head {
-                    Some(h) if h.version > v.0 && v.0 > 0 => Err(StoreError::Purged {
-                        dataset: ds.clone(),
-                        key: key.clone(),
-                        version: v,
-                    }),
-                    _ => Err(not_found()),
-                },
+        match version_row(&mut conn, ds, key, v).await? {
+            Some(r) => Ok(Arc::new(r)),
+            None => match head {
+                Some(h) if h.version > v.0 && v.0 > 0 => Err(StoreError::Purged {
+                    dataset: ds.clone(),
+                    key: key.clone(),
+                    version: v,
+                }),
+                _ => Err(not_found()),
             },
         }
     }

@@ -38,20 +38,20 @@ use seccompiler::{
 use super::SeccompError;
 
 /// `BPF_LD | BPF_W | BPF_ABS`.
-const LD_W_ABS: u16 = 0x20;
+pub(super) const LD_W_ABS: u16 = 0x20;
 /// `BPF_JMP | BPF_JA`.
 const JA: u16 = 0x05;
 /// `BPF_JMP | BPF_JEQ | BPF_K`.
-const JEQ_K: u16 = 0x15;
+pub(super) const JEQ_K: u16 = 0x15;
 /// `BPF_JMP | BPF_JGE | BPF_K`.
 const JGE_K: u16 = 0x35;
 /// `BPF_RET | BPF_K`.
-const RET_K: u16 = 0x06;
+pub(super) const RET_K: u16 = 0x06;
 /// The instruction class bits and the jump class.
-const CLASS_MASK: u16 = 0x07;
+pub(super) const CLASS_MASK: u16 = 0x07;
 const CLASS_JMP: u16 = 0x05;
 /// The kernel's limit on a filter's length (`BPF_MAXINSNS`).
-const MAX_INSNS: usize = 4096;
+pub(super) const MAX_INSNS: usize = 4096;
 /// seccompiler's architecture check: `LD arch; JEQ arch, 1, 0; RET KILL_PROCESS`.
 const ARCH_CHECK_LEN: usize = 3;
 

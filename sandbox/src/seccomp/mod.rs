@@ -163,22 +163,15 @@ pub enum SeccompError {
 
 /// The allowlist's placeholder default action, patched to `USER_NOTIF` when notifying.
 const DENY_ERRNO: u32 = libc::EPERM as u32;
-/// `BPF_RET | BPF_K`: return the constant in `k`.
-const BPF_RET_K: u16 = 0x06;
-/// The BPF instruction class mask and the `RET` class.
-const BPF_CLASS_MASK: u16 = 0x07;
+/// The BPF `RET` instruction class (opcodes and the class mask: [`dispatch`]).
+use dispatch::{CLASS_MASK, JEQ_K, LD_W_ABS, MAX_INSNS, RET_K};
 const BPF_CLASS_RET: u16 = 0x06;
 
-/// `BPF_LD | BPF_W | BPF_ABS`, `BPF_JMP | BPF_JEQ | BPF_K` (for the `ENOSYS` splice).
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JEQ_K: u16 = 0x15;
 /// Offsets of `arch` and `nr` in `struct seccomp_data`.
 const DATA_ARCH: u32 = 4;
 const DATA_NR: u32 = 0;
 /// The allowlist prologue: `LD arch; JEQ x86_64, 1, 0; RET KILL_PROCESS; LD nr`.
 const PROLOGUE_LEN: usize = 4;
-/// The kernel's limit on a filter's length (`BPF_MAXINSNS`).
-const BPF_MAXINSNS: usize = 4096;
 
 /// The compiled BPF program, built in the parent and installed in the child.
 /// Serializable so the launcher can hand it to a pre-warmed sandbox process
@@ -309,16 +302,16 @@ pub(crate) fn splice_enosys(prog: &mut BpfProgram, numbers: &[u32]) -> Result<()
         k,
     };
     let prologue_ok = prog.len() > PROLOGUE_LEN
-        && prog[0] == stmt(BPF_LD_W_ABS, DATA_ARCH)
-        && (prog[1].code, prog[1].jt, prog[1].jf) == (BPF_JEQ_K, 1, 0)
-        && prog[2] == stmt(BPF_RET_K, libc::SECCOMP_RET_KILL_PROCESS)
-        && prog[3] == stmt(BPF_LD_W_ABS, DATA_NR);
+        && prog[0] == stmt(LD_W_ABS, DATA_ARCH)
+        && (prog[1].code, prog[1].jt, prog[1].jf) == (JEQ_K, 1, 0)
+        && prog[2] == stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS)
+        && prog[3] == stmt(LD_W_ABS, DATA_NR);
     if !prologue_ok {
         return Err(SeccompError::Splice {
             reason: "the program does not start with arch check + LD nr",
         });
     }
-    if prog.len() + 2 * numbers.len() > BPF_MAXINSNS {
+    if prog.len() + 2 * numbers.len() > MAX_INSNS {
         return Err(SeccompError::Splice {
             reason: "the program would exceed 4096 instructions",
         });
@@ -326,12 +319,12 @@ pub(crate) fn splice_enosys(prog: &mut BpfProgram, numbers: &[u32]) -> Result<()
     let enosys = numbers.iter().flat_map(|&nr| {
         [
             sock_filter {
-                code: BPF_JEQ_K,
+                code: JEQ_K,
                 jt: 0,
                 jf: 1,
                 k: nr,
             },
-            stmt(BPF_RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+            stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
         ]
     });
     prog.splice(PROLOGUE_LEN..PROLOGUE_LEN, enosys);
@@ -425,10 +418,10 @@ pub(crate) fn patch_default_action(
     let placeholder = libc::SECCOMP_RET_ERRNO | DENY_ERRNO;
     let mut patched = 0;
     for insn in prog.iter_mut() {
-        if insn.code & BPF_CLASS_MASK != BPF_CLASS_RET {
+        if insn.code & CLASS_MASK != BPF_CLASS_RET {
             continue;
         }
-        if insn.code != BPF_RET_K {
+        if insn.code != RET_K {
             return Err(SeccompError::Patch {
                 reason: "a RET that does not return a constant",
             });

@@ -381,7 +381,7 @@ fn dispatch_tree_decides_exactly_like_the_linear_filter() -> TestResult {
 
 fn rets(prog: &[sock_filter]) -> Vec<u32> {
     prog.iter()
-        .filter(|i| i.code == BPF_RET_K)
+        .filter(|i| i.code == RET_K)
         .map(|i| i.k)
         .collect()
 }
@@ -408,10 +408,10 @@ fn notify_patch_replaces_exactly_the_default_action() -> TestResult {
         }
         assert_eq!(
             (x.code, x.k),
-            (BPF_RET_K, placeholder),
+            (RET_K, placeholder),
             "only placeholder RETs change"
         );
-        assert_eq!((y.code, y.k), (BPF_RET_K, libc::SECCOMP_RET_USER_NOTIF));
+        assert_eq!((y.code, y.k), (RET_K, libc::SECCOMP_RET_USER_NOTIF));
         patched += 1;
     }
     // At least the RET after each rule block plus each block's own mismatch RET.
@@ -470,7 +470,7 @@ fn without_kernel_support_notify_falls_back_to_plain_eperm() -> TestResult {
 #[test]
 fn notify_patch_refuses_programs_it_does_not_understand() {
     let ret = |k| sock_filter {
-        code: BPF_RET_K,
+        code: RET_K,
         jt: 0,
         jf: 0,
         k,
@@ -500,18 +500,18 @@ fn notify_patch_refuses_programs_it_does_not_understand() {
 fn enosys_splice_sits_after_the_prologue_and_refuses_other_shapes() -> TestResult {
     let prog = plain()?.program().to_vec();
     // LD arch; JEQ x86_64, 1, 0; RET KILL; LD nr; then JEQ clone3, 0, 1; RET ERRNO(ENOSYS).
-    assert_eq!((prog[0].code, prog[0].k), (BPF_LD_W_ABS, DATA_ARCH));
-    assert_eq!((prog[1].code, prog[1].jt, prog[1].jf), (BPF_JEQ_K, 1, 0));
+    assert_eq!((prog[0].code, prog[0].k), (LD_W_ABS, DATA_ARCH));
+    assert_eq!((prog[1].code, prog[1].jt, prog[1].jf), (JEQ_K, 1, 0));
     assert_eq!(prog[2].k, libc::SECCOMP_RET_KILL_PROCESS);
-    assert_eq!((prog[3].code, prog[3].k), (BPF_LD_W_ABS, DATA_NR));
+    assert_eq!((prog[3].code, prog[3].k), (LD_W_ABS, DATA_NR));
     let jeq = &prog[PROLOGUE_LEN];
     assert_eq!(
         (jeq.code, jeq.jt, jeq.jf, jeq.k),
-        (BPF_JEQ_K, 0, 1, libc::SYS_clone3 as u32)
+        (JEQ_K, 0, 1, libc::SYS_clone3 as u32)
     );
     assert_eq!(
         (prog[PROLOGUE_LEN + 1].code, prog[PROLOGUE_LEN + 1].k),
-        (BPF_RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32)
+        (RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32)
     );
     // A program without the prologue is refused, not spliced.
     let mut short: BpfProgram = prog[..3].to_vec();
