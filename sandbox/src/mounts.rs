@@ -634,7 +634,8 @@ pub fn create_skeleton(plan: &MountPlan) -> Result<(), StepError> {
 }
 
 /// Step: a small tmpfs for `/dev` with the `fd`, `stdin`, `stdout`,
-/// `stderr` symlinks (the device nodes are bound later by [`bind_all`]).
+/// `stderr` symlinks and the `shm` mount point (the device nodes are bound
+/// later by [`bind_all`], the `/dev/shm` tmpfs by [`mount_tmp`]).
 ///
 /// # Errors
 /// The mount or a symlink failed.
@@ -648,6 +649,7 @@ pub fn mount_dev(plan: &MountPlan) -> Result<(), StepError> {
         Some("mode=0755,size=64k"),
     )
     .step("mount tmpfs on", "/dev")?;
+    nix::unistd::mkdir("dev/shm", Mode::from_bits_truncate(0o755)).step("mkdir", "/dev/shm")?;
     for (target, link) in plan
         .symlinks
         .iter()
@@ -780,20 +782,27 @@ pub fn mask_sockets(plan: &MountPlan) -> Result<(), StepError> {
     nix::unistd::unlink(mask).step("unlink", "/hutch-socket-mask")
 }
 
-/// Step: the private, size-limited `/tmp`.
+/// Step: the private, size-limited `/tmp`, and `/dev/shm` (POSIX shared
+/// memory and semaphores, e.g. Python `multiprocessing`) with the same
+/// limits. Both are fresh tmpfs instances of this sandbox alone, charged to
+/// its memory cgroup; the `/dev/shm` mount point is in the `/dev` tmpfs,
+/// which [`seal_dev`] makes read-only without touching this mount.
 ///
 /// # Errors
-/// The mount failed.
+/// A mount failed.
 pub fn mount_tmp(plan: &MountPlan) -> Result<(), StepError> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(
-        Some("tmpfs"),
-        "tmp",
-        Some("tmpfs"),
-        flags,
-        Some(plan.tmp_opts.as_c_str()),
-    )
-    .step("mount tmpfs on", "/tmp")
+    for (target, shown) in [("tmp", "/tmp"), ("dev/shm", "/dev/shm")] {
+        mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            flags,
+            Some(plan.tmp_opts.as_c_str()),
+        )
+        .step("mount tmpfs on", shown)?;
+    }
+    Ok(())
 }
 
 /// Step: `/etc/passwd`, `group`, `nsswitch.conf`, `hosts`.

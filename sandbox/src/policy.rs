@@ -33,8 +33,8 @@ pub struct Prepared {
 
 /// The Landlock rules matching the mount tree: system trees and `/plugin`
 /// read+execute; `/etc`, `/proc` and the manifest's `read_only` paths read
-/// only; `/tmp`, `/data`, the devices and the API socket's directory read
-/// and write (never execute).
+/// only; `/tmp`, `/dev/shm`, `/data`, the devices and the API socket's
+/// directory read and write (never execute).
 pub fn landlock_rules(spec: &SandboxSpec) -> LandlockRules {
     let mut read_exec: Vec<PathBuf> = SYSTEM_TREES
         .iter()
@@ -44,7 +44,7 @@ pub fn landlock_rules(spec: &SandboxSpec) -> LandlockRules {
     read_exec.push(PathBuf::from("/plugin"));
     let mut read_only = vec![PathBuf::from("/etc"), PathBuf::from("/proc")];
     read_only.extend(spec.read_only.iter().cloned());
-    let mut read_write = vec![PathBuf::from("/tmp")];
+    let mut read_write = vec![PathBuf::from("/tmp"), PathBuf::from("/dev/shm")];
     read_write.extend(DEVICES.iter().map(|d| PathBuf::from(format!("/dev/{d}"))));
     if spec.data_dir.is_some() {
         read_write.push(PathBuf::from("/data"));

@@ -1082,6 +1082,79 @@ print(json.dumps({"sha": hashlib.sha256(b"hutch").hexdigest(), "sub": out, "py":
 }
 
 #[test]
+fn control_python_multiprocessing_uses_a_private_dev_shm() -> Result {
+    if !privileged("control_python_multiprocessing_uses_a_private_dev_shm") {
+        return Ok(());
+    }
+    // A file in the host's /dev/shm must not be visible inside.
+    let host_file = std::path::PathBuf::from(format!("/dev/shm/hutch-t-{}", std::process::id()));
+    std::fs::write(&host_file, b"host secret")?;
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _guard = Remove(host_file.clone());
+    let mut p = plugin("control_python_multiprocessing_uses_a_private_dev_shm")?;
+    p.add_file(
+        "main.py",
+        br##"import json, os, sys, multiprocessing as mp
+from multiprocessing import shared_memory
+def sq(x): return x * x
+if __name__ == "__main__":
+    with mp.Pool(2) as pool:
+        squares = pool.map(sq, range(6))
+    shm = shared_memory.SharedMemory(create=True, size=4096)
+    shm.buf[:5] = b"hutch"; data = bytes(shm.buf[:5]); shm.close(); shm.unlink()
+    with open("/dev/shm/run.sh", "w") as f: f.write("#!/bin/sh\necho ran\n")
+    os.chmod("/dev/shm/run.sh", 0o755)
+    try:
+        os.execv("/dev/shm/run.sh", ["run.sh"])
+    except OSError as e:
+        exec_err = e.errno
+    st = os.statvfs("/dev/shm")
+    print(json.dumps({"squares": squares, "shm": data.decode(), "host": os.path.exists(sys.argv[1]),
+                      "exec_errno": exec_err, "size": st.f_blocks * st.f_frsize}))
+"##,
+        0o644,
+    )?;
+    p.exec = "/usr/bin/python3".into();
+    p.args = vec!["main.py".into()];
+    let r = p.run(&[&host_file.to_string_lossy()])?;
+    r.assert_clean();
+    assert_eq!(r.code(), Some(0), "python failed\n{}", r.context());
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap_or_default();
+    assert_eq!(
+        v["squares"],
+        serde_json::json!([0, 1, 4, 9, 16, 25]),
+        "{}",
+        r.context()
+    );
+    assert_eq!(v["shm"].as_str(), Some("hutch"), "{}", r.context());
+    assert_eq!(
+        v["host"].as_bool(),
+        Some(false),
+        "host /dev/shm leaked\n{}",
+        r.context()
+    );
+    // noexec mount and Landlock (no execute right): EACCES, never "ran".
+    assert_eq!(v["exec_errno"].as_i64(), Some(13), "{}", r.context());
+    assert_eq!(
+        v["size"].as_u64(),
+        Some(hutch_sandbox::spec::DEFAULT_TMP_SIZE),
+        "/dev/shm is limited like /tmp\n{}",
+        r.context()
+    );
+    assert!(
+        r.report().denials.is_empty(),
+        "denials for Python multiprocessing\n{}",
+        r.context()
+    );
+    Ok(())
+}
+
+#[test]
 fn control_shell_script_runs() -> Result {
     if !privileged("control_shell_script_runs") {
         return Ok(());
