@@ -924,6 +924,11 @@ fn object_info(i: &hutch_api::store::ObjectInfo) -> pb::ObjectInfo {
         sha256: i.sha256.clone().unwrap_or_default(),
         modified_unix_ms: i.created_us / 1000,
         deleted: i.deleted,
+        metadata: i
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -1739,7 +1744,7 @@ impl Admin for Control {
                     &ds,
                     &key,
                     hutch_api::store::Expect::Any,
-                    None,
+                    (!header.metadata.is_empty()).then(|| header.metadata.into_iter().collect()),
                     content,
                 )
                 .await
@@ -1789,6 +1794,67 @@ impl Admin for Control {
             Ok::<BoxStream<_>, Status>(Box::pin(
                 futures::stream::once(async { Ok(first) }).chain(rest),
             ))
+        })
+        .await
+    }
+
+    async fn get_metadata(
+        &self,
+        req: Request<pb::GetMetadataRequest>,
+    ) -> Result<Response<pb::ObjectInfo>, Status> {
+        self.handle(req, Need::User, "dataset meta", |c, r| async move {
+            self.may(&c, OpClass::Read, &r.dataset_id)?;
+            let ds = dataset_id(&r.dataset_id)?;
+            let key = object_key(&r.key)?;
+            let info = self
+                .daemon
+                .core()
+                .backend()
+                .head_object(&ds, &key, None)
+                .await
+                .map_err(store_status)?;
+            self.record(
+                &c,
+                "data.object.metadata.get",
+                hutch_api::store::object_resource(&ds, &key),
+                serde_json::json!({ "version": info.version.0, "via": "control" }),
+            )
+            .await?;
+            Ok::<_, Status>(object_info(&info))
+        })
+        .await
+    }
+
+    async fn set_metadata(
+        &self,
+        req: Request<pb::SetMetadataRequest>,
+    ) -> Result<Response<pb::ObjectInfo>, Status> {
+        self.handle(req, Need::User, "dataset meta", |c, r| async move {
+            self.may(&c, OpClass::Write, &r.dataset_id)?;
+            let ds = dataset_id(&r.dataset_id)?;
+            let key = object_key(&r.key)?;
+            let expect = match r.expected_version {
+                None => hutch_api::store::Expect::Any,
+                Some(v) => i64::try_from(v)
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .map(|v| hutch_api::store::Expect::Version(Version(v)))
+                    .ok_or_else(|| Status::invalid_argument("expected_version out of range"))?,
+            };
+            let set = self
+                .daemon
+                .core()
+                .backend()
+                .set_metadata(
+                    AuditEvent::new(c.actor(), ops::OBJECT_SET_METADATA, ""),
+                    &ds,
+                    &key,
+                    expect,
+                    r.metadata.into_iter().collect(),
+                )
+                .await
+                .map_err(store_status)?;
+            Ok::<_, Status>(object_info(&set.value))
         })
         .await
     }

@@ -49,7 +49,7 @@ fn every_command_has_help() {
         ("team", &["list", "add-member", "remove-member"]),
         (
             "dataset",
-            &["create", "list", "objects", "put", "get", "share"],
+            &["create", "list", "objects", "put", "meta", "get", "share"],
         ),
         ("policy", &["list", "add", "remove"]),
         ("audit", &["query", "export", "verify", "revert"]),
@@ -118,5 +118,113 @@ fn closed_stdout_ends_quietly() -> Result<(), Box<dyn std::error::Error>> {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
+    Ok(())
+}
+
+#[test]
+fn dataset_metadata_is_shown_set_and_audited() -> Result<(), Box<dyn std::error::Error>> {
+    use hutch_tests::daemon::{Hutchd, s};
+    if !hutch_tests::privileged("dataset_metadata_is_shown_set_and_audited") {
+        return Ok(());
+    }
+    let d = Hutchd::start("dataset-meta")?;
+    d.ctl(&["dataset", "create", "Images", "--id", "dsm"]).ok();
+    let f = d.root().join("cells.tif");
+    std::fs::write(&f, b"pixels")?;
+    let path = f.to_str().ok_or("path")?;
+    d.ctl(&[
+        "dataset",
+        "put",
+        "dsm",
+        "cells.tif",
+        path,
+        "--meta",
+        "stain=dapi",
+        "--meta",
+        "um_per_px=0.2",
+    ])
+    .ok();
+    // The table and the JSON both carry the metadata.
+    let table = d.ctl(&["dataset", "objects", "dsm"]).ok();
+    assert!(table.stdout.contains("METADATA"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("stain=dapi, um_per_px=0.2"),
+        "{}",
+        table.stdout
+    );
+    let shown = d
+        .ctl(&["--json", "dataset", "meta", "dsm", "cells.tif"])
+        .ok()
+        .json();
+    assert_eq!(shown["metadata"]["stain"], "dapi", "{shown}");
+    assert_eq!(shown["version"], 1, "{shown}");
+
+    // Set one, remove one, keep the content: a new version.
+    let changed = d
+        .ctl(&[
+            "--json",
+            "dataset",
+            "meta",
+            "dsm",
+            "cells.tif",
+            "stain=gfp",
+            "--unset",
+            "um_per_px",
+        ])
+        .ok()
+        .json();
+    assert_eq!(changed["version"], 2, "{changed}");
+    assert_eq!(
+        changed["metadata"],
+        serde_json::json!({ "stain": "gfp" }),
+        "{changed}"
+    );
+    let out = d.root().join("out.tif");
+    d.ctl(&[
+        "dataset",
+        "get",
+        "dsm",
+        "cells.tif",
+        "-o",
+        out.to_str().ok_or("path")?,
+    ])
+    .ok();
+    assert_eq!(std::fs::read(&out)?, b"pixels");
+
+    // Bad input names the problem; nothing changes.
+    for args in [
+        &["dataset", "meta", "dsm", "cells.tif", "no-equals"][..],
+        &["dataset", "meta", "dsm", "cells.tif", "=v"][..],
+        &["dataset", "meta", "dsm", "cells.tif", "--unset", "absent"][..],
+        &["dataset", "put", "dsm", "k", path, "--meta", "x"][..],
+    ] {
+        let r = d.ctl(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("NAME=VALUE") || r.stderr.contains("no such metadata"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    let after = d
+        .ctl(&["--json", "dataset", "meta", "dsm", "cells.tif"])
+        .ok()
+        .json();
+    assert_eq!(after["version"], 2, "{after}");
+
+    // The change is audited with the operator as actor, and revertible.
+    let ev = d
+        .ctl(&[
+            "--json",
+            "audit",
+            "query",
+            "--op",
+            "data.object.metadata.set",
+        ])
+        .ok()
+        .json();
+    let evs = ev["events"].as_array().ok_or("events")?;
+    assert_eq!(evs.len(), 1, "{ev}");
+    assert_eq!(s(&evs[0], "actor_user"), "root", "{ev}");
     Ok(())
 }

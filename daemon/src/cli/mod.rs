@@ -365,6 +365,24 @@ pub enum DatasetCmd {
         key: String,
         /// The file, or - for stdin.
         file: PathBuf,
+        /// Metadata of the new version, NAME=VALUE (repeatable).
+        #[arg(long = "meta", value_name = "NAME=VALUE")]
+        meta: Vec<String>,
+    },
+    /// Show an object's metadata, or change it: NAME=VALUE sets, --unset
+    /// NAME removes; the rest is kept (a new version, refused if the object
+    /// changed meanwhile).
+    Meta {
+        /// The dataset id.
+        dataset: String,
+        /// The object key.
+        key: String,
+        /// Entries to set, NAME=VALUE.
+        #[arg(value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Names to remove (repeatable).
+        #[arg(long, value_name = "NAME")]
+        unset: Vec<String>,
     },
     /// Write an object's content to stdout or a file.
     Get {
@@ -664,6 +682,30 @@ fn write_stdout(text: &str) -> Result<(), CliError> {
             source,
         }),
     }
+}
+
+/// Parses `NAME=VALUE` metadata arguments.
+///
+/// # Errors
+/// [`CliError::Usage`] naming the argument without `=` or with an empty name.
+pub fn parse_metadata(
+    args: &[String],
+) -> Result<std::collections::HashMap<String, String>, CliError> {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+            _ => Err(CliError::Usage(format!(
+                "metadata {a:?}: expected NAME=VALUE with a non-empty NAME"
+            ))),
+        })
+        .collect()
+}
+
+/// Metadata as `a=1, b=2`, sorted by name.
+fn metadata_line(m: &std::collections::HashMap<String, String>) -> String {
+    let mut v: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    v.sort();
+    v.join(", ")
 }
 
 /// Prints `v` as JSON or as `human(v)`.
@@ -1343,7 +1385,9 @@ async fn dataset(
                 .await?
                 .into_inner();
             show(json, &l, |l| {
-                let mut t = output::Table::new(&["KEY", "VERSION", "SIZE", "SHA256", "MODIFIED"]);
+                let mut t = output::Table::new(&[
+                    "KEY", "VERSION", "SIZE", "SHA256", "MODIFIED", "METADATA",
+                ]);
                 for o in &l.objects {
                     t.row(vec![
                         o.key.clone(),
@@ -1351,17 +1395,25 @@ async fn dataset(
                         o.size.to_string(),
                         o.sha256.chars().take(16).collect(),
                         output::time_ms(o.modified_unix_ms),
+                        output::dash(&metadata_line(&o.metadata)),
                     ]);
                 }
                 t.render()
             })
         }
-        DatasetCmd::Put { dataset, key, file } => {
+        DatasetCmd::Put {
+            dataset,
+            key,
+            file,
+            meta,
+        } => {
+            let metadata = parse_metadata(&meta)?;
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             let header = pb::PutObjectRequest {
                 part: Some(pb::put_object_request::Part::Header(pb::PutObjectHeader {
                     dataset_id: dataset,
                     key,
+                    metadata,
                 })),
             };
             let _ = tx.send(header).await;
@@ -1446,6 +1498,51 @@ async fn dataset(
                 source,
             })?;
             Ok(())
+        }
+        DatasetCmd::Meta {
+            dataset,
+            key,
+            set,
+            unset,
+        } => {
+            let changes = parse_metadata(&set)?;
+            let current = c
+                .get_metadata(pb::GetMetadataRequest {
+                    dataset_id: dataset.clone(),
+                    key: key.clone(),
+                })
+                .await?
+                .into_inner();
+            let info = if changes.is_empty() && unset.is_empty() {
+                current
+            } else {
+                let mut metadata = current.metadata.clone();
+                for name in &unset {
+                    if metadata.remove(name).is_none() {
+                        return Err(CliError::Usage(format!(
+                            "--unset {name:?}: {dataset}/{key} has no such metadata entry"
+                        )));
+                    }
+                }
+                metadata.extend(changes);
+                c.set_metadata(pb::SetMetadataRequest {
+                    dataset_id: dataset,
+                    key,
+                    metadata,
+                    expected_version: Some(current.version),
+                })
+                .await?
+                .into_inner()
+            };
+            show(json, &info, |o| {
+                let mut names: Vec<&String> = o.metadata.keys().collect();
+                names.sort();
+                let mut out = format!("{}/{} version {}\n", o.dataset_id, o.key, o.version);
+                for n in names {
+                    out.push_str(&format!("{n}={}\n", o.metadata[n]));
+                }
+                out
+            })
         }
         DatasetCmd::Share {
             dataset,
