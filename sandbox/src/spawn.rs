@@ -96,13 +96,16 @@ pub enum ChildMsg {
 pub enum LauncherMsg {
     /// Init is in the sandbox's cgroup (or there is none); go on.
     Attached,
+    /// (After a [`Claim`](Self::Claim).) The sandbox's cgroup limits are
+    /// written (or there is no cgroup): init may create the plugin.
+    LimitsSet,
     /// The stub's user-namespace maps are written.
     IdMapsWritten,
     /// Writing the maps failed.
     IdMapsFailed(StepError),
     /// A pre-warmed stub is claimed for this sandbox: everything the child
-    /// needs. The launcher has already written the sandbox's limits to the
-    /// stub's cgroup when it sends this.
+    /// needs. The launcher writes the sandbox's limits to the cgroup while
+    /// init attaches the spec's binds, then sends [`LimitsSet`](Self::LimitsSet).
     Claim(Box<Prepared>),
 }
 
@@ -478,6 +481,11 @@ fn pool_init_steps(
     mounts::make_root_read_only()?;
     nix::unistd::sethostname(&p.hostname).step("sethostname", &p.hostname)?;
     trace.mark("init: root read-only, hostname");
+    // No plugin without its limits: the launcher wrote them meanwhile.
+    expect(chan, "wait for cgroup limits", |m| {
+        matches!(m, LauncherMsg::LimitsSet)
+    })?;
+    trace.mark("init: limits set (launcher)");
     init_fork_plugin(&p, chan, io, &mut trace, &forwarded, &stack)
 }
 
@@ -784,17 +792,23 @@ fn build_mount_tree(p: &Prepared, trace: &mut Trace) -> Result<(), StepError> {
 
 /// Step: block until the launcher says init is in the sandbox's cgroup.
 fn wait_for_attach(chan: &ChildChannel) -> Result<(), StepError> {
+    expect(chan, "wait for cgroup attach", |m| {
+        matches!(m, LauncherMsg::Attached)
+    })
+}
+
+/// Block until the launcher's next message, which must be the one `want`
+/// accepts (`op` names the wait in the error).
+fn expect(
+    chan: &ChildChannel,
+    op: &'static str,
+    want: fn(&LauncherMsg) -> bool,
+) -> Result<(), StepError> {
     match chan.recv() {
-        Ok(Some((LauncherMsg::Attached, _))) => Ok(()),
-        Ok(None) => Err(StepError::other(
-            "wait for cgroup attach",
-            "launcher went away",
-        )),
-        Ok(Some((other, _))) => Err(StepError::other(
-            "wait for cgroup attach",
-            format!("unexpected {other:?}"),
-        )),
-        Err(e) => Err(StepError::other("wait for cgroup attach", e.to_string())),
+        Ok(Some((msg, _))) if want(&msg) => Ok(()),
+        Ok(None) => Err(StepError::other(op, "launcher went away")),
+        Ok(Some((other, _))) => Err(StepError::other(op, format!("unexpected {other:?}"))),
+        Err(e) => Err(StepError::other(op, e.to_string())),
     }
 }
 
