@@ -21,8 +21,9 @@
 //! and waits for its claim; then the spec's binds, `/tmp`, `/etc`.
 //!
 //! On both paths init then enters a cgroup namespace, empties the
-//! capability bounding set, forks the plugin, keeps only `CAP_KILL` (it
-//! stays uid 0, so the plugin can neither signal nor trace it, and `/proc`
+//! capability bounding set, creates the plugin (`clone(CLONE_VM |
+//! CLONE_VFORK)`: it shares init's memory until its `execve`), keeps only
+//! `CAP_KILL` (it stays uid 0, so the plugin can neither signal nor trace it, and `/proc`
 //! is mounted `hidepid=invisible`, so the plugin does not even see it),
 //! reaps zombies and forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2
 //! until the plugin exits, reports its status and exits (the kernel then
