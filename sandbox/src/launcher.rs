@@ -1426,33 +1426,6 @@ impl Server {
     ) -> Result<(), Option<Box<Prepared>>> {
         let started = Instant::now();
         let mut stub = stub;
-        // The limits are in place before init even learns it was claimed,
-        // so no plugin code ever runs without them. A reused slot's cgroup
-        // has the last sandbox's: only what differs is written. Then the
-        // slot's counters are reset or recorded, so the stats are this
-        // sandbox's own.
-        let mut baseline = None;
-        if let Some(cg) = &stub.cgroup {
-            let set = match stub.slot.as_mut() {
-                Some(slot) => cg
-                    .change_limits(&slot.limits, limits)
-                    .map(|()| slot.limits = limits.clone())
-                    .and_then(|()| cg.begin_stats().map(Some)),
-                None => cg.set_limits(limits).map(|()| None),
-            };
-            match set {
-                Ok(b) => baseline = b,
-                Err(e) => {
-                    self.bury_pooled(stub);
-                    self.fail_spawn(id, started, format!("cgroup: {e}"));
-                    return Err(None);
-                }
-            }
-        }
-        let reused = stub.slot.as_ref().is_some_and(|s| s.uses > 0);
-        if let Some(slot) = stub.slot.as_mut() {
-            slot.uses += 1;
-        }
         // Back from SCHED_IDLE (pre-warm) to the launcher's own policy, so
         // the claimed stub runs like a cold one.
         if let Err(e) = spawn::SchedPolicy::current().and_then(|p| p.set_for(stub.init)) {
@@ -1460,11 +1433,6 @@ impl Server {
             self.bury_pooled(stub);
             return Err(Some(Box::new(prepared)));
         }
-        trace.push(point(if reused {
-            "launcher: limits set on reused slot"
-        } else {
-            "launcher: limits set on pooled cgroup"
-        }));
         // The stub's root was pivoted long ago: it gets the spec's bind
         // sources as detached mounts, checked here (device and inode).
         let trees = match crate::mounts::clone_spec_sources(prepared.plan()) {
@@ -1492,6 +1460,44 @@ impl Server {
             "launcher: claim sent"
         } else {
             "launcher: claim sent (stub still warming up)"
+        }));
+        // The limits, written while init attaches the spec's binds: init
+        // creates the plugin only once `LimitsSet` came (it waits for it),
+        // so no plugin code ever runs without them. A reused slot's cgroup
+        // has the last sandbox's: only what differs is written. Then the
+        // slot's counters are reset or recorded, so the stats are this
+        // sandbox's own. On a failure init is killed before it gets there.
+        let mut baseline = None;
+        if let Some(cg) = &stub.cgroup {
+            let set = match stub.slot.as_mut() {
+                Some(slot) => cg
+                    .change_limits(&slot.limits, limits)
+                    .map(|()| slot.limits = limits.clone())
+                    .and_then(|()| cg.begin_stats().map(Some)),
+                None => cg.set_limits(limits).map(|()| None),
+            };
+            match set {
+                Ok(b) => baseline = b,
+                Err(e) => {
+                    self.bury_pooled(stub);
+                    self.fail_spawn(id, started, format!("cgroup: {e}"));
+                    return Err(None);
+                }
+            }
+        }
+        let reused = stub.slot.as_ref().is_some_and(|s| s.uses > 0);
+        if let Some(slot) = stub.slot.as_mut() {
+            slot.uses += 1;
+        }
+        if let Err(e) = stub.chan.send(&LauncherMsg::LimitsSet, &[]) {
+            self.bury_pooled(stub);
+            self.fail_spawn(id, started, format!("claim: {e}"));
+            return Err(None);
+        }
+        trace.push(point(if reused {
+            "launcher: limits set on reused slot"
+        } else {
+            "launcher: limits set on pooled cgroup"
         }));
         let Pooled {
             init: pid,

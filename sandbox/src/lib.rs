@@ -35,7 +35,8 @@
 //!    -> close the `O_PATH` fds -> `pivot_root(".", ".")` + detach -> root
 //!    read-only -> hostname, `lo` up -> wait for the cgroup attach (init is
 //!    attached too) -> `unshare(CLONE_NEWCGROUP)` -> empty bounding set ->
-//!    not dumpable -> block signals -> fork the plugin -> keep only
+//!    not dumpable -> block signals -> the plugin (`clone(CLONE_VM |
+//!    CLONE_VFORK)`: shares init's memory until its `execve`) -> keep only
 //!    `CAP_KILL`, `no_new_privs` -> reap and forward signals until the
 //!    plugin exits.
 //! 3. **plugin** (pid 2): setgroups/setresgid/setresuid to the per-plugin

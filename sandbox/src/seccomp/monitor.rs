@@ -1,12 +1,13 @@
 //! The denial monitor: answers a sandbox's user notifications with `EPERM` and counts them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::eventfd::EventFd;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use serde::{Deserialize, Serialize};
 
 use super::{SeccompError, sys, syscalls};
@@ -31,40 +32,65 @@ pub struct Denial {
     pub first_args: [u64; 6],
 }
 
-/// A thread answering one sandbox's seccomp notifications with `EPERM`.
+/// Answers one sandbox's seccomp notifications with `EPERM` and counts them.
 ///
 /// Every denied syscall of the plugin blocks until the monitor has answered it, so a plugin
 /// spinning on a denied call is throttled to the monitor's pace and costs one map entry; the
 /// first occurrence of each syscall is logged (`tracing` warn), later ones only counted.
-#[derive(Debug)]
+///
+/// One thread per process (`seccomp-monitor`, started by the first monitor) serves every
+/// sandbox's listener through an `epoll` set: a spawn only adds its listener to the set (no
+/// thread is created, woken or joined per sandbox, which cost the spawn path CPU on a small
+/// host and, at the plugin's exit, a wake-up that preempted it; docs/sandbox.md).
 pub struct DenialMonitor {
     label: String,
-    stop: EventFd,
-    thread: Option<JoinHandle<Vec<Denial>>>,
+    token: u64,
+    entry: Arc<Entry>,
+}
+
+impl std::fmt::Debug for DenialMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenialMonitor")
+            .field("label", &self.label)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DenialMonitor {
-    /// Start the monitor thread on `listener` (from [`CompiledFilters::apply`](super::CompiledFilters::apply)
+    /// Start monitoring `listener` (from [`CompiledFilters::apply`](super::CompiledFilters::apply)
     /// via [`recv_listener`](super::recv_listener)); `label` names the plugin in logs.
     ///
     /// # Errors
-    /// [`SeccompError::Monitor`] if the wake-up eventfd or the thread cannot be created.
+    /// [`SeccompError::Monitor`] if the shared monitor thread or its `epoll` set cannot be
+    /// created, or the listener cannot be added to it.
     pub fn spawn(listener: OwnedFd, label: String) -> Result<DenialMonitor, SeccompError> {
         let monitor_err = |source: std::io::Error| SeccompError::Monitor {
             label: label.clone(),
             source,
         };
-        let stop = EventFd::new().map_err(|e| monitor_err(e.into()))?;
-        let stop_fd = stop.as_fd().try_clone_to_owned().map_err(monitor_err)?;
-        let thread_label = label.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("seccomp-{label}"))
-            .spawn(move || run(listener, stop_fd, thread_label))
-            .map_err(monitor_err)?;
+        let hub = Hub::get().map_err(|e| monitor_err(std::io::Error::other(e)))?;
+        let token = hub.next.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(Entry {
+            state: Mutex::new(State {
+                listener: None,
+                counts: Counts::new(label.clone()),
+            }),
+        });
+        // In the map before the epoll set: an event for the token always finds its entry.
+        lock(&hub.entries).insert(token, entry.clone());
+        if let Err(e) = hub.epoll.add(
+            listener.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, token),
+        ) {
+            lock(&hub.entries).remove(&token);
+            return Err(monitor_err(e.into()));
+        }
+        lock(&entry.state).listener = Some(listener);
         Ok(DenialMonitor {
             label,
-            stop,
-            thread: Some(thread),
+            token,
+            entry,
         })
     }
 
@@ -73,79 +99,131 @@ impl DenialMonitor {
     /// first (at most 1024 of them, so this returns even if the plugin is still spinning), and
     /// after the monitor stops, denied syscalls fail with `ENOSYS` instead.
     pub fn finish(mut self) -> Vec<Denial> {
-        self.stop_and_join()
+        self.stop()
     }
 
-    fn stop_and_join(&mut self) -> Vec<Denial> {
-        let Some(thread) = self.thread.take() else {
-            return Vec::new();
-        };
-        if let Err(e) = self.stop.write(1) {
-            tracing::error!(plugin = %self.label, "wake seccomp denial monitor: {e}");
+    fn stop(&mut self) -> Vec<Denial> {
+        if let Ok(hub) = Hub::get() {
+            lock(&hub.entries).remove(&self.token);
         }
-        thread.join().unwrap_or_else(|_| {
-            tracing::error!(plugin = %self.label, "seccomp denial monitor panicked");
-            Vec::new()
-        })
+        let mut state = lock(&self.entry.state);
+        if let Some(listener) = state.listener.take() {
+            let mut budget = DRAIN_BUDGET;
+            while budget > 0 && pending(listener.as_fd()) {
+                budget -= 1;
+                if let Err(e) = answer_one(listener.as_fd(), &mut state.counts) {
+                    tracing::error!(plugin = %self.label, "seccomp notification: {e}");
+                    break;
+                }
+            }
+            if let Ok(hub) = Hub::get() {
+                let _ = hub.epoll.delete(listener.as_fd());
+            }
+            // Closed here: a denied call still waiting fails with ENOSYS, unanswered.
+            drop(listener);
+        }
+        std::mem::replace(&mut state.counts, Counts::new(self.label.clone())).into_denials()
     }
 }
 
 impl Drop for DenialMonitor {
     fn drop(&mut self) {
-        self.stop_and_join();
+        self.stop();
     }
 }
 
-/// The monitor thread: poll the listener and the stop eventfd; answer notifications until the
-/// filter has no users left (`POLLHUP`) or a stop was requested and nothing is pending.
-fn run(listener: OwnedFd, stop: OwnedFd, label: String) -> Vec<Denial> {
-    let mut counts = Counts::new(label);
-    let mut stopping = false;
-    let mut drain_budget = DRAIN_BUDGET;
-    loop {
-        let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        let timeout = if stopping {
-            PollTimeout::ZERO
-        } else {
-            PollTimeout::NONE
-        };
-        match poll(&mut fds, timeout) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                tracing::error!(plugin = %counts.label, "poll seccomp listener: {e}");
-                break;
-            }
-        }
-        let listener_ev = fds[0].revents().unwrap_or(PollFlags::empty());
-        let stop_ev = fds[1].revents().unwrap_or(PollFlags::empty());
-        if listener_ev.contains(PollFlags::POLLIN) {
-            if stopping {
-                if drain_budget == 0 {
-                    break;
+/// One monitored listener. Whoever answers a notification holds `state`'s lock and checks
+/// first that one is pending, so a receive never blocks (one receiver at a time).
+struct Entry {
+    state: Mutex<State>,
+}
+
+struct State {
+    /// `None` once the monitor stopped (or the listener failed): nothing more is answered.
+    listener: Option<OwnedFd>,
+    counts: Counts,
+}
+
+/// The process's monitor thread and its `epoll` set of listeners.
+struct Hub {
+    epoll: Epoll,
+    entries: Mutex<HashMap<u64, Arc<Entry>>>,
+    next: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether a notification is waiting on `listener` (a zero-timeout `poll`).
+fn pending(listener: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(listener, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+}
+
+impl Hub {
+    /// The process's hub, started on first use.
+    fn get() -> Result<&'static Hub, String> {
+        static HUB: OnceLock<Result<&'static Hub, String>> = OnceLock::new();
+        HUB.get_or_init(|| {
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+                .map_err(|e| format!("epoll_create: {e}"))?;
+            let hub: &'static Hub = Box::leak(Box::new(Hub {
+                epoll,
+                entries: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(0),
+            }));
+            std::thread::Builder::new()
+                .name("seccomp-monitor".into())
+                .spawn(move || hub.run())
+                .map_err(|e| format!("start monitor thread: {e}"))?;
+            Ok(hub)
+        })
+        .clone()
+    }
+
+    /// The monitor thread: wait for any listener; answer one notification of each readable
+    /// one per round (level-triggered, so a flood from one plugin does not starve the
+    /// others); drop a listener from the set once its filter has no users left (`EPOLLHUP`).
+    fn run(&self) {
+        let mut events = [EpollEvent::empty(); 64];
+        loop {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("epoll_wait on seccomp listeners: {e}; denials go unanswered");
+                    return;
                 }
-                drain_budget -= 1;
+            };
+            for ev in events.iter().take(n) {
+                let Some(entry) = lock(&self.entries).get(&ev.data()).cloned() else {
+                    continue;
+                };
+                let mut state = lock(&entry.state);
+                let State { listener, counts } = &mut *state;
+                let Some(fd) = listener.as_ref() else {
+                    continue;
+                };
+                if pending(fd.as_fd()) {
+                    if let Err(e) = answer_one(fd.as_fd(), counts) {
+                        tracing::error!(plugin = %counts.label, "seccomp notification: {e}");
+                        let _ = self.epoll.delete(fd.as_fd());
+                        *listener = None;
+                    }
+                } else if ev
+                    .events()
+                    .intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+                {
+                    // Nothing can be pending any more; the counts stay for `finish`.
+                    let _ = self.epoll.delete(fd.as_fd());
+                }
             }
-            if let Err(e) = answer_one(listener.as_fd(), &mut counts) {
-                tracing::error!(plugin = %counts.label, "seccomp notification: {e}");
-                break;
-            }
-            continue;
-        }
-        if listener_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
-            break;
-        }
-        if stopping {
-            break;
-        }
-        if stop_ev.contains(PollFlags::POLLIN) {
-            stopping = true;
         }
     }
-    counts.into_denials()
 }
 
 /// Receive one notification, count it, answer `EPERM`. Errors that only mean the calling task

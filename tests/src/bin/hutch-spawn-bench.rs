@@ -13,7 +13,10 @@
 //!
 //! Run as root, in release: `cargo run --release -p hutch-tests --bin
 //! hutch-spawn-bench` (`HUTCH_BENCH_N=…` sets the back-to-back sample count;
-//! the gap regime uses half; `HUTCH_BENCH_POOL=…` the pool size). Not a
+//! the gap regime uses half; `HUTCH_BENCH_POOL=…` the pool size;
+//! `HUTCH_BENCH_ONLY=pool` only the rows naming "pool", plus plain
+//! fork+exec and bwrap; `HUTCH_BENCH_ONLY='!full, pool'` that row alone, for
+//! profiling). Not a
 //! test: it asserts nothing.
 
 use std::cell::{Cell, RefCell};
@@ -559,6 +562,24 @@ fn main() -> ExitCode {
                 .then(|| "skipped: bwrap not installed (apt-get install bubblewrap)".to_owned()),
         ),
     ];
+    // `HUTCH_BENCH_ONLY=pool`: only the rows whose name contains one of the
+    // `|`-separated words, plus plain fork+exec and bwrap (the ratios need
+    // bwrap) unless the list starts with `!` (`!full, pool`: for profiling).
+    if let Ok(only) = std::env::var("HUTCH_BENCH_ONLY") {
+        let (strict, list) = match only.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, only.as_str()),
+        };
+        let words: Vec<&str> = list.split('|').filter(|w| !w.is_empty()).collect();
+        for (name, run, note) in &mut runners {
+            let keep = (!strict && (*name == "bwrap" || *name == "plain fork+exec"))
+                || words.iter().any(|w| name.contains(w));
+            if !keep {
+                *run = None;
+                *note = Some(format!("skipped: HUTCH_BENCH_ONLY={only}"));
+            }
+        }
+    }
     let rows = measure(n, &mut runners, &in_gap);
     drop(runners);
 
