@@ -655,8 +655,9 @@ async fn commit_batch(
     Ok(results)
 }
 
-/// Rows per INSERT into `audit_keys` (4 binds per row).
-const KEYS_PER_INSERT: [usize; 4] = [64, 16, 4, 1];
+/// Rows per INSERT into `audit_keys` (4 binds per row): the up to three
+/// ranges of a one-event batch take a single statement.
+const KEYS_PER_INSERT: [usize; 6] = [64, 16, 4, 3, 2, 1];
 
 /// The INSERT of `n` key ranges, for each size of [`KEYS_PER_INSERT`].
 static KEYS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
@@ -704,7 +705,7 @@ fn batch_keys(events: &[AuditEvent], last_id: i64) -> Vec<KeyRange> {
         .collect()
 }
 
-/// Inserts a batch's key ranges (multi-row, at most four statement texts).
+/// Inserts a batch's key ranges (multi-row, at most six statement texts).
 async fn insert_keys(conn: &mut SqliteConnection, keys: Vec<KeyRange>) -> Result<(), AuditError> {
     let mut keys = keys.into_iter();
     let mut left = keys.len();
