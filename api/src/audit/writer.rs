@@ -126,8 +126,9 @@ const RELEASE_SQL: &str =
     "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = -1";
 
 /// WAL pages not yet copied back into the database at which the checkpointer
-/// task runs a pass (8 MiB of 4 KiB pages).
-const CHECKPOINT_BACKLOG_FRAMES: u32 = 2000;
+/// task runs a pass (16 MiB of 4 KiB pages, what SQLite's automatic checkpoint
+/// waited for here: fewer, larger passes cost fewer fsyncs).
+const CHECKPOINT_BACKLOG_FRAMES: u32 = 4000;
 
 /// WAL length (pages since it last started over) at which the writer runs a
 /// catch-up checkpoint itself between two batches: a checkpoint running
@@ -632,19 +633,22 @@ async fn commit_batch(
         r.map_err(db("insert audit events"))?;
         next = built;
     }
+    // The last (up to three) key ranges, the head update and the COMMIT in
+    // one round trip; any other ranges before.
+    let mut keys = keys;
+    let tail = keys.split_off(keys.len().saturating_sub(FINAL_KEYS));
     insert_keys(conn, keys).await?;
-    // The head update and the COMMIT in one round trip.
     if count > 0 {
-        sqlx::query(
-            "INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, ?, ?) \
-             ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, last_hash = excluded.last_hash; \
-             COMMIT",
-        )
-        .bind(last_id)
-        .bind(last_hash)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("update audit head and commit"))?;
+        let sql = FINAL_SQL.get(tail.len()).map_or("", String::as_str);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (field, value, first, last) in tail {
+            q = q.bind(field).bind(value).bind(first).bind(last);
+        }
+        q.bind(last_id)
+            .bind(last_hash)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("update audit head and commit"))?;
     } else {
         sqlx::query("COMMIT")
             .execute(&mut *conn)
@@ -704,6 +708,32 @@ fn batch_keys(events: &[AuditEvent], last_id: i64) -> Vec<KeyRange> {
         .map(|((f, v), (first, last))| (f, v.to_owned(), first, last))
         .collect()
 }
+
+/// Key ranges inserted in the batch's last statement (with the head update
+/// and the COMMIT): a one-event batch has at most three.
+const FINAL_KEYS: usize = 3;
+
+/// The batch's last statement with 0..=[`FINAL_KEYS`] key ranges: their
+/// INSERT, the head update, COMMIT.
+static FINAL_SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+    (0..=FINAL_KEYS)
+        .map(|n| {
+            let keys = if n == 0 {
+                String::new()
+            } else {
+                format!(
+                    "INSERT INTO audit_keys (field, value, first_id, last_id) VALUES {}; ",
+                    vec!["(?, ?, ?, ?)"; n].join(", ")
+                )
+            };
+            format!(
+                "{keys}INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, ?, ?) \
+                 ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, \
+                 last_hash = excluded.last_hash; COMMIT"
+            )
+        })
+        .collect()
+});
 
 /// Inserts a batch's key ranges (multi-row, at most six statement texts).
 async fn insert_keys(conn: &mut SqliteConnection, keys: Vec<KeyRange>) -> Result<(), AuditError> {
