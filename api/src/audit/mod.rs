@@ -35,6 +35,9 @@
 mod event;
 mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -304,11 +307,8 @@ impl AuditStore {
             rx,
             max_batch: config.max_batch.max(1),
             shared: shared.clone(),
-            wal_path: {
-                let mut p = db.path().as_os_str().to_owned();
-                p.push("-wal");
-                std::path::PathBuf::from(p)
-            },
+            wal_path: sibling(db.path(), "-wal"),
+            shm_path: sibling(db.path(), "-shm"),
         };
         tokio::spawn(writer.run());
         Ok(AuditStore {
@@ -500,41 +500,7 @@ impl AuditStore {
     /// # Errors
     /// [`AuditError::Db`] if the query fails.
     pub async fn query(&self, filter: &AuditFilter) -> Result<Vec<StoredEvent>, AuditError> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(SELECT_EVENTS);
-        qb.push(" WHERE 1 = 1");
-        let eq = |qb: &mut QueryBuilder<Sqlite>, col: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                qb.push(format!(" AND {col} = ")).push_bind(v.clone());
-            }
-        };
-        eq(&mut qb, "actor_plugin_id", &filter.plugin_id);
-        eq(&mut qb, "actor_user", &filter.user);
-        eq(&mut qb, "task_id", &filter.task_id);
-        eq(&mut qb, "resource", &filter.resource);
-        eq(&mut qb, "operation", &filter.operation);
-        if let Some(p) = &filter.resource_prefix {
-            // A range instead of LIKE: no escaping, uses the index.
-            qb.push(" AND resource >= ").push_bind(p.clone());
-            qb.push(" AND resource < ")
-                .push_bind(format!("{p}\u{10FFFF}"));
-        }
-        if let Some(d) = filter.decision {
-            qb.push(" AND decision = ").push_bind(d.as_str());
-        }
-        if let Some(t) = filter.since_us {
-            qb.push(" AND ts_us >= ").push_bind(t);
-        }
-        if let Some(t) = filter.until_us {
-            qb.push(" AND ts_us < ").push_bind(t);
-        }
-        if let Some(id) = filter.after_id {
-            qb.push(" AND id > ").push_bind(id.0);
-        }
-        qb.push(" ORDER BY id");
-        if let Some(l) = filter.limit {
-            qb.push(" LIMIT ").push_bind(i64::from(l));
-        }
-        let rows: Vec<Row> = qb
+        let rows: Vec<Row> = query_sql(SELECT_COLUMNS, filter)
             .build_query_as()
             .fetch_all(self.db.pool())
             .await
@@ -763,6 +729,100 @@ impl AuditStore {
     }
 }
 
+/// The SELECT of [`AuditStore::query`], after `head` (the column list,
+/// or `EXPLAIN QUERY PLAN` and the list).
+fn query_sql(head: &str, filter: &AuditFilter) -> QueryBuilder<Sqlite> {
+    // A resource is the most selective filter and has its own index;
+    // otherwise the task, plugin or user (in that order) is looked up in
+    // `audit_keys` (see `api/migrations/0005_audit_keys.sql`): the outer
+    // loop walks that value's ranges in id order, the inner one the
+    // events of each range by id, and the other filters apply to those.
+    let key = if filter.resource.is_some() || filter.resource_prefix.is_some() {
+        None
+    } else {
+        [
+            (KEY_TASK, &filter.task_id),
+            (KEY_PLUGIN, &filter.plugin_id),
+            (KEY_USER, &filter.user),
+        ]
+        .into_iter()
+        .find_map(|(f, v)| v.as_ref().map(|v| (f, v.clone())))
+    };
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(head);
+    match &key {
+        // CROSS JOIN: SQLite keeps the written order (keys outer), which
+        // also yields the rows in id order without a sort.
+        Some((field, value)) => {
+            qb.push(" FROM audit_keys CROSS JOIN audit_events WHERE field = ")
+                .push_bind(*field)
+                .push(" AND value = ")
+                .push_bind(value.clone())
+                .push(" AND id >= first_id AND id <= last_id");
+            if let Some(after) = filter.after_id {
+                // Start at the range holding `after` (one index seek),
+                // not at the value's first range.
+                qb.push(
+                    " AND first_id >= COALESCE((SELECT MAX(k.first_id) FROM audit_keys k \
+                     WHERE k.field = ",
+                )
+                .push_bind(*field)
+                .push(" AND k.value = ")
+                .push_bind(value.clone())
+                .push(" AND k.first_id <= ")
+                .push_bind(after.0)
+                .push("), 0)");
+            }
+        }
+        None => {
+            qb.push(" FROM audit_events WHERE 1 = 1");
+        }
+    }
+    let eq = |qb: &mut QueryBuilder<Sqlite>, col: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+        }
+    };
+    eq(&mut qb, "actor_plugin_id", &filter.plugin_id);
+    eq(&mut qb, "actor_user", &filter.user);
+    eq(&mut qb, "task_id", &filter.task_id);
+    eq(&mut qb, "resource", &filter.resource);
+    eq(&mut qb, "operation", &filter.operation);
+    if let Some(p) = &filter.resource_prefix {
+        // A range instead of LIKE: no escaping, uses the index.
+        qb.push(" AND resource >= ").push_bind(p.clone());
+        qb.push(" AND resource < ")
+            .push_bind(format!("{p}\u{10FFFF}"));
+    }
+    if let Some(d) = filter.decision {
+        qb.push(" AND decision = ").push_bind(d.as_str());
+    }
+    if let Some(t) = filter.since_us {
+        qb.push(" AND ts_us >= ").push_bind(t);
+    }
+    if let Some(t) = filter.until_us {
+        qb.push(" AND ts_us < ").push_bind(t);
+    }
+    if let Some(id) = filter.after_id {
+        qb.push(" AND id > ").push_bind(id.0);
+    }
+    qb.push(if key.is_some() {
+        " ORDER BY first_id, id"
+    } else {
+        " ORDER BY id"
+    });
+    if let Some(l) = filter.limit {
+        qb.push(" LIMIT ").push_bind(i64::from(l));
+    }
+    qb
+}
+
+/// `<path><suffix>`: the database's WAL and wal-index files.
+fn sibling(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    std::path::PathBuf::from(p)
+}
+
 async fn purge(conn: &mut SqliteConnection, cutoff_us: i64) -> Result<u64, sqlx::Error> {
     let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM audit_events WHERE ts_us < ?")
         .bind(cutoff_us)
@@ -786,6 +846,12 @@ async fn purge(conn: &mut SqliteConnection, cutoff_us: i64) -> Result<u64, sqlx:
         .bind(last)
         .execute(&mut *conn)
         .await?;
+    // Key ranges wholly purged (one straddling the cut stays: it finds only
+    // the events still there).
+    sqlx::query("DELETE FROM audit_keys WHERE last_id <= ?")
+        .bind(last)
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected())
 }
 
@@ -795,6 +861,17 @@ struct ExportLine<'a> {
     #[serde(flatten)]
     event: &'a StoredEvent,
 }
+
+/// The `audit_keys` field of `actor_plugin_id`.
+pub(crate) const KEY_PLUGIN: &str = "plugin";
+/// The `audit_keys` field of `actor_user`.
+pub(crate) const KEY_USER: &str = "user";
+/// The `audit_keys` field of `task_id`.
+pub(crate) const KEY_TASK: &str = "task";
+
+const SELECT_COLUMNS: &str = "SELECT id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
+     actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
+     before_version, after_version, details, prev_hash, hash";
 
 const SELECT_EVENTS: &str = "SELECT id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
      actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \

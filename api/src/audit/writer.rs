@@ -38,10 +38,10 @@ use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Row, Sqlite, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::event::{ActorKind, AuditEvent, Decision, EventId, GENESIS_HASH, HashInput, Outcome};
-use super::{AuditError, WriterShared};
+use super::{AuditError, KEY_PLUGIN, KEY_TASK, KEY_USER, WriterShared};
 
 /// What a data change reports back to the writer.
 pub struct Mutated<T> {
@@ -104,6 +104,8 @@ pub(crate) struct Writer {
     pub shared: Arc<WriterShared>,
     /// The database's WAL file (`<db>-wal`).
     pub wal_path: PathBuf,
+    /// The database's wal-index (`<db>-shm`).
+    pub shm_path: PathBuf,
 }
 
 /// The writer's connection setting while it holds it: COMMIT writes the
@@ -111,12 +113,31 @@ pub(crate) struct Writer {
 /// answered (SQLite still syncs the WAL and the database around its
 /// checkpoints, and the WAL header when it starts over). `BEGIN` and the
 /// chain head follow in the same round trip.
-const BEGIN_SQL: &str = "PRAGMA synchronous = NORMAL; \
+/// No automatic checkpoint on this connection: the checkpointer task copies
+/// the WAL back on its own connection (see [`checkpointer`]), and the WAL
+/// file is cut back to [`WAL_RESTART_FRAMES`] pages when it starts over.
+const BEGIN_SQL: &str = "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
+     PRAGMA journal_size_limit = 67108864; \
      BEGIN IMMEDIATE; SELECT last_id, last_hash FROM audit_head WHERE singleton = 1";
 
-/// The pool's setting (see `db.rs`), restored before the writer gives its
+/// The pool's settings (see `db.rs`), restored before the writer gives its
 /// connection back.
-const RELEASE_SQL: &str = "PRAGMA synchronous = FULL";
+const RELEASE_SQL: &str =
+    "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = -1";
+
+/// WAL pages not yet copied back into the database at which the checkpointer
+/// task runs a pass (16 MiB of 4 KiB pages, what SQLite's automatic checkpoint
+/// waited for here: fewer, larger passes cost fewer fsyncs).
+const CHECKPOINT_BACKLOG_FRAMES: u32 = 4000;
+
+/// WAL length (pages since it last started over) at which the writer runs a
+/// catch-up checkpoint itself between two batches: a checkpoint running
+/// beside a busy writer never finds the WAL fully copied (the writer
+/// appends meanwhile), and SQLite starts the WAL over only when it is. The
+/// catch-up copies only what the checkpointer has not yet copied, and the
+/// writer's next transaction starts the WAL over (64 MiB of 4 KiB pages,
+/// the `journal_size_limit` above).
+const WAL_RESTART_FRAMES: u32 = 16384;
 
 /// A committed batch waiting for its WAL sync.
 struct Synced {
@@ -143,6 +164,54 @@ impl WalFile {
         let f = Arc::new(std::fs::OpenOptions::new().read(true).open(path)?);
         self.file = Some((f.clone(), meta.dev(), meta.ino()));
         Ok(f)
+    }
+}
+
+/// The WAL's progress as the wal-index header in `<db>-shm` records it
+/// (<https://www.sqlite.org/walformat.html>: `mxFrame`, the frames in the
+/// WAL since it last started over, at offset 16, and `nBackfill`, the frames
+/// already copied into the database, at offset 96; native byte order). Only
+/// a hint for when to checkpoint: a stale or torn read costs one pass too
+/// many or too few.
+pub(super) fn wal_progress(shm: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(shm).ok()?;
+    let mut b = [0u8; 100];
+    f.read_exact_at(&mut b, 0).ok()?;
+    let word = |at: usize| b.get(at..at + 4)?.try_into().ok().map(u32::from_ne_bytes);
+    Some((word(16)?, word(96)?))
+}
+
+/// Copies the WAL back into the database beside the writer, on a pool
+/// connection of its own (a `PASSIVE` checkpoint: it never blocks the
+/// writer nor waits for it), whenever the writer has committed and at least
+/// [`CHECKPOINT_BACKLOG_FRAMES`] pages are waiting. SQLite syncs the WAL
+/// before copying and the database after, as with its automatic
+/// checkpoints, so moving the work here changes nothing about durability;
+/// it takes the copy off the writer's connection thread (and off the path
+/// of a COMMIT).
+async fn checkpointer(pool: SqlitePool, shm: PathBuf, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        let Some((frames, copied)) = wal_progress(&shm) else {
+            continue;
+        };
+        if frames.saturating_sub(copied) < CHECKPOINT_BACKLOG_FRAMES {
+            continue;
+        }
+        let mut conn = match pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit checkpointer: acquire a connection");
+                continue;
+            }
+        };
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_all(&mut *conn)
+            .await
+        {
+            tracing::warn!(error = %e, "audit checkpointer: wal checkpoint");
+        }
     }
 }
 
@@ -306,6 +375,9 @@ impl Writer {
     pub async fn run(mut self) {
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         tokio::spawn(syncer(sync_rx));
+        let wake = Arc::new(Notify::new());
+        let shm = self.shm_path.clone();
+        let checkpoints = tokio::spawn(checkpointer(self.pool.clone(), shm.clone(), wake.clone()));
         let mut wal = WalFile::default();
         let mut conn: Option<PoolConnection<Sqlite>> = None;
         // Jobs answered by the previous batch, and how long it took.
@@ -383,6 +455,17 @@ impl Writer {
                             }
                         }
                     }
+                    wake.notify_one();
+                    // Let the WAL start over once it is long (see
+                    // `WAL_RESTART_FRAMES`).
+                    if let Some((frames, _)) = wal_progress(&shm)
+                        && frames >= WAL_RESTART_FRAMES
+                        && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                            .fetch_all(&mut *c)
+                            .await
+                    {
+                        tracing::warn!(error = %e, "audit writer: catch-up wal checkpoint");
+                    }
                     // Keep the connection while busy; give it back to the
                     // pool when idle (with the pool's settings), so
                     // `Db::close` never waits on the writer.
@@ -407,6 +490,7 @@ impl Writer {
                 }
             }
         }
+        checkpoints.abort();
     }
 }
 
@@ -519,6 +603,7 @@ async fn commit_batch(
         flush(conn, shared).await?;
     }
 
+    let keys = batch_keys(&events, last_id);
     // Multi-row INSERTs; each chunk's rows are hashed and bound while the
     // previous chunk executes on the connection's worker thread.
     let count = events.len();
@@ -548,18 +633,22 @@ async fn commit_batch(
         r.map_err(db("insert audit events"))?;
         next = built;
     }
-    // The head update and the COMMIT in one round trip.
+    // The last (up to three) key ranges, the head update and the COMMIT in
+    // one round trip; any other ranges before.
+    let mut keys = keys;
+    let tail = keys.split_off(keys.len().saturating_sub(FINAL_KEYS));
+    insert_keys(conn, keys).await?;
     if count > 0 {
-        sqlx::query(
-            "INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, ?, ?) \
-             ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, last_hash = excluded.last_hash; \
-             COMMIT",
-        )
-        .bind(last_id)
-        .bind(last_hash)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("update audit head and commit"))?;
+        let sql = FINAL_SQL.get(tail.len()).map_or("", String::as_str);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (field, value, first, last) in tail {
+            q = q.bind(field).bind(value).bind(first).bind(last);
+        }
+        q.bind(last_id)
+            .bind(last_hash)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("update audit head and commit"))?;
     } else {
         sqlx::query("COMMIT")
             .execute(&mut *conn)
@@ -568,6 +657,110 @@ async fn commit_batch(
     }
     *head = Some(last_id);
     Ok(results)
+}
+
+/// Rows per INSERT into `audit_keys` (4 binds per row): the up to three
+/// ranges of a one-event batch take a single statement.
+const KEYS_PER_INSERT: [usize; 6] = [64, 16, 4, 3, 2, 1];
+
+/// The INSERT of `n` key ranges, for each size of [`KEYS_PER_INSERT`].
+static KEYS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+    KEYS_PER_INSERT
+        .iter()
+        .map(|&n| {
+            let sql = format!(
+                "INSERT INTO audit_keys (field, value, first_id, last_id) VALUES {}",
+                vec!["(?, ?, ?, ?)"; n].join(", ")
+            );
+            (n, sql)
+        })
+        .collect()
+});
+
+/// One `audit_keys` row: field, value, first and last id of the batch's
+/// events carrying it.
+type KeyRange = (&'static str, String, i64, i64);
+
+/// The key ranges of a batch whose events get ids `last_id + 1, ...`: for
+/// each field (see `api/migrations/0005_audit_keys.sql`) and distinct value,
+/// the first and last id carrying it.
+fn batch_keys(events: &[AuditEvent], last_id: i64) -> Vec<KeyRange> {
+    let mut ranges: std::collections::HashMap<(&'static str, &str), (i64, i64)> =
+        std::collections::HashMap::new();
+    let mut id = last_id;
+    for e in events {
+        id += 1;
+        for (field, value) in [
+            (KEY_PLUGIN, e.actor.plugin_id.as_deref()),
+            (KEY_USER, e.actor.user.as_deref()),
+            (KEY_TASK, e.task_id.as_deref()),
+        ] {
+            if let Some(v) = value {
+                ranges
+                    .entry((field, v))
+                    .and_modify(|r| r.1 = id)
+                    .or_insert((id, id));
+            }
+        }
+    }
+    ranges
+        .into_iter()
+        .map(|((f, v), (first, last))| (f, v.to_owned(), first, last))
+        .collect()
+}
+
+/// Key ranges inserted in the batch's last statement (with the head update
+/// and the COMMIT): a one-event batch has at most three.
+const FINAL_KEYS: usize = 3;
+
+/// The batch's last statement with 0..=[`FINAL_KEYS`] key ranges: their
+/// INSERT, the head update, COMMIT.
+static FINAL_SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+    (0..=FINAL_KEYS)
+        .map(|n| {
+            let keys = if n == 0 {
+                String::new()
+            } else {
+                format!(
+                    "INSERT INTO audit_keys (field, value, first_id, last_id) VALUES {}; ",
+                    vec!["(?, ?, ?, ?)"; n].join(", ")
+                )
+            };
+            format!(
+                "{keys}INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, ?, ?) \
+                 ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, \
+                 last_hash = excluded.last_hash; COMMIT"
+            )
+        })
+        .collect()
+});
+
+/// Inserts a batch's key ranges (multi-row, at most six statement texts).
+async fn insert_keys(conn: &mut SqliteConnection, keys: Vec<KeyRange>) -> Result<(), AuditError> {
+    let mut keys = keys.into_iter();
+    let mut left = keys.len();
+    while left > 0 {
+        let n = KEYS_PER_INSERT
+            .into_iter()
+            .find(|&n| n <= left)
+            .unwrap_or(1);
+        left -= n;
+        let sql = KEYS_SQL
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map_or("", |(_, s)| s.as_str());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (field, value, first, last) in keys.by_ref().take(n) {
+            q = q.bind(field).bind(value).bind(first).bind(last);
+        }
+        q.execute(&mut *conn)
+            .await
+            .map_err(|source| AuditError::Db {
+                op: "insert audit keys",
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Runs the flush hooks (rows deferring changes left for later).

@@ -1,0 +1,300 @@
+//! Queries through `audit_keys` against a plain scan, the plans they use,
+//! the upgrade of a database with events written before `0005_audit_keys`,
+//! and the wal-index reading behind the checkpointer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::error::Error;
+
+use super::{
+    Actor, AuditConfig, AuditEvent, AuditFilter, AuditStore, Decision, EventId, query_sql,
+};
+use crate::db::Db;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
+
+/// Event `i` of writer `w`: plugins, users and tasks interleave, some
+/// events have no task or user (daemon actors) and some are denied.
+fn event(w: usize, i: usize) -> AuditEvent {
+    if i % 7 == 3 {
+        return AuditEvent::new(Actor::daemon(), "daemon.tick", format!("daemon/{w}"));
+    }
+    let actor = Actor::plugin(
+        format!("org.example.p{}", w % 3),
+        "1.0.0",
+        format!("inst-{w}"),
+        Some(format!("user{}", (w + i) % 4)),
+    );
+    let e = AuditEvent::new(
+        actor,
+        "data.object.put",
+        format!("dataset/ds{}/object/k{i}", w % 2),
+    )
+    .with_task(format!("task-{}", (w * 5 + i) % 6));
+    if i.is_multiple_of(5) {
+        e.denied("no grant")
+    } else {
+        e
+    }
+}
+
+/// Records `per` events from each of `writers` concurrent writers (so
+/// batches mix values), in `record` and `record_batch` calls.
+async fn fill(audit: &AuditStore, writers: usize, per: usize) -> Result {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let audit = audit.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while i < per {
+                if w % 2 == 0 {
+                    audit.record(event(w, i)).await?;
+                    i += 1;
+                } else {
+                    let n = 5.min(per - i);
+                    audit
+                        .record_batch((i..i + n).map(|j| event(w, j)).collect())
+                        .await?;
+                    i += n;
+                }
+            }
+            Ok::<_, super::AuditError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// The filters every query mode uses, alone and combined.
+fn filters() -> Vec<AuditFilter> {
+    let mut v = Vec::new();
+    for t in 0..6 {
+        v.push(AuditFilter {
+            task_id: Some(format!("task-{t}")),
+            ..AuditFilter::default()
+        });
+    }
+    for p in 0..3 {
+        v.push(AuditFilter {
+            plugin_id: Some(format!("org.example.p{p}")),
+            ..AuditFilter::default()
+        });
+    }
+    for u in 0..4 {
+        v.push(AuditFilter {
+            user: Some(format!("user{u}")),
+            ..AuditFilter::default()
+        });
+    }
+    v.push(AuditFilter {
+        plugin_id: Some("org.example.p1".into()),
+        user: Some("user2".into()),
+        decision: Some(Decision::Denied),
+        ..AuditFilter::default()
+    });
+    v.push(AuditFilter {
+        task_id: Some("task-3".into()),
+        plugin_id: Some("org.example.p0".into()),
+        operation: Some("data.object.put".into()),
+        ..AuditFilter::default()
+    });
+    v.push(AuditFilter {
+        user: Some("user1".into()),
+        resource_prefix: Some("dataset/ds1/".into()),
+        ..AuditFilter::default()
+    });
+    v.push(AuditFilter {
+        task_id: Some("task-9".into()),
+        ..AuditFilter::default()
+    });
+    v
+}
+
+fn matches(f: &AuditFilter, e: &super::StoredEvent) -> bool {
+    let eq = |want: &Option<String>, got: &Option<String>| want.is_none() || want == got;
+    eq(&f.plugin_id, &e.event.actor.plugin_id)
+        && eq(&f.user, &e.event.actor.user)
+        && eq(&f.task_id, &e.event.task_id)
+        && f.operation.as_ref().is_none_or(|o| *o == e.event.operation)
+        && f.decision.is_none_or(|d| d == e.event.decision)
+        && f.resource_prefix
+            .as_ref()
+            .is_none_or(|p| e.event.resource.starts_with(p.as_str()))
+        && f.since_us.is_none_or(|t| e.event.ts_us >= t)
+        && f.after_id.is_none_or(|a| e.id > a)
+}
+
+/// Each filter's query equals a scan of every event, whole and paged
+/// (`after_id` + `limit`, as export pages), and with a time bound.
+async fn check_queries(audit: &AuditStore) -> Result {
+    let all = audit.query(&AuditFilter::default()).await?;
+    assert!(!all.is_empty());
+    let mid_ts = all[all.len() / 2].event.ts_us;
+    for f in filters() {
+        for since in [None, Some(mid_ts)] {
+            let f = AuditFilter {
+                since_us: since,
+                ..f.clone()
+            };
+            let want: Vec<EventId> = all
+                .iter()
+                .filter(|e| matches(&f, e))
+                .map(|e| e.id)
+                .collect();
+            let got: Vec<EventId> = audit.query(&f).await?.iter().map(|e| e.id).collect();
+            assert_eq!(got, want, "{f:?}");
+            let mut paged = Vec::new();
+            let mut page = AuditFilter {
+                limit: Some(7),
+                ..f.clone()
+            };
+            loop {
+                let evs = audit.query(&page).await?;
+                let Some(last) = evs.last() else { break };
+                page.after_id = Some(last.id);
+                paged.extend(evs.iter().map(|e| e.id));
+            }
+            assert_eq!(paged, want, "paged {f:?}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_queries_equal_a_scan_under_concurrent_batches_and_after_retention() -> Result {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path().join("hutch.db")).await?;
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    fill(&audit, 12, 40).await?;
+    // Batches held several events with the same value: fewer key ranges
+    // than events carrying a task.
+    let ranges: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_keys WHERE field = 'task'")
+        .fetch_one(db.pool())
+        .await?;
+    let tasked: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE task_id IS NOT NULL")
+            .fetch_one(db.pool())
+            .await?;
+    assert!(
+        ranges > 0 && ranges <= tasked,
+        "{ranges} ranges for {tasked} events"
+    );
+    check_queries(&audit).await?;
+    // Retention purges a prefix (and the ranges wholly inside it).
+    let all = audit.query(&AuditFilter::default()).await?;
+    let cut = all[all.len() / 3].event.ts_us;
+    audit.purge_before(cut, Actor::admin("root")).await?;
+    check_queries(&audit).await?;
+    assert!(audit.verify().await?.is_ok());
+    Ok(())
+}
+
+#[tokio::test]
+async fn key_queries_use_the_key_index_and_no_sort() -> Result {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path().join("hutch.db")).await?;
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    fill(&audit, 2, 20).await?;
+    for f in [
+        AuditFilter {
+            task_id: Some("task-1".into()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            plugin_id: Some("org.example.p0".into()),
+            after_id: Some(EventId(10)),
+            limit: Some(5),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            user: Some("user1".into()),
+            since_us: Some(0),
+            ..AuditFilter::default()
+        },
+    ] {
+        let head = format!("EXPLAIN QUERY PLAN {}", super::SELECT_COLUMNS);
+        let mut qb = query_sql(&head, &f);
+        let rows: Vec<(i64, i64, i64, String)> = qb.build_query_as().fetch_all(db.pool()).await?;
+        let plan: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+        let text = plan.join("\n");
+        assert!(
+            text.contains(
+                "SEARCH audit_keys USING INDEX sqlite_autoindex_audit_keys_1 (field=? AND value=?"
+            ),
+            "{f:?}:\n{text}"
+        );
+        assert!(
+            text.contains("SEARCH audit_events USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
+            "{f:?}:\n{text}"
+        );
+        assert!(!text.contains("TEMP B-TREE"), "{f:?}:\n{text}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_written_before_the_key_migration_verify_and_query_after_it() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hutch.db");
+    {
+        let db = Db::open(&path).await?;
+        let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+        fill(&audit, 4, 15).await?;
+        drop(audit);
+        // Back to the schema before 0005: no key table, the three indexes,
+        // the migration not applied.
+        sqlx::raw_sql(
+            "DROP TABLE audit_keys; \
+             CREATE INDEX audit_events_task ON audit_events (task_id); \
+             CREATE INDEX audit_events_plugin ON audit_events (actor_plugin_id); \
+             CREATE INDEX audit_events_user ON audit_events (actor_user); \
+             DELETE FROM _sqlx_migrations WHERE version = 5",
+        )
+        .execute(db.pool())
+        .await?;
+        db.close().await;
+    }
+    let db = Db::open(&path).await?;
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_events' \
+         AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    assert_eq!(indexes, ["audit_events_resource", "audit_events_ts"]);
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    let report = audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked, 60);
+    check_queries(&audit).await?;
+    // New events chain on and are found together with the old ones.
+    fill(&audit, 4, 10).await?;
+    let report = audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked, 100);
+    check_queries(&audit).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn wal_progress_reads_the_wal_index_header() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hutch.db");
+    let db = Db::open(&path).await?;
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    fill(&audit, 2, 50).await?;
+    let shm = super::sibling(&path, "-shm");
+    let (frames, copied) = super::writer::wal_progress(&shm).ok_or("no wal-index")?;
+    let mut conn = db.pool().acquire().await?;
+    // (busy, frames in the WAL, frames checkpointed)
+    let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(&mut *conn)
+        .await?;
+    assert!(frames > 0 && copied <= frames, "{frames} {copied}");
+    assert_eq!(i64::from(frames), log);
+    let (frames2, copied2) = super::writer::wal_progress(&shm).ok_or("no wal-index")?;
+    assert_eq!((frames2, copied2), (frames, frames));
+    Ok(())
+}
