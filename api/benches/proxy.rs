@@ -13,7 +13,8 @@
 //!
 //! Run: `cargo bench -p hutch-api --bench proxy` (BENCH_SECS=N per cell, default 2;
 //! BENCH_ROWS=ac measures only rows (a) and (c), for profiling: the letters
-//! a h g s b c name the rows in table order).
+//! a h g s b c name the rows in table order; BENCH_CONC=64 only that many
+//! concurrent callers, comma-separated).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -121,6 +122,10 @@ async fn bench() -> Result {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
     let rows = std::env::var("BENCH_ROWS").unwrap_or_else(|_| "ahgsbc".into());
+    let concs: Vec<usize> = std::env::var("BENCH_CONC")
+        .ok()
+        .map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 8, 64]);
     let dir = tempfile::tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
 
@@ -261,7 +266,7 @@ async fn bench() -> Result {
     // so load drift on this shared machine hits every row alike.
     const ROUNDS: usize = 4;
     let slice = secs / ROUNDS as f64;
-    for conc in [1usize, 8, 64] {
+    for &conc in &concs {
         let runners = [
             (&bare, health.clone()),
             (&hutch, health.clone()),

@@ -4,9 +4,11 @@
 //! Steps per batch (one SQLite transaction):
 //! 1. take the first queued job (waiting), then every job already queued, up
 //!    to `max_batch` events: whatever arrived while the previous COMMIT was
-//!    syncing rides in this one; if fewer jobs came than the previous batch
-//!    answered, wait up to that batch's duration (at most 1 ms) for the rest,
-//!    so closed-loop callers do not fragment into small batches;
+//!    syncing rides in this one; then yield and take what arrived meanwhile,
+//!    for as long as each scheduler turn brings more (at most
+//!    `GATHER_TURNS`), so callers answered together share a batch without
+//!    a timer (the writer keeps its connection, and so its page cache,
+//!    while jobs keep coming);
 //! 2. `BEGIN IMMEDIATE`, then re-read the chain head (so another writer on the
 //!    same file cannot fork the chain);
 //! 3. for each job carrying a data change: `SAVEPOINT`, run it, and `ROLLBACK TO`
@@ -32,7 +34,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
@@ -87,9 +89,14 @@ pub(crate) struct Job {
     pub reply: Reply,
 }
 
-/// The longest a batch waits for the callers of the previous one to come
-/// back (see `Writer::run`).
-const MAX_LINGER: Duration = Duration::from_millis(1);
+/// The most scheduler turns a batch waits for jobs still arriving (see
+/// `Writer::run`).
+const GATHER_TURNS: usize = 8;
+
+/// How long the writer keeps its connection without a job before giving
+/// it back to the pool. A connection that comes back after another one
+/// wrote must drop its whole page cache; the writer's own stays valid.
+const HOLD_IDLE: Duration = Duration::from_millis(50);
 
 /// Rows per INSERT statement, largest first: a batch is cut greedily into
 /// these sizes, so the writer's connection prepares (and caches) at most
@@ -380,40 +387,54 @@ impl Writer {
         let checkpoints = tokio::spawn(checkpointer(self.pool.clone(), shm.clone(), wake.clone()));
         let mut wal = WalFile::default();
         let mut conn: Option<PoolConnection<Sqlite>> = None;
-        // Jobs answered by the previous batch, and how long it took.
-        let mut answered = 0usize;
-        let mut last_batch = Duration::ZERO;
         // The chain head this writer last committed (None: not known).
         let mut head: Option<i64> = None;
-        while let Some(first) = self.rx.recv().await {
+        loop {
+            // Keep the connection (and its page cache) while jobs keep
+            // coming; give it back to the pool (with the pool's settings)
+            // after `HOLD_IDLE` without one, so `Db::close` never waits
+            // long on the writer.
+            let first = match conn.take() {
+                None => self.rx.recv().await,
+                Some(mut c) => match tokio::time::timeout(HOLD_IDLE, self.rx.recv()).await {
+                    Ok(job) => {
+                        conn = Some(c);
+                        job
+                    }
+                    Err(_) => {
+                        if sqlx::query(RELEASE_SQL).execute(&mut *c).await.is_err() {
+                            c.close_on_drop();
+                        }
+                        drop(c);
+                        self.rx.recv().await
+                    }
+                },
+            };
+            let Some(first) = first else {
+                if let Some(mut c) = conn.take()
+                    && sqlx::query(RELEASE_SQL).execute(&mut *c).await.is_err()
+                {
+                    c.close_on_drop();
+                }
+                break;
+            };
             let mut n = first.events.len();
             let mut jobs = vec![first];
-            // Let callers woken by the previous COMMIT queue their next event
-            // before this batch is cut (one scheduler turn, microseconds).
-            if n < self.max_batch {
+            // Gather the jobs still arriving (callers answered together
+            // come back within a few scheduler turns of each other): yield
+            // and take what came, for as long as each turn brings more (at
+            // most `GATHER_TURNS`). No timer: a caller that went away costs
+            // one scheduler turn, not a sleep.
+            let mut turns = 0;
+            while n < self.max_batch && turns < GATHER_TURNS {
                 tokio::task::yield_now().await;
-            }
-            self.drain(&mut jobs, &mut n);
-            // The callers answered by the previous batch are likely to come
-            // back (a plugin's next write): if fewer have, wait a little for
-            // them rather than cut a small batch and make them wait a whole
-            // COMMIT. Bounded by the previous batch's duration and
-            // `MAX_LINGER`, so a caller that went away costs at most that.
-            if jobs.len() < answered && n < self.max_batch {
-                let linger = last_batch.min(MAX_LINGER);
-                let deadline = tokio::time::Instant::now() + linger;
-                while jobs.len() < answered && n < self.max_batch {
-                    match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                        Ok(Some(job)) => {
-                            n += job.events.len();
-                            jobs.push(job);
-                            self.drain(&mut jobs, &mut n);
-                        }
-                        _ => break,
-                    }
+                let before = jobs.len();
+                self.drain(&mut jobs, &mut n);
+                if jobs.len() == before && turns > 0 {
+                    break;
                 }
+                turns += 1;
             }
-            let started = Instant::now();
             let c = match conn.take() {
                 Some(c) => c,
                 None => match self.pool.acquire().await {
@@ -430,8 +451,6 @@ impl Writer {
             };
             let mut c = c;
             let result = commit_batch(&mut c, &mut jobs, &self.shared, &mut head).await;
-            answered = jobs.len();
-            last_batch = started.elapsed();
             match result {
                 Ok(results) => {
                     let mut replies = Vec::with_capacity(jobs.len());
@@ -466,16 +485,7 @@ impl Writer {
                     {
                         tracing::warn!(error = %e, "audit writer: catch-up wal checkpoint");
                     }
-                    // Keep the connection while busy; give it back to the
-                    // pool when idle (with the pool's settings), so
-                    // `Db::close` never waits on the writer.
-                    if self.rx.is_empty() {
-                        if sqlx::query(RELEASE_SQL).execute(&mut *c).await.is_err() {
-                            c.close_on_drop();
-                        }
-                    } else {
-                        conn = Some(c);
-                    }
+                    conn = Some(c);
                 }
                 Err(e) => {
                     let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;

@@ -117,9 +117,9 @@ impl DataSvc {
         Ok((call, ds, key))
     }
 
-    /// Records the event of a read (queued, not awaited) and passes the result on.
-    fn record_read<T>(&self, call: &Call, r: Result<T, StoreError>) -> Result<T, Status> {
-        let mut ev: AuditEvent = call.event.clone();
+    /// Records the event of a read (`ev`, the call's allowed-event
+    /// template; queued, not awaited) and passes the result on.
+    fn record_read<T>(&self, mut ev: AuditEvent, r: Result<T, StoreError>) -> Result<T, Status> {
         ev.ts_us = crate::audit::now_us();
         match r {
             Ok(v) => {
@@ -166,7 +166,7 @@ impl pb::data_server::Data for DataSvc {
         let created = self
             .0
             .backend
-            .create_dataset(call.event.clone(), new)
+            .create_dataset(call.event, new)
             .await
             .map_err(|e| status_of(&e))?;
         let info = created.value;
@@ -187,7 +187,7 @@ impl pb::data_server::Data for DataSvc {
         request: Request<pb::ListDatasetsRequest>,
     ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
         let (call, _, _) = self.admit(&request, Operation::DatasetList, None, None)?;
-        let all = self.record_read(&call, self.0.backend.list_datasets().await)?;
+        let all = self.record_read(call.event, self.0.backend.list_datasets().await)?;
         let snap = self.0.authz.snapshot();
         let datasets = all
             .iter()
@@ -204,7 +204,7 @@ impl pb::data_server::Data for DataSvc {
         let ds = request.get_ref().dataset_id.clone();
         let (call, ds, _) = self.admit(&request, Operation::DatasetGet, Some(&ds), None)?;
         let ds = need(ds)?;
-        let info = self.record_read(&call, self.0.backend.get_dataset(&ds).await)?;
+        let info = self.record_read(call.event, self.0.backend.get_dataset(&ds).await)?;
         Ok(Response::new(self.pb_dataset(&info)))
     }
 
@@ -265,7 +265,7 @@ impl pb::data_server::Data for DataSvc {
         let r = self
             .0
             .backend
-            .put_object(call.event.clone(), &ds, &key, expect, metadata, content)
+            .put_object(call.event, &ds, &key, expect, metadata, content)
             .await;
         drop(call.permit);
         match r {
@@ -299,8 +299,10 @@ impl pb::data_server::Data for DataSvc {
                 })?))
             }
         };
-        let (info, mut content) =
-            self.record_read(&call, self.0.backend.get_object(&ds, &key, version).await)?;
+        let (info, mut content) = self.record_read(
+            call.event,
+            self.0.backend.get_object(&ds, &key, version).await,
+        )?;
         let limits = self.0.limiter.limits().clone();
         let deadline = limits.stream_deadline();
         let (tx, rx) = mpsc::channel(4);
@@ -364,7 +366,7 @@ impl pb::data_server::Data for DataSvc {
             after: None,
             limit: 0,
         };
-        let list = self.record_read(&call, self.0.backend.list_objects(&ds, &opts).await)?;
+        let list = self.record_read(call.event, self.0.backend.list_objects(&ds, &opts).await)?;
         Ok(Response::new(pb::ListObjectsResponse {
             objects: list.iter().map(pb_info).collect(),
         }))
@@ -386,7 +388,7 @@ impl pb::data_server::Data for DataSvc {
         let a = self
             .0
             .backend
-            .delete_object(call.event.clone(), &ds, &key, expect)
+            .delete_object(call.event, &ds, &key, expect)
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::DeleteObjectResponse {
@@ -406,7 +408,10 @@ impl pb::data_server::Data for DataSvc {
             Some(&r.key),
         )?;
         let (ds, key) = (need(ds)?, need(key)?);
-        let info = self.record_read(&call, self.0.backend.head_object(&ds, &key, None).await)?;
+        let info = self.record_read(
+            call.event,
+            self.0.backend.head_object(&ds, &key, None).await,
+        )?;
         Ok(Response::new(pb_info(&info)))
     }
 
@@ -427,7 +432,7 @@ impl pb::data_server::Data for DataSvc {
         let a = self
             .0
             .backend
-            .set_metadata(call.event.clone(), &ds, &key, expect, md)
+            .set_metadata(call.event, &ds, &key, expect, md)
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb_info(&a.value)))
@@ -445,7 +450,8 @@ impl pb::data_server::Data for DataSvc {
             Some(&r.key),
         )?;
         let (ds, key) = (need(ds)?, need(key)?);
-        let mut list = self.record_read(&call, self.0.backend.list_versions(&ds, &key).await)?;
+        let mut list =
+            self.record_read(call.event, self.0.backend.list_versions(&ds, &key).await)?;
         list.reverse(); // newest first, as the protocol documents
         Ok(Response::new(pb::ListVersionsResponse {
             versions: list.iter().map(pb_info).collect(),
