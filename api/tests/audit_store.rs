@@ -157,6 +157,52 @@ async fn verify_catches_a_truncated_tail() -> Result {
     Ok(())
 }
 
+#[tokio::test]
+async fn verify_catches_events_hidden_from_key_queries() -> Result {
+    let e = env().await?;
+    record_n(&e.audit, 10).await?;
+    assert!(e.audit.verify().await?.is_ok());
+    // The chain is intact, but deleting key rows would hide events from
+    // queries by task (and shrinking a range, by user).
+    let by_task = |t: &str| AuditFilter {
+        task_id: Some(t.to_owned()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(e.audit.query(&by_task("task-2")).await?.len(), 2);
+    exec(
+        &e.db,
+        "DELETE FROM audit_keys WHERE field = 'task' AND value = 'task-2'",
+    )
+    .await?;
+    exec(
+        &e.db,
+        "UPDATE audit_keys SET last_id = first_id - 1 WHERE field = 'user' AND first_id = 4",
+    )
+    .await?;
+    assert!(e.audit.query(&by_task("task-2")).await?.is_empty());
+    let report = e.audit.verify().await?;
+    let unlisted = |id: i64, field: &str, value: &str| VerifyProblem::Unlisted {
+        id: EventId(id),
+        field: field.to_owned(),
+        value: value.to_owned(),
+    };
+    assert_eq!(
+        report.problems,
+        vec![
+            unlisted(4, "user", "user0"),
+            unlisted(3, "task", "task-2"),
+            unlisted(8, "task", "task-2"),
+        ],
+        "{report:?}"
+    );
+    assert!(
+        report.problems[0]
+            .to_string()
+            .contains("queries by user \"user0\"")
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_under_64_concurrent_writers_loses_nothing() -> Result {
     let e = env().await?;

@@ -190,6 +190,17 @@ pub enum VerifyProblem {
         /// The last event the head records.
         head: i64,
     },
+    /// The event is intact but no key range of `audit_keys` covers it for
+    /// `field` (`plugin`, `user` or `task`): queries by that field would not
+    /// show it (the key table was edited).
+    Unlisted {
+        /// The event.
+        id: EventId,
+        /// `plugin`, `user` or `task`.
+        field: String,
+        /// The event's value of that field.
+        value: String,
+    },
 }
 
 impl std::fmt::Display for VerifyProblem {
@@ -217,6 +228,13 @@ impl std::fmt::Display for VerifyProblem {
                     last + 1
                 )
             }
+            VerifyProblem::Unlisted { id, field, value } => {
+                write!(
+                    f,
+                    "event {id}: missing from the {field} key ranges (audit_keys edited): \
+                     queries by {field} {value:?} do not show it"
+                )
+            }
         }
     }
 }
@@ -228,7 +246,8 @@ pub struct VerifyReport {
     pub checked: u64,
     /// Id of the last event checked (0 if none).
     pub last_id: i64,
-    /// Problems found, in id order (at most [`MAX_VERIFY_PROBLEMS`]).
+    /// Problems found: the chain's in id order, then events missing from
+    /// the key ranges (at most [`MAX_VERIFY_PROBLEMS`]).
     pub problems: Vec<VerifyProblem>,
 }
 
@@ -685,6 +704,39 @@ impl AuditStore {
                     &mut report,
                     VerifyProblem::Edited {
                         id: EventId(prev_id),
+                    },
+                );
+            }
+        }
+        // The key ranges queries by plugin, user and task go through are
+        // not part of the chain: every event up to the head must be
+        // covered by a range of its value (one index seek per event).
+        for (field, column) in [
+            (KEY_PLUGIN, "actor_plugin_id"),
+            (KEY_USER, "actor_user"),
+            (KEY_TASK, "task_id"),
+        ] {
+            let missing: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT e.id, e.{column} FROM audit_events e \
+                 WHERE e.id <= ? AND e.{column} IS NOT NULL \
+                 AND COALESCE((SELECT k.last_id FROM audit_keys k WHERE k.field = ? \
+                 AND k.value = e.{column} AND k.first_id <= e.id \
+                 ORDER BY k.first_id DESC LIMIT 1), -1) < e.id \
+                 ORDER BY e.id LIMIT ?"
+            )))
+            .bind(upto)
+            .bind(field)
+            .bind(MAX_VERIFY_PROBLEMS as i64)
+            .fetch_all(pool)
+            .await
+            .map_err(dberr("check key ranges"))?;
+            for (id, value) in missing {
+                problem(
+                    &mut report,
+                    VerifyProblem::Unlisted {
+                        id: EventId(id),
+                        field: field.to_owned(),
+                        value,
                     },
                 );
             }
