@@ -180,16 +180,49 @@ fn run_in(
     filler: &SandboxSpec,
     spec: &SandboxSpec,
 ) -> (Outcome, String) {
+    try_run_in(launcher, parent, slot, filler, spec)
+        .unwrap_or_else(|| panic!("slot {slot} never came back"))
+}
+
+/// [`run_in`], or `None` when `slot` did not come back (the launcher may
+/// bury a slot instead of keeping it, e.g. when a free one is already
+/// kept; under load the order of returns and refills varies).
+fn try_run_in(
+    launcher: &mut Launcher,
+    parent: &Parent,
+    slot: &str,
+    filler: &SandboxSpec,
+    spec: &SandboxSpec,
+) -> Option<(Outcome, String)> {
     for _ in 0..6 {
         if parent.next_slot(launcher.pid()) == slot {
             let (o, out) = run(launcher, spec);
             assert!(reused(&o), "not in a reused slot: {:?}", o.spawn_trace);
-            return (o, out);
+            return Some((o, out));
         }
         let (o, out) = run(launcher, filler);
         assert_eq!(o.exit_code, Some(0), "{o:?} {out}");
     }
-    panic!("slot {slot} never came back");
+    None
+}
+
+/// Run `first`, then `second` in the same (reused) slot; starts over with
+/// the next slot when the first one is not reused (at most 5 times).
+fn run_pair_in_one_slot(
+    launcher: &mut Launcher,
+    parent: &Parent,
+    filler: &SandboxSpec,
+    first: &SandboxSpec,
+    second: &SandboxSpec,
+) -> ((Outcome, String), (Outcome, String)) {
+    for _ in 0..5 {
+        let slot = parent.next_slot(launcher.pid());
+        let a = run(launcher, first);
+        if let Some(b) = try_run_in(launcher, parent, &slot, filler, second) {
+            return (a, b);
+        }
+    }
+    panic!("no slot was reused in 5 attempts");
 }
 
 fn run(launcher: &mut Launcher, spec: &SandboxSpec) -> (Outcome, String) {
@@ -422,23 +455,27 @@ fn a_reused_slot_enforces_each_spawns_own_limits() {
     tight.limits.swap_max = Some(0);
     tight.limits.pids_max = Some(3);
     tight.limits.cpu_max = Some(0.5);
-    let slot = parent.next_slot(launcher.pid());
-    let (a, _) = run(&mut launcher, &tight);
-    assert_eq!(a.exit_code, Some(0), "{a:?}");
     // B: no limits at all, in A's slot: A's are gone.
     let other = sh("test.pool-relimit", dir.path(), &parent, "true");
     let free = sh("test.pool-relimit", dir.path(), &parent, script);
-    let (b, out) = run_in(&mut launcher, &parent, &slot, &other, &free);
+    let ((a, _), (b, out)) = run_pair_in_one_slot(&mut launcher, &parent, &other, &tight, &free);
+    assert_eq!(a.exit_code, Some(0), "{a:?}");
     assert!(reused(&b), "{:?}", b.spawn_trace);
     assert_eq!(b.exit_code, Some(0), "{b:?} {out}");
     assert!(
         out.contains("big") && out.contains("forked") && !b.pids_limit_hit && !b.oom_killed,
         "A's limits held for B: {b:?} {out}"
     );
-    // C: the tight limits again, in the same slot: they bind again.
+    // C: the tight limits again, in a slot reused after B's free run:
+    // they bind again.
     let mut c_spec = sh("test.pool-relimit", dir.path(), &parent, script);
     c_spec.limits = tight.limits.clone();
-    let (c, out) = run_in(&mut launcher, &parent, &slot, &other, &c_spec);
+    let ((b2, out_b2), (c, out)) =
+        run_pair_in_one_slot(&mut launcher, &parent, &other, &free, &c_spec);
+    assert!(
+        out_b2.contains("big") && out_b2.contains("forked"),
+        "{b2:?} {out_b2}"
+    );
     assert!(reused(&c), "{:?}", c.spawn_trace);
     assert!(
         c.oom_killed || c.pids_limit_hit,
