@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use hutch_api::audit::{Actor, AuditEvent, AuditFilter, Decision, EventId, StoredEvent, ops};
-use hutch_api::authz::{Access, Effect, OpClass, Owner, Policy, Role};
+use hutch_api::authz::{Access, Effect, OpClass, Operation, Owner, Policy, Role};
 use hutch_api::revert::{RevertError, Reverter};
 use hutch_api::store::{
     ByteStream, DatasetId, DatasetInfo, ListObjects, NewDataset, ObjectKey, StoreError, Version,
@@ -1777,7 +1777,7 @@ impl Admin for Control {
                 .map_err(store_status)?;
             self.record(
                 &c,
-                "data.object.get",
+                Operation::ObjectGet.name(),
                 hutch_api::store::object_resource(&ds, &key),
                 serde_json::json!({ "version": info.version.0, "via": "control" }),
             )
@@ -1815,7 +1815,7 @@ impl Admin for Control {
                 .map_err(store_status)?;
             self.record(
                 &c,
-                "data.object.metadata.get",
+                Operation::MetadataGet.name(),
                 hutch_api::store::object_resource(&ds, &key),
                 serde_json::json!({ "version": info.version.0, "via": "control" }),
             )
@@ -1833,14 +1833,8 @@ impl Admin for Control {
             self.may(&c, OpClass::Write, &r.dataset_id)?;
             let ds = dataset_id(&r.dataset_id)?;
             let key = object_key(&r.key)?;
-            let expect = match r.expected_version {
-                None => hutch_api::store::Expect::Any,
-                Some(v) => i64::try_from(v)
-                    .ok()
-                    .filter(|v| *v > 0)
-                    .map(|v| hutch_api::store::Expect::Version(Version(v)))
-                    .ok_or_else(|| Status::invalid_argument("expected_version out of range"))?,
-            };
+            let expect = hutch_api::store::Expect::from_expected_version(r.expected_version)
+                .ok_or_else(|| Status::invalid_argument("expected_version out of range"))?;
             let set = self
                 .daemon
                 .core()

@@ -504,7 +504,7 @@ impl TaskPlan {
         daemon.core().audit_sink().record(
             AuditEvent::new(
                 Actor::user(user),
-                "data.object.get",
+                hutch_api::authz::Operation::ObjectGet.name(),
                 hutch_api::store::object_resource(&ds, &key),
             )
             .with_details(

@@ -50,13 +50,8 @@ fn status_of(e: &StoreError) -> Status {
 }
 
 fn expect_of(v: Option<u64>) -> Result<Expect, Status> {
-    match v {
-        None => Ok(Expect::Any),
-        Some(0) => Ok(Expect::Absent),
-        Some(n) => i64::try_from(n)
-            .map(|n| Expect::Version(Version(n)))
-            .map_err(|_| Status::invalid_argument("expected_version out of range")),
-    }
+    Expect::from_expected_version(v)
+        .ok_or_else(|| Status::invalid_argument("expected_version out of range"))
 }
 
 fn pb_info(i: &ObjectInfo) -> pb::ObjectInfo {

@@ -131,6 +131,20 @@ pub enum Expect {
     Version(Version),
 }
 
+impl Expect {
+    /// The precondition a protocol's `optional uint64 expected_version`
+    /// means: unset writes unconditionally, 0 means "must not exist", any
+    /// other value must be the current version. `None` when the value is
+    /// out of range.
+    pub fn from_expected_version(v: Option<u64>) -> Option<Self> {
+        match v {
+            None => Some(Expect::Any),
+            Some(0) => Some(Expect::Absent),
+            Some(n) => i64::try_from(n).ok().map(|n| Expect::Version(Version(n))),
+        }
+    }
+}
+
 impl fmt::Display for Expect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
