@@ -1,5 +1,6 @@
-//! The built-in store: metadata in `hutch.db` (tables `datasets`, `objects`,
-//! `object_versions`), content in the blob directory.
+//! The built-in store: metadata in `hutch.db` (tables `datasets` and
+//! `object_versions`; an object's current version is its newest row), small
+//! content inline in the version rows, larger content in the blob directory.
 //!
 //! A write happens in two steps. First the content: up to the inline limit
 //! ([`DEFAULT_INLINE_MAX_BYTES`], 64 KiB) it is buffered and hashed in
@@ -140,11 +141,8 @@ static FLUSH_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
         .map(|n| {
             let sql = format!(
                 "INSERT INTO object_versions (dataset_id, key, version, deleted, blob, size, metadata, created_us, content) \
-                 VALUES {}; \
-                 INSERT INTO objects (dataset_id, key, version) VALUES {} \
-                 ON CONFLICT (dataset_id, key) DO UPDATE SET version = excluded.version",
+                 VALUES {}",
                 vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", "),
-                vec!["(?, ?, ?)"; n].join(", ")
             );
             (n, sql)
         })
@@ -178,16 +176,11 @@ impl WriterHeads {
                 .find(|(n, _)| *n <= left)
                 .map_or((1, ""), |(n, s)| (*n, s.as_str()));
             left -= n;
-            let mut heads = Vec::with_capacity(n);
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            // sqlx binds the arguments across the two statements in order:
-            // every version row first, then every head.
             for (row, content) in rows.by_ref().take(n) {
-                let ds: Arc<str> = Arc::from(row.dataset_id);
-                let key: Arc<str> = Arc::from(row.key);
                 q = q
-                    .bind(ds.clone())
-                    .bind(key.clone())
+                    .bind(row.dataset_id)
+                    .bind(row.key)
                     .bind(row.version)
                     .bind(row.deleted)
                     .bind(row.blob)
@@ -195,10 +188,6 @@ impl WriterHeads {
                     .bind(row.metadata)
                     .bind(row.created_us)
                     .bind(content);
-                heads.push((ds, key, row.version));
-            }
-            for (ds, key, version) in heads {
-                q = q.bind(ds).bind(key).bind(version);
             }
             q.execute(&mut *conn).await.map_err(fail)?;
         }
@@ -297,6 +286,11 @@ impl VersionRow {
     }
 }
 
+/// Whether a version refers to a blob file (inline versions only carry its
+/// hash; the partial index `object_versions_blob` holds just these rows).
+const BLOB_REFERENCED: &str =
+    "SELECT 1 FROM object_versions WHERE blob = ? AND content IS NULL LIMIT 1";
+
 const SELECT_VERSION: &str = "SELECT v.dataset_id, v.key, v.version, v.deleted, v.blob, v.size, v.metadata, v.created_us, (v.content IS NOT NULL) AS inline FROM object_versions v";
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -313,8 +307,7 @@ async fn head_row(
     key: &ObjectKey,
 ) -> Result<Option<VersionRow>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT_VERSION} JOIN objects o ON o.dataset_id = v.dataset_id AND o.key = v.key AND o.version = v.version \
-         WHERE o.dataset_id = ? AND o.key = ?"
+        "{SELECT_VERSION} WHERE v.dataset_id = ? AND v.key = ? ORDER BY v.version DESC LIMIT 1"
     )))
     .bind(ds.as_str())
     .bind(key.as_str())
@@ -784,12 +777,11 @@ impl BuiltinStore {
                     let mut removed = 0u64;
                     let mut failed = None;
                     for hash in candidates {
-                        let referenced: Result<Option<i64>, _> = sqlx::query_scalar(
-                            "SELECT 1 FROM object_versions WHERE blob = ? LIMIT 1",
-                        )
-                        .bind(&hash)
-                        .fetch_optional(&mut *conn)
-                        .await;
+                        let referenced: Result<Option<i64>, _> =
+                            sqlx::query_scalar(BLOB_REFERENCED)
+                                .bind(&hash)
+                                .fetch_optional(&mut *conn)
+                                .await;
                         match referenced {
                             Ok(Some(_)) => {}
                             Ok(None) => match blobs.remove_if_not_pending(&hash) {
@@ -818,12 +810,11 @@ impl BuiltinStore {
     }
 
     async fn unreferenced(&self, hash: &str) -> Result<bool, StoreError> {
-        let r: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM object_versions WHERE blob = ? LIMIT 1")
-                .bind(hash)
-                .fetch_optional(self.db.pool())
-                .await
-                .map_err(db("find blob references"))?;
+        let r: Option<i64> = sqlx::query_scalar(BLOB_REFERENCED)
+            .bind(hash)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(db("find blob references"))?;
         Ok(r.is_none())
     }
 
@@ -846,10 +837,11 @@ impl BuiltinStore {
             .audit
             .record_with(event, move |conn| {
                 Box::pin(async move {
+                    // Never an object's newest version (its current one).
                     let r = sqlx::query(
-                        "DELETE FROM object_versions WHERE created_us < ? AND NOT EXISTS (\
-                         SELECT 1 FROM objects o WHERE o.dataset_id = object_versions.dataset_id \
-                         AND o.key = object_versions.key AND o.version = object_versions.version)",
+                        "DELETE FROM object_versions WHERE created_us < ? AND EXISTS (\
+                         SELECT 1 FROM object_versions n WHERE n.dataset_id = object_versions.dataset_id \
+                         AND n.key = object_versions.key AND n.version > object_versions.version)",
                     )
                     .bind(cutoff)
                     .execute(&mut *conn)
@@ -1098,20 +1090,23 @@ impl Backend for BuiltinStore {
         } else {
             options.limit.min(10_000)
         };
+        // Each key's newest version (the primary key's order), if not a
+        // tombstone.
         let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-            "{SELECT_VERSION} JOIN objects o ON o.dataset_id = v.dataset_id AND o.key = v.key AND o.version = v.version \
-             WHERE o.dataset_id = "
+            "{SELECT_VERSION} WHERE v.dataset_id = "
         ));
-        qb.push_bind(dataset.as_str().to_owned())
-            .push(" AND v.deleted = 0");
+        qb.push_bind(dataset.as_str().to_owned()).push(
+            " AND v.deleted = 0 AND NOT EXISTS (SELECT 1 FROM object_versions n \
+             WHERE n.dataset_id = v.dataset_id AND n.key = v.key AND n.version > v.version)",
+        );
         if let Some(p) = &options.prefix {
-            qb.push(" AND o.key >= ").push_bind(p.clone());
-            qb.push(" AND o.key < ").push_bind(format!("{p}\u{10FFFF}"));
+            qb.push(" AND v.key >= ").push_bind(p.clone());
+            qb.push(" AND v.key < ").push_bind(format!("{p}\u{10FFFF}"));
         }
         if let Some(a) = &options.after {
-            qb.push(" AND o.key > ").push_bind(a.as_str().to_owned());
+            qb.push(" AND v.key > ").push_bind(a.as_str().to_owned());
         }
-        qb.push(" ORDER BY o.key LIMIT ")
+        qb.push(" ORDER BY v.key LIMIT ")
             .push_bind(i64::from(limit));
         let rows: Vec<VersionRow> = qb
             .build_query_as()
@@ -1216,7 +1211,7 @@ impl Backend for BuiltinStore {
         key: &ObjectKey,
     ) -> Result<Option<Version>, StoreError> {
         let v: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM objects WHERE dataset_id = ? AND key = ?")
+            sqlx::query_scalar("SELECT version FROM object_versions WHERE dataset_id = ? AND key = ? ORDER BY version DESC LIMIT 1")
                 .bind(dataset.as_str())
                 .bind(key.as_str())
                 .fetch_optional(self.db.pool())
