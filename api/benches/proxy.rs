@@ -9,11 +9,13 @@
 //! event; plus the ratios to (a). Two diagnostic rows split (b): the
 //! health service on the Hutch socket (peer filter + reject layer, no gate)
 //! and a call the gate denies (limits + authz + aggregated audit, no backend);
-//! a third times the store's `head_object` called in-process.
+//! a third times the store's `head_object` called in-process, and a last
+//! one `put_object` of 1 KiB in-process (row (c) without gRPC, gate and
+//! handler: the store, the audit writer and SQLite).
 //!
 //! Run: `cargo bench -p hutch-api --bench proxy` (BENCH_SECS=N per cell, default 2;
 //! BENCH_ROWS=ac measures only rows (a) and (c), for profiling: the letters
-//! a h g s b c name the rows in table order; BENCH_CONC=64 only that many
+//! a h g s b c p name the rows in table order; BENCH_CONC=64 only that many
 //! concurrent callers, comma-separated).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -25,6 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hutch_api::audit::{AuditConfig, AuditStore};
 use hutch_api::authz::{Role, Scope, ScopeSet};
 use hutch_api::db::Db;
@@ -121,7 +124,7 @@ async fn bench() -> Result {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let rows = std::env::var("BENCH_ROWS").unwrap_or_else(|_| "ahgsbc".into());
+    let rows = std::env::var("BENCH_ROWS").unwrap_or_else(|_| "ahgsbcp".into());
     let concs: Vec<usize> = std::env::var("BENCH_CONC")
         .ok()
         .map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())
@@ -226,12 +229,39 @@ async fn bench() -> Result {
             }
         })
     });
+    let store_p = store.clone();
     let ds_s = hutch_api::store::DatasetId::new(ds.clone())?;
     let key_s = hutch_api::store::ObjectKey::new("k")?;
     let direct: CallFn = Arc::new(move |_, _, _| {
         let (store, ds, key) = (store.clone(), ds_s.clone(), key_s.clone());
         Box::pin(async move {
             store.head_object(&ds, &key, None).await?;
+            Ok(())
+        })
+    });
+    let ds_p = hutch_api::store::DatasetId::new(ds.clone())?;
+    let payload_p = Arc::new(vec![42u8; 1024]);
+    let direct_put: CallFn = Arc::new(move |_, w, n| {
+        let (store, ds) = (store_p.clone(), ds_p.clone());
+        let payload = payload_p.clone();
+        Box::pin(async move {
+            let key = hutch_api::store::ObjectKey::new(format!("p{w}-{}", n % 64))?;
+            let event = hutch_api::audit::AuditEvent::new(
+                hutch_api::audit::Actor::plugin("org.example.bench", "1.0.0", "bench", None),
+                "",
+                "",
+            );
+            let content = futures::stream::iter([Ok(payload.to_vec())]).boxed();
+            store
+                .put_object(
+                    event,
+                    &ds,
+                    &key,
+                    hutch_api::store::Expect::Any,
+                    None,
+                    content,
+                )
+                .await?;
             Ok(())
         })
     });
@@ -274,11 +304,12 @@ async fn bench() -> Result {
             (&hutch, direct.clone()),
             (&hutch, read.clone()),
             (&hutch, put.clone()),
+            (&hutch, direct_put.clone()),
         ];
         let mut samples: Vec<Samples> = runners.iter().map(|_| Samples::default()).collect();
         for _ in 0..ROUNDS {
             for (((ch, f), acc), tag) in
-                runners.iter().zip(samples.iter_mut()).zip("ahgsbc".chars())
+                runners.iter().zip(samples.iter_mut()).zip("ahgsbcp".chars())
             {
                 // Rows left out of BENCH_ROWS only run their warm-up calls.
                 let t = if rows.contains(tag) { slice } else { 0.0 };
@@ -288,6 +319,7 @@ async fn bench() -> Result {
         let mut cells = samples.into_iter().map(Samples::cell);
         let mut next = || cells.next().ok_or("missing cell");
         let (a, h, g, s, b, c) = (next()?, next()?, next()?, next()?, next()?, next()?);
+        let p = next()?;
         for (name, cell) in [
             ("(a) bare tonic unary (health Check)", &a),
             ("    Hutch socket, health Check (no gate)", &h),
@@ -295,6 +327,7 @@ async fn bench() -> Result {
             ("    store head_object in-process (no gRPC)", &s),
             ("(b) Hutch GetMetadata: authz + audit", &b),
             ("(c) Hutch PutObject 1 KiB: authz+store+audit", &c),
+            ("    store put_object 1 KiB in-process", &p),
         ] {
             println!(
                 "{:<44} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>8.2}x {:>8.2}x",
