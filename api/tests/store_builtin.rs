@@ -453,6 +453,111 @@ async fn concurrent_conditional_writes_one_winner_per_version() -> Result {
     Ok(())
 }
 
+/// Many writes of objects the writer does not know yet (it looks up their
+/// current versions together, see `store/builtin.rs`): new objects, objects
+/// written before this store instance existed and deleted ones, raced by
+/// conflicting writes in the same batches, each get exactly the outcome the
+/// current version allows.
+#[tokio::test]
+async fn writes_of_unknown_objects_looked_up_together_keep_compare_and_set() -> Result {
+    let e = env().await?;
+    // Written, and some deleted, through another store instance on the same
+    // database (its writer state is shared, so drop what it knows by
+    // opening a second audit store: a fresh writer).
+    for i in 0..40 {
+        let k = key(&format!("old{i}"))?;
+        e.store
+            .put_object(ev(), &e.ds, &k, Expect::Absent, None, bytes(b"v1"))
+            .await?;
+        if i % 4 == 0 {
+            e.store.delete_object(ev(), &e.ds, &k, Expect::Any).await?;
+        }
+    }
+    let db = Db::open(e.dir.path().join("hutch.db")).await?;
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    let store = Arc::new(
+        BuiltinStore::open(
+            &db,
+            audit.clone(),
+            StoreConfig {
+                blob_dir: e.dir.path().join("blobs"),
+            },
+        )
+        .await?,
+    );
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        for (n, expect) in [
+            (0, Expect::Absent),
+            (1, Expect::Version(Version(1))),
+            (2, Expect::Version(Version(2))),
+        ] {
+            for prefix in ["old", "new"] {
+                let (store, ds) = (store.clone(), e.ds.clone());
+                let k = key(&format!("{prefix}{i}"))?;
+                tasks.push(tokio::spawn(async move {
+                    let r = store
+                        .put_object(ev(), &ds, &k, expect, None, bytes(&[n]))
+                        .await;
+                    (prefix, i, n, r.map(|a| a.value.version))
+                }));
+            }
+        }
+    }
+    // Per object: the versions its successful writes produced.
+    let mut won: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for t in tasks {
+        let (prefix, i, n, r) = t.await?;
+        let name = format!("{prefix}{i}");
+        // The version a write of this kind can produce: "new" objects do
+        // not exist, "old" ones are at version 1, deleted ones at version 2
+        // (a tombstone: Absent holds there too).
+        let deleted = prefix == "old" && i % 4 == 0;
+        let base = match (prefix, deleted) {
+            ("new", _) => 0,
+            (_, false) => 1,
+            (_, true) => 2,
+        };
+        let possible = match n {
+            0 if base != 1 => Some(base + 1),
+            0 => None,
+            v => Some(i64::from(v) + 1),
+        };
+        match r {
+            Ok(v) => {
+                assert_eq!(Some(v.0), possible, "{name} write {n}");
+                won.entry(name).or_default().push(v.0);
+            }
+            Err(StoreError::Conflict { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    for (name, mut versions) in won {
+        versions.sort_unstable();
+        let len = versions.len();
+        versions.dedup();
+        assert_eq!(versions.len(), len, "{name}: two writes made one version");
+        let current = store.current_version(&e.ds, &key(&name)?).await?;
+        assert_eq!(current.map(|v| v.0), versions.last().copied(), "{name}");
+    }
+    // A new object's creation always wins; a live old object's Version(1) too.
+    for i in 0..40 {
+        let new = store
+            .current_version(&e.ds, &key(&format!("new{i}"))?)
+            .await?;
+        assert!(new >= Some(Version(1)), "new{i}: {new:?}");
+        let old = store
+            .current_version(&e.ds, &key(&format!("old{i}"))?)
+            .await?;
+        assert!(
+            old >= Some(Version(if i % 4 == 0 { 3 } else { 2 })),
+            "old{i}: {old:?}"
+        );
+    }
+    assert!(audit.verify().await?.is_ok());
+    Ok(())
+}
+
 fn blob_files(e: &Env) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for d in std::fs::read_dir(e.dir.path().join("blobs"))? {

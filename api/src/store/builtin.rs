@@ -113,10 +113,15 @@ pub struct BuiltinStore {
 /// The writer-side state of the built-in store, one per audit store (so
 /// every store on it shares it), touched only by changes running in the
 /// audit writer, which runs them one at a time:
-/// - the current version row of objects the writer wrote or read, so a
-///   write of a known object needs no query (only the writer changes
-///   objects; the state is dropped whenever the writer's epoch moves: a
-///   rolled-back batch, a write by another process);
+/// - the current version row of objects the writer wrote or read (or that
+///   they do not exist), so a write of a known object needs no query (only
+///   the writer changes objects; the state is dropped whenever the writer's
+///   epoch moves: a rolled-back batch, a write by another process);
+/// - the objects that calls on their way to the writer are about to write
+///   ([`WriterHeads::upcoming`]): the first change that finds its object
+///   unknown looks up the current versions of all of them in one query, so
+///   a batch of writes to new (or not recently written) objects costs one
+///   round trip to SQLite instead of one per write;
 /// - the version rows planned by the current batch and not yet inserted:
 ///   the writer's flush hook inserts them with multi-row INSERTs before any
 ///   other change of the batch runs and before the batch's events, so a
@@ -124,14 +129,40 @@ pub struct BuiltinStore {
 #[derive(Debug, Default)]
 struct WriterHeads {
     inner: Mutex<WriterHeadsInner>,
+    /// Objects calls are about to hand to the writer: (dataset, key,
+    /// [`head_key`]). Only a hint of what to look up together; at most
+    /// [`UPCOMING_MAX`].
+    upcoming: Mutex<Vec<(DatasetId, ObjectKey, String)>>,
 }
 
 #[derive(Debug, Default)]
 struct WriterHeadsInner {
     epoch: u64,
-    rows: HashMap<String, Arc<VersionRow>>,
+    /// By [`head_key`]: the current version row, `None` if the object has
+    /// no version.
+    rows: HashMap<String, Option<Arc<VersionRow>>>,
     pending: Vec<(VersionRow, Option<Vec<u8>>)>,
 }
+
+/// The most objects [`WriterHeads::upcoming`] remembers.
+const UPCOMING_MAX: usize = 4096;
+
+/// Current version rows of `n` objects (`?` pairs of dataset and key), for
+/// each chunk size (largest first; the same texts every time, so the
+/// statement cache finds them). An object without versions has no row.
+static HEADS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+    [64usize, 16, 4, 1]
+        .into_iter()
+        .map(|n| {
+            let sql = format!(
+                "WITH k (ds, key) AS (VALUES {}) {SELECT_VERSION} JOIN k ON v.dataset_id = k.ds AND v.key = k.key \
+                 WHERE v.version = (SELECT MAX(n.version) FROM object_versions n WHERE n.dataset_id = k.ds AND n.key = k.key)",
+                vec!["(?, ?)"; n].join(", ")
+            );
+            (n, sql)
+        })
+        .collect()
+});
 
 /// The flush of `n` version rows, for each chunk size (largest first; the
 /// same texts every time, so the statement cache finds them).
@@ -159,6 +190,70 @@ impl WriterHeads {
             g.pending.clear();
         }
         g
+    }
+
+    /// Notes that a call will soon hand the writer a change of `ds`/`key`
+    /// (unless the writer already knows the object).
+    fn expect_write(&self, ds: &DatasetId, key: &ObjectKey) {
+        let hk = head_key(ds, key);
+        if lock(&self.inner).rows.contains_key(&hk) {
+            return;
+        }
+        let mut up = lock(&self.upcoming);
+        if up.len() < UPCOMING_MAX {
+            up.push((ds.clone(), key.clone(), hk));
+        }
+    }
+
+    /// Looks up the current version of `ds`/`key` and of every upcoming
+    /// object the writer does not know, in one query per 64 objects, and
+    /// remembers them (inside the writer's transaction, after the pending
+    /// rows were inserted, so the answer is current).
+    async fn load(
+        &self,
+        conn: &mut SqliteConnection,
+        epoch: u64,
+        ds: &DatasetId,
+        key: &ObjectKey,
+    ) -> Result<Option<Arc<VersionRow>>, StoreError> {
+        let mut wanted = std::mem::take(&mut *lock(&self.upcoming));
+        wanted.push((ds.clone(), key.clone(), head_key(ds, key)));
+        {
+            let g = self.lock(epoch);
+            let mut seen = HashSet::new();
+            wanted.retain(|(_, _, hk)| !g.rows.contains_key(hk) && seen.insert(hk.clone()));
+        }
+        let mut found: HashMap<String, Arc<VersionRow>> = HashMap::with_capacity(wanted.len());
+        let mut left = wanted.as_slice();
+        while !left.is_empty() {
+            let (n, sql) = HEADS_SQL
+                .iter()
+                .find(|(n, _)| *n <= left.len())
+                .map_or((1, ""), |(n, s)| (*n, s.as_str()));
+            let (chunk, rest) = left.split_at(n.min(left.len()));
+            left = rest;
+            let mut q = sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(sql));
+            for (d, k, _) in chunk {
+                q = q.bind(d.as_str()).bind(k.as_str());
+            }
+            for row in q
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db("read object heads"))?
+            {
+                let hk = format!("{}/{}", row.dataset_id, row.key);
+                found.insert(hk, Arc::new(row));
+            }
+        }
+        let mut g = self.lock(epoch);
+        if g.pending.is_empty() && g.rows.len() + wanted.len() >= HEAD_CACHE_MAX {
+            g.rows.clear();
+        }
+        for (_, _, hk) in wanted {
+            let row = found.remove(&hk);
+            g.rows.entry(hk).or_insert(row);
+        }
+        Ok(g.rows.get(&head_key(ds, key)).cloned().flatten())
     }
 
     /// Inserts the pending version rows and moves their objects' heads.
@@ -436,11 +531,14 @@ async fn plan_version(
     }
     let cached = w.heads.lock(w.epoch).rows.get(&head_key(ds, key)).cloned();
     let current = match cached {
-        Some(row) => Some(row),
-        None => head_row(conn, ds, key)
+        Some(known) => known,
+        // (No pending row is for an object the writer does not know: the
+        // known ones are forgotten only when none is pending.)
+        None => w
+            .heads
+            .load(conn, w.epoch, ds, key)
             .await
-            .map_err(|e| (e, None))?
-            .map(Arc::new),
+            .map_err(|e| (e, None))?,
     };
     let before = current.as_ref().map(|c| c.version);
     if !expect_holds(expect, current.as_deref()) {
@@ -578,7 +676,8 @@ async fn write_version(
     if g.pending.is_empty() && g.rows.len() >= HEAD_CACHE_MAX {
         g.rows.clear();
     }
-    g.rows.insert(head_key(ds, key), Arc::new(row.clone()));
+    g.rows
+        .insert(head_key(ds, key), Some(Arc::new(row.clone())));
     g.pending.push((row, bytes));
     Ok(Ok(change))
 }
@@ -998,6 +1097,7 @@ impl Backend for BuiltinStore {
         };
         let (ds, k) = (dataset.clone(), key.clone());
         let caches = self.caches.clone();
+        self.writer.expect_write(dataset, key);
         let r = self
             .commit(event, dataset, key, move |conn, w| {
                 Box::pin(async move {
@@ -1126,6 +1226,7 @@ impl Backend for BuiltinStore {
         let event = Self::prepare(event, ops::OBJECT_DELETE, object_resource(dataset, key));
         let (ds, k) = (dataset.clone(), key.clone());
         let caches = self.caches.clone();
+        self.writer.expect_write(dataset, key);
         self.commit(event, dataset, key, move |conn, w| {
             Box::pin(async move {
                 let (ds2, k2) = (ds.clone(), k.clone());
