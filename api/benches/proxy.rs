@@ -308,8 +308,10 @@ async fn bench() -> Result {
         ];
         let mut samples: Vec<Samples> = runners.iter().map(|_| Samples::default()).collect();
         for _ in 0..ROUNDS {
-            for (((ch, f), acc), tag) in
-                runners.iter().zip(samples.iter_mut()).zip("ahgsbcp".chars())
+            for (((ch, f), acc), tag) in runners
+                .iter()
+                .zip(samples.iter_mut())
+                .zip("ahgsbcp".chars())
             {
                 // Rows left out of BENCH_ROWS only run their warm-up calls.
                 let t = if rows.contains(tag) { slice } else { 0.0 };
