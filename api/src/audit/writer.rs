@@ -117,17 +117,20 @@ pub(crate) struct Writer {
     pub shm_path: PathBuf,
 }
 
-/// The writer's connection setting while it holds it: COMMIT writes the
-/// WAL without syncing it; the syncer task syncs it before any caller is
-/// answered (SQLite still syncs the WAL and the database around its
-/// checkpoints, and the WAL header when it starts over). `BEGIN` and the
-/// chain head follow in the same round trip.
+/// The writer's connection settings, set when it takes a connection from
+/// the pool and kept while it holds it (not re-run per batch): COMMIT
+/// writes the WAL without syncing it; the syncer task syncs it before any
+/// caller is answered (SQLite still syncs the WAL and the database around
+/// its checkpoints, and the WAL header when it starts over).
 /// No automatic checkpoint on this connection: the checkpointer task copies
 /// the WAL back on its own connection (see [`checkpointer`]), and the WAL
 /// file is cut back to [`WAL_RESTART_FRAMES`] pages when it starts over.
-const BEGIN_SQL: &str = "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
-     PRAGMA journal_size_limit = 67108864; \
-     BEGIN IMMEDIATE; SELECT last_id, CAST(last_hash AS BLOB) FROM audit_head WHERE singleton = 1";
+const HOLD_SQL: &str = "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
+     PRAGMA journal_size_limit = 67108864";
+
+/// `BEGIN` and the chain head in one round trip.
+const BEGIN_SQL: &str =
+    "BEGIN IMMEDIATE; SELECT last_id, CAST(last_hash AS BLOB) FROM audit_head WHERE singleton = 1";
 
 /// The pool's settings (see `db.rs`), restored before the writer gives its
 /// connection back.
@@ -458,13 +461,9 @@ impl Writer {
             }
             let c = match conn.take() {
                 Some(c) => c,
-                None => match self.pool.acquire().await {
+                None => match self.hold().await {
                     Ok(c) => c,
-                    Err(source) => {
-                        let e = AuditError::Db {
-                            op: "acquire writer connection",
-                            source,
-                        };
+                    Err(e) => {
                         fail_all(jobs, &e);
                         continue;
                     }
@@ -526,6 +525,23 @@ impl Writer {
 }
 
 impl Writer {
+    /// A pool connection with the writer's settings ([`HOLD_SQL`]).
+    async fn hold(&self) -> Result<PoolConnection<Sqlite>, AuditError> {
+        let mut c = self.pool.acquire().await.map_err(|source| AuditError::Db {
+            op: "acquire writer connection",
+            source,
+        })?;
+        if let Err(source) = sqlx::raw_sql(HOLD_SQL).execute(&mut *c).await {
+            // It may hold some of the settings: not back to the pool.
+            c.close_on_drop();
+            return Err(AuditError::Db {
+                op: "set writer connection pragmas",
+                source,
+            });
+        }
+        Ok(c)
+    }
+
     /// Takes every job already queued, up to `max_batch` events.
     fn drain(&mut self, jobs: &mut Vec<Job>, n: &mut usize) {
         while *n < self.max_batch {
@@ -560,8 +576,6 @@ async fn commit_batch(
 ) -> Result<Vec<JobResult>, AuditError> {
     let db = |op: &'static str| move |source| AuditError::Db { op, source };
     // BEGIN and the chain head in one round trip.
-    // `wal_autocheckpoint` answers with a row of its own: the head is the
-    // row with two columns.
     let rows = sqlx::query(BEGIN_SQL)
         .fetch_all(&mut *conn)
         .await
