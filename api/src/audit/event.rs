@@ -9,6 +9,15 @@ use sha2::{Digest, Sha256};
 /// The `prev_hash` of the first event of a chain: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// [`GENESIS_HASH`] as stored: 32 zero bytes.
+pub(crate) const GENESIS_BYTES: [u8; 32] = [0; 32];
+
+/// A stored hash (32 bytes; anything else after tampering) as the lowercase
+/// hex text the API shows and the encoding hashes.
+pub(crate) fn hash_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
 /// Operation names the store and revert record (the proxy adds its own).
 pub mod ops {
     /// A dataset was created.
@@ -319,11 +328,12 @@ pub(crate) struct HashInput<'a> {
 const ENCODING_TAG: &[u8] = b"hutch-audit-v1\0";
 
 impl HashInput<'_> {
-    /// sha256 (lowercase hex) over the canonical encoding: the tag, then each
+    /// sha256 over the canonical encoding (stored as 32 bytes, shown as
+    /// lowercase hex; `prev_hash` is hashed as its hex text): the tag, then each
     /// field in a fixed order; integers as 8 big-endian bytes; strings as
     /// 8-byte big-endian length then bytes; optional fields prefixed by 0
     /// (absent) or 1 (present). Unambiguous, so no two events share an encoding.
-    pub fn hash(&self) -> String {
+    pub fn hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(ENCODING_TAG);
         let int = |h: &mut Sha256, v: i64| h.update(v.to_be_bytes());
@@ -362,6 +372,6 @@ impl HashInput<'_> {
         opt_int(&mut h, self.after_version);
         text(&mut h, self.details);
         text(&mut h, self.prev_hash);
-        hex::encode(h.finalize())
+        h.finalize().into()
     }
 }

@@ -590,14 +590,15 @@ impl AuditStore {
         const PAGE: i64 = 5000;
         let pool = self.db.pool();
         let dberr = |op: &'static str| move |source| AuditError::Db { op, source };
-        let anchor: Option<(i64, String)> = sqlx::query_as(
-            "SELECT last_purged_id, last_purged_hash FROM audit_anchor WHERE singleton = 1",
+        let anchor: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT last_purged_id, CAST(last_purged_hash AS BLOB) FROM audit_anchor \
+             WHERE singleton = 1",
         )
         .fetch_optional(pool)
         .await
         .map_err(dberr("read anchor"))?;
         let (mut prev_id, mut expected_prev) =
-            anchor.unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
+            anchor.unwrap_or_else(|| (0, event::GENESIS_BYTES.to_vec()));
         let mut report = VerifyReport::default();
         let problem = |report: &mut VerifyReport, p: VerifyProblem| {
             if report.problems.len() < MAX_VERIFY_PROBLEMS {
@@ -607,11 +608,12 @@ impl AuditStore {
         // The head first, and only the events up to it: events committed
         // while this runs (the head and its event commit together) are past
         // it, so a busy daemon is not reported as truncated.
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT last_id, last_hash FROM audit_head WHERE singleton = 1")
-                .fetch_optional(pool)
-                .await
-                .map_err(dberr("read head"))?;
+        let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT last_id, CAST(last_hash AS BLOB) FROM audit_head WHERE singleton = 1",
+        )
+        .fetch_optional(pool)
+        .await
+        .map_err(dberr("read head"))?;
         let upto = head.as_ref().map_or(i64::MAX, |(id, _)| *id);
         let mut after = i64::MIN;
         loop {
@@ -629,7 +631,7 @@ impl AuditStore {
             let n = rows.len();
             for row in rows {
                 report.checked += 1;
-                let self_ok = row.recompute_hash() == row.hash;
+                let self_ok = row.recompute_hash()[..] == row.hash[..];
                 if row.prev_hash != expected_prev {
                     let gap = row.id != prev_id + 1;
                     let owner: Option<i64> =
@@ -881,10 +883,11 @@ async fn purge(conn: &mut SqliteConnection, cutoff_us: i64) -> Result<u64, sqlx:
         .fetch_one(&mut *conn)
         .await?;
     let Some(last) = last else { return Ok(0) };
-    let hash: String = sqlx::query_scalar("SELECT hash FROM audit_events WHERE id = ?")
-        .bind(last)
-        .fetch_one(&mut *conn)
-        .await?;
+    let hash: Vec<u8> =
+        sqlx::query_scalar("SELECT CAST(hash AS BLOB) FROM audit_events WHERE id = ?")
+            .bind(last)
+            .fetch_one(&mut *conn)
+            .await?;
     sqlx::query(
         "INSERT INTO audit_anchor (singleton, last_purged_id, last_purged_hash) VALUES (1, ?, ?) \
          ON CONFLICT (singleton) DO UPDATE SET last_purged_id = excluded.last_purged_id, \
@@ -923,11 +926,13 @@ pub(crate) const KEY_TASK: &str = "task";
 
 const SELECT_COLUMNS: &str = "SELECT id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
      actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
-     before_version, after_version, details, prev_hash, hash";
+     before_version, after_version, details, CAST(prev_hash AS BLOB) AS prev_hash, \
+     CAST(hash AS BLOB) AS hash";
 
 const SELECT_EVENTS: &str = "SELECT id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
      actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
-     before_version, after_version, details, prev_hash, hash FROM audit_events";
+     before_version, after_version, details, CAST(prev_hash AS BLOB) AS prev_hash, \
+     CAST(hash AS BLOB) AS hash FROM audit_events";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Row {
@@ -947,14 +952,17 @@ struct Row {
     before_version: Option<i64>,
     after_version: Option<i64>,
     details: String,
-    prev_hash: String,
-    hash: String,
+    /// 32 bytes unless tampered with (read through `CAST(.. AS BLOB)`, so
+    /// a text written over it is its bytes, not an error).
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
 }
 
 impl Row {
     /// The hash of the row's stored fields (no parsing: a mangled field is
     /// just a mismatch).
-    fn recompute_hash(&self) -> String {
+    fn recompute_hash(&self) -> [u8; 32] {
+        let prev_hash = event::hash_hex(&self.prev_hash);
         HashInput {
             id: self.id,
             ts_us: self.ts_us,
@@ -972,7 +980,7 @@ impl Row {
             before_version: self.before_version,
             after_version: self.after_version,
             details: &self.details,
-            prev_hash: &self.prev_hash,
+            prev_hash: &prev_hash,
         }
         .hash()
     }
@@ -1002,8 +1010,8 @@ impl Row {
                 after_version: self.after_version,
                 details: serde_json::from_str(&self.details).map_err(|_| corrupt("details"))?,
             },
-            prev_hash: self.prev_hash,
-            hash: self.hash,
+            prev_hash: event::hash_hex(&self.prev_hash),
+            hash: event::hash_hex(&self.hash),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Queries through `audit_keys` against a plain scan, the plans they use,
-//! the upgrade of a database with events written before `0005_audit_keys`,
+//! the upgrades of databases written before `0005_audit_keys` and
+//! `0007_audit_hash_blobs`, key ranges extended across batches,
 //! and the wal-index reading behind the checkpointer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -296,5 +297,161 @@ async fn wal_progress_reads_the_wal_index_header() -> Result {
     assert_eq!(i64::from(frames), log);
     let (frames2, copied2) = super::writer::wal_progress(&shm).ok_or("no wal-index")?;
     assert_eq!((frames2, copied2), (frames, frames));
+    Ok(())
+}
+
+#[tokio::test]
+async fn consecutive_batches_extend_the_last_key_range_and_queries_still_match() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hutch.db");
+    let db = Db::open(&path).await?;
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    // One event per batch (each awaited): plugin and user repeat, the task
+    // changes every fifth event.
+    let ev = |i: usize| {
+        AuditEvent::new(
+            Actor::plugin("org.example.p0", "1.0.0", "inst-0", Some("user0".into())),
+            "data.object.put",
+            format!("dataset/ds0/object/k{i}"),
+        )
+        .with_task(format!("task-{}", (i / 5) % 3))
+    };
+    for i in 0..30 {
+        audit.record(ev(i)).await?;
+    }
+    let ranges = |field: &'static str| {
+        let pool = db.pool().clone();
+        async move {
+            sqlx::query_as::<_, (String, i64, i64)>(
+                "SELECT value, first_id, last_id FROM audit_keys WHERE field = ? ORDER BY first_id",
+            )
+            .bind(field)
+            .fetch_all(&pool)
+            .await
+        }
+    };
+    assert_eq!(ranges("plugin").await?, [("org.example.p0".into(), 1, 30)]);
+    assert_eq!(ranges("user").await?, [("user0".into(), 1, 30)]);
+    let tasks = ranges("task").await?;
+    assert_eq!(tasks.len(), 6, "{tasks:?}");
+    assert_eq!(tasks[1], ("task-1".into(), 6, 10));
+    // Another writer on the same file (another process) moves the head:
+    // this writer's next range starts anew instead of spanning its event.
+    {
+        let other_db = Db::open(&path).await?;
+        let other = AuditStore::open(&other_db, AuditConfig::default()).await?;
+        other
+            .record(
+                AuditEvent::new(Actor::user("user1"), "data.object.get", "dataset/ds1")
+                    .with_task("task-4"),
+            )
+            .await?;
+        drop(other);
+        other_db.close().await;
+    }
+    audit.record(ev(30)).await?;
+    audit.record(ev(31)).await?;
+    assert_eq!(
+        ranges("plugin").await?,
+        [
+            ("org.example.p0".into(), 1, 30),
+            ("org.example.p0".into(), 32, 33)
+        ]
+    );
+    assert_eq!(
+        ranges("user").await?,
+        [
+            ("user0".into(), 1, 30),
+            ("user1".into(), 31, 31),
+            ("user0".into(), 32, 33)
+        ]
+    );
+    check_queries(&audit).await?;
+    assert!(audit.verify().await?.is_ok());
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_written_with_hex_hashes_verify_and_chain_on_after_the_blob_migration() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hutch.db");
+    let before;
+    {
+        let db = Db::open(&path).await?;
+        let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+        fill(&audit, 3, 12).await?;
+        let all = audit.query(&AuditFilter::default()).await?;
+        let cut = all[5].event.ts_us;
+        audit.purge_before(cut, Actor::admin("root")).await?;
+        before = audit.query(&AuditFilter::default()).await?;
+        drop(audit);
+        // Back to the schema before 0007: hashes as lowercase hex text.
+        sqlx::raw_sql(
+            "CREATE TABLE old (id INTEGER NOT NULL PRIMARY KEY, ts_us BIGINT NOT NULL, \
+             actor_kind TEXT NOT NULL, actor_plugin_id TEXT, actor_plugin_version TEXT, \
+             actor_instance TEXT, actor_user TEXT, task_id TEXT, operation TEXT NOT NULL, \
+             resource TEXT NOT NULL, decision TEXT NOT NULL, reason TEXT, outcome TEXT NOT NULL, \
+             before_version BIGINT, after_version BIGINT, details TEXT NOT NULL, \
+             prev_hash TEXT NOT NULL, hash TEXT NOT NULL); \
+             INSERT INTO old SELECT id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
+             actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
+             before_version, after_version, details, lower(hex(prev_hash)), lower(hex(hash)) \
+             FROM audit_events; \
+             DROP TABLE audit_events; ALTER TABLE old RENAME TO audit_events; \
+             CREATE INDEX audit_events_ts ON audit_events (ts_us); \
+             CREATE INDEX audit_events_resource ON audit_events (resource); \
+             CREATE TABLE old_head (singleton INTEGER NOT NULL PRIMARY KEY, \
+             last_id BIGINT NOT NULL, last_hash TEXT NOT NULL); \
+             INSERT INTO old_head SELECT singleton, last_id, lower(hex(last_hash)) FROM audit_head; \
+             DROP TABLE audit_head; ALTER TABLE old_head RENAME TO audit_head; \
+             CREATE TABLE old_anchor (singleton INTEGER NOT NULL PRIMARY KEY, \
+             last_purged_id BIGINT NOT NULL, last_purged_hash TEXT NOT NULL); \
+             INSERT INTO old_anchor SELECT singleton, last_purged_id, lower(hex(last_purged_hash)) \
+             FROM audit_anchor; \
+             DROP TABLE audit_anchor; ALTER TABLE old_anchor RENAME TO audit_anchor; \
+             DELETE FROM _sqlx_migrations WHERE version = 7",
+        )
+        .execute(db.pool())
+        .await?;
+        let kinds: Vec<(String, i64)> =
+            sqlx::query_as("SELECT typeof(hash), length(hash) FROM audit_events LIMIT 1")
+                .fetch_all(db.pool())
+                .await?;
+        assert_eq!(kinds, [("text".to_owned(), 64)]);
+        db.close().await;
+    }
+    let db = Db::open(&path).await?;
+    let kinds: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT DISTINCT typeof(prev_hash), typeof(hash), length(hash) FROM audit_events",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    assert_eq!(kinds, [("blob".to_owned(), "blob".to_owned(), 32)]);
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    // The same events, hashes and chain (from the anchor), as hex again.
+    assert_eq!(audit.query(&AuditFilter::default()).await?, before);
+    let report = audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked as usize, before.len());
+    // New events chain on (from the migrated head).
+    fill(&audit, 2, 5).await?;
+    let report = audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked as usize, before.len() + 10);
+    check_queries(&audit).await?;
+    // Tampering still shows: a hash overwritten with text (not hex).
+    let victim = before[3].id.0;
+    sqlx::query("UPDATE audit_events SET hash = 'not a hash' WHERE id = ?")
+        .bind(victim)
+        .execute(db.pool())
+        .await?;
+    let report = audit.verify().await?;
+    assert_eq!(
+        report.problems.first(),
+        Some(&super::VerifyProblem::Edited {
+            id: EventId(victim)
+        }),
+        "{report:?}"
+    );
     Ok(())
 }

@@ -42,7 +42,9 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Row, Sqlite, SqlitePool};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::event::{ActorKind, AuditEvent, Decision, EventId, GENESIS_HASH, HashInput, Outcome};
+use super::event::{
+    ActorKind, AuditEvent, Decision, EventId, GENESIS_BYTES, HashInput, Outcome, hash_hex,
+};
 use super::{AuditError, KEY_PLUGIN, KEY_TASK, KEY_USER, WriterShared};
 
 /// What a data change reports back to the writer.
@@ -100,8 +102,8 @@ const HOLD_IDLE: Duration = Duration::from_millis(50);
 
 /// Rows per INSERT statement, largest first: a batch is cut greedily into
 /// these sizes, so the writer's connection prepares (and caches) at most
-/// this many distinct statements (18 binds per row; 256 rows stay well under
-/// SQLite's limit of 32766 parameters).
+/// this many distinct statements (18 parameters per row; 256 rows stay well
+/// under SQLite's limit of 32766).
 const ROWS_PER_INSERT: [usize; 5] = [256, 64, 16, 4, 1];
 
 pub(crate) struct Writer {
@@ -115,17 +117,20 @@ pub(crate) struct Writer {
     pub shm_path: PathBuf,
 }
 
-/// The writer's connection setting while it holds it: COMMIT writes the
-/// WAL without syncing it; the syncer task syncs it before any caller is
-/// answered (SQLite still syncs the WAL and the database around its
-/// checkpoints, and the WAL header when it starts over). `BEGIN` and the
-/// chain head follow in the same round trip.
+/// The writer's connection settings, set when it takes a connection from
+/// the pool and kept while it holds it (not re-run per batch): COMMIT
+/// writes the WAL without syncing it; the syncer task syncs it before any
+/// caller is answered (SQLite still syncs the WAL and the database around
+/// its checkpoints, and the WAL header when it starts over).
 /// No automatic checkpoint on this connection: the checkpointer task copies
 /// the WAL back on its own connection (see [`checkpointer`]), and the WAL
 /// file is cut back to [`WAL_RESTART_FRAMES`] pages when it starts over.
-const BEGIN_SQL: &str = "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
-     PRAGMA journal_size_limit = 67108864; \
-     BEGIN IMMEDIATE; SELECT last_id, last_hash FROM audit_head WHERE singleton = 1";
+const HOLD_SQL: &str = "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
+     PRAGMA journal_size_limit = 67108864";
+
+/// `BEGIN` and the chain head in one round trip.
+const BEGIN_SQL: &str =
+    "BEGIN IMMEDIATE; SELECT last_id, CAST(last_hash AS BLOB) FROM audit_head WHERE singleton = 1";
 
 /// The pool's settings (see `db.rs`), restored before the writer gives its
 /// connection back.
@@ -269,11 +274,36 @@ async fn syncer(mut rx: mpsc::UnboundedReceiver<Synced>) {
 /// The INSERT of `n` events, for each size of [`ROWS_PER_INSERT`] (built
 /// once: the same text each time, so the connection's statement cache
 /// finds the prepared statement).
+///
+/// The fixed texts are SQL literals chosen by an integer (`actor_kind`,
+/// `decision`) or standing for NULL (`outcome` `ok`, `details` `null`):
+/// binding a text copies it into SQLite (`SQLITE_TRANSIENT`, a malloc and a
+/// free per argument), binding an integer or NULL does not. (Numbered
+/// parameters, which would let a row's `prev_hash` reuse the previous row's
+/// `hash` argument, are no option: sqlx looks each one up by name, and
+/// `sqlite3_bind_parameter_name` scans a list, quadratic in a 256-row
+/// statement: ten times slower, measured.)
 static INSERT_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+    let kinds = [
+        ActorKind::Plugin,
+        ActorKind::User,
+        ActorKind::Admin,
+        ActorKind::Daemon,
+    ]
+    .iter()
+    .map(|k| format!(" WHEN {} THEN '{}'", kind_code(*k), k.as_str()))
+    .collect::<String>();
+    let decisions = [Decision::Allowed, Decision::Denied]
+        .iter()
+        .map(|d| format!(" WHEN {} THEN '{}'", decision_code(*d), d.as_str()))
+        .collect::<String>();
     ROWS_PER_INSERT
         .iter()
         .map(|&n| {
-            let row = format!("({})", vec!["?"; 18].join(", "));
+            let row = format!(
+                "(?, ?, CASE ?{kinds} END, ?, ?, ?, ?, ?, ?, ?, CASE ?{decisions} END, ?, \
+                 COALESCE(?, 'ok'), ?, ?, COALESCE(?, 'null'), ?, ?)"
+            );
             let sql = format!(
                 "INSERT INTO audit_events (id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
                  actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
@@ -285,46 +315,35 @@ static INSERT_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Shared copies of the fixed texts bound on every row (binding an
-/// `Arc<str>` costs a reference count instead of an allocation and copy).
-struct Texts {
-    ok: Arc<str>,
-    null_details: Arc<str>,
-    kinds: [Arc<str>; 4],
-    allowed: Arc<str>,
-    denied: Arc<str>,
+/// The integer [`INSERT_SQL`] turns into the actor kind's text.
+fn kind_code(k: ActorKind) -> i64 {
+    match k {
+        ActorKind::Plugin => 0,
+        ActorKind::User => 1,
+        ActorKind::Admin => 2,
+        ActorKind::Daemon => 3,
+    }
 }
 
-static TEXTS: LazyLock<Texts> = LazyLock::new(|| Texts {
-    ok: Arc::from("ok"),
-    null_details: Arc::from("null"),
-    kinds: [
-        Arc::from(ActorKind::Plugin.as_str()),
-        Arc::from(ActorKind::User.as_str()),
-        Arc::from(ActorKind::Admin.as_str()),
-        Arc::from(ActorKind::Daemon.as_str()),
-    ],
-    allowed: Arc::from(Decision::Allowed.as_str()),
-    denied: Arc::from(Decision::Denied.as_str()),
-});
-
-impl Texts {
-    fn kind(&self, k: ActorKind) -> Arc<str> {
-        self.kinds[match k {
-            ActorKind::Plugin => 0,
-            ActorKind::User => 1,
-            ActorKind::Admin => 2,
-            ActorKind::Daemon => 3,
-        }]
-        .clone()
+/// The integer [`INSERT_SQL`] turns into the decision's text.
+fn decision_code(d: Decision) -> i64 {
+    match d {
+        Decision::Allowed => 0,
+        Decision::Denied => 1,
     }
+}
 
-    fn decision(&self, d: Decision) -> Arc<str> {
-        match d {
-            Decision::Allowed => self.allowed.clone(),
-            Decision::Denied => self.denied.clone(),
-        }
+/// Calls `f` with the lowercase hex text of a stored hash (the form the
+/// encoding hashes), without allocating for a 32-byte one.
+fn with_hex<R>(bytes: &[u8], f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = [0u8; 64];
+    if bytes.len() == 32
+        && hex::encode_to_slice(bytes, &mut buf).is_ok()
+        && let Ok(text) = std::str::from_utf8(&buf)
+    {
+        return f(text);
     }
+    f(&hash_hex(bytes))
 }
 
 /// Hash-chains the next `n` events of `events` (ids after `*last_id`,
@@ -333,32 +352,35 @@ fn bind_rows<'q>(
     events: &mut impl Iterator<Item = AuditEvent>,
     n: usize,
     last_id: &mut i64,
-    last_hash: &mut Arc<str>,
+    last_hash: &mut Vec<u8>,
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
     let sql = INSERT_SQL
         .iter()
         .find(|(k, _)| *k == n)
         .map_or("", |(_, s)| s.as_str());
-    let texts = &*TEXTS;
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for e in events.take(n) {
         *last_id += 1;
-        let details: Arc<str> = if e.details.is_null() {
-            texts.null_details.clone()
-        } else {
-            Arc::from(e.details.to_string())
+        let details = (!e.details.is_null()).then(|| e.details.to_string());
+        let outcome = match &e.outcome {
+            Outcome::Ok => None,
+            o => Some(o.to_stored()),
         };
-        let outcome: Arc<str> = match &e.outcome {
-            Outcome::Ok => texts.ok.clone(),
-            o => Arc::from(o.to_stored()),
-        };
-        let hash: Arc<str> =
-            Arc::from(hash_input(*last_id, &e, &details, &outcome, last_hash).hash());
-        let prev = std::mem::replace(last_hash, hash.clone());
+        let hash = with_hex(last_hash, |prev| {
+            hash_input(
+                *last_id,
+                &e,
+                details.as_deref().unwrap_or("null"),
+                outcome.as_deref().unwrap_or("ok"),
+                prev,
+            )
+            .hash()
+        });
+        let prev = std::mem::replace(last_hash, hash.to_vec());
         q = q
             .bind(*last_id)
             .bind(e.ts_us)
-            .bind(texts.kind(e.actor.kind))
+            .bind(kind_code(e.actor.kind))
             .bind(e.actor.plugin_id)
             .bind(e.actor.plugin_version)
             .bind(e.actor.instance)
@@ -366,14 +388,14 @@ fn bind_rows<'q>(
             .bind(e.task_id)
             .bind(e.operation)
             .bind(e.resource)
-            .bind(texts.decision(e.decision))
+            .bind(decision_code(e.decision))
             .bind(e.reason)
             .bind(outcome)
             .bind(e.before_version)
             .bind(e.after_version)
             .bind(details)
             .bind(prev)
-            .bind(hash);
+            .bind(hash.to_vec());
     }
     q
 }
@@ -389,6 +411,8 @@ impl Writer {
         let mut conn: Option<PoolConnection<Sqlite>> = None;
         // The chain head this writer last committed (None: not known).
         let mut head: Option<i64> = None;
+        // The key ranges ending at that head (see `TailKeys`).
+        let mut tail = TailKeys::new();
         loop {
             // Keep the connection (and its page cache) while jobs keep
             // coming; give it back to the pool (with the pool's settings)
@@ -437,20 +461,16 @@ impl Writer {
             }
             let c = match conn.take() {
                 Some(c) => c,
-                None => match self.pool.acquire().await {
+                None => match self.hold().await {
                     Ok(c) => c,
-                    Err(source) => {
-                        let e = AuditError::Db {
-                            op: "acquire writer connection",
-                            source,
-                        };
+                    Err(e) => {
                         fail_all(jobs, &e);
                         continue;
                     }
                 },
             };
             let mut c = c;
-            let result = commit_batch(&mut c, &mut jobs, &self.shared, &mut head).await;
+            let result = commit_batch(&mut c, &mut jobs, &self.shared, &mut head, &mut tail).await;
             match result {
                 Ok(results) => {
                     let mut replies = Vec::with_capacity(jobs.len());
@@ -505,6 +525,23 @@ impl Writer {
 }
 
 impl Writer {
+    /// A pool connection with the writer's settings ([`HOLD_SQL`]).
+    async fn hold(&self) -> Result<PoolConnection<Sqlite>, AuditError> {
+        let mut c = self.pool.acquire().await.map_err(|source| AuditError::Db {
+            op: "acquire writer connection",
+            source,
+        })?;
+        if let Err(source) = sqlx::raw_sql(HOLD_SQL).execute(&mut *c).await {
+            // It may hold some of the settings: not back to the pool.
+            c.close_on_drop();
+            return Err(AuditError::Db {
+                op: "set writer connection pragmas",
+                source,
+            });
+        }
+        Ok(c)
+    }
+
     /// Takes every job already queued, up to `max_batch` events.
     fn drain(&mut self, jobs: &mut Vec<Job>, n: &mut usize) {
         while *n < self.max_batch {
@@ -535,16 +572,15 @@ async fn commit_batch(
     jobs: &mut [Job],
     shared: &WriterShared,
     head: &mut Option<i64>,
+    tail: &mut TailKeys,
 ) -> Result<Vec<JobResult>, AuditError> {
     let db = |op: &'static str| move |source| AuditError::Db { op, source };
     // BEGIN and the chain head in one round trip.
-    // `wal_autocheckpoint` answers with a row of its own: the head is the
-    // row with two columns.
     let rows = sqlx::query(BEGIN_SQL)
         .fetch_all(&mut *conn)
         .await
         .map_err(db("begin audit batch"))?;
-    let row: Option<(i64, String)> = match rows.iter().find(|r| r.len() == 2) {
+    let row: Option<(i64, Vec<u8>)> = match rows.iter().find(|r| r.len() == 2) {
         Some(r) => Some((
             r.try_get(0).map_err(db("read audit head"))?,
             r.try_get(1).map_err(db("read audit head"))?,
@@ -559,9 +595,12 @@ async fn commit_batch(
         // First batch, or another process wrote the database since this
         // writer's last COMMIT: what changes planned in memory is stale.
         shared.epoch.fetch_add(1, Ordering::AcqRel);
+        tail.clear();
     }
     *head = None;
-    let mut last_hash: Arc<str> = Arc::from(last_hash);
+    // Only a committed batch leaves key ranges to extend.
+    let prev_tail = std::mem::take(tail);
+    let mut last_hash = last_hash;
 
     let mut events: Vec<AuditEvent> = Vec::new();
     let mut results: Vec<JobResult> = Vec::with_capacity(jobs.len());
@@ -613,7 +652,18 @@ async fn commit_batch(
         flush(conn, shared).await?;
     }
 
-    let keys = batch_keys(&events, last_id);
+    let mut keys = batch_keys(&events, last_id);
+    // A range starting at this batch's first event whose value the
+    // previous batch's last event carried continues that range: no other
+    // id lies between them, so the row is extended (an upsert on the same
+    // primary key) instead of a new one inserted.
+    for k in &mut keys {
+        if k.2 == last_id + 1
+            && let Some((_, _, first)) = prev_tail.iter().find(|t| t.0 == k.0 && t.1 == k.1)
+        {
+            k.2 = *first;
+        }
+    }
     // Multi-row INSERTs; each chunk's rows are hashed and bound while the
     // previous chunk executes on the connection's worker thread.
     let count = events.len();
@@ -643,15 +693,20 @@ async fn commit_batch(
         r.map_err(db("insert audit events"))?;
         next = built;
     }
+    // The ranges ending at the batch's last event, for the next batch.
+    let new_tail: TailKeys = keys
+        .iter()
+        .filter(|k| k.3 == last_id)
+        .map(|k| (k.0, k.1.clone(), k.2))
+        .collect();
     // The last (up to three) key ranges, the head update and the COMMIT in
     // one round trip; any other ranges before.
-    let mut keys = keys;
-    let tail = keys.split_off(keys.len().saturating_sub(FINAL_KEYS));
+    let final_keys = keys.split_off(keys.len().saturating_sub(FINAL_KEYS));
     insert_keys(conn, keys).await?;
     if count > 0 {
-        let sql = FINAL_SQL.get(tail.len()).map_or("", String::as_str);
+        let sql = FINAL_SQL.get(final_keys.len()).map_or("", String::as_str);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (field, value, first, last) in tail {
+        for (field, value, first, last) in final_keys {
             q = q.bind(field).bind(value).bind(first).bind(last);
         }
         q.bind(last_id)
@@ -666,6 +721,7 @@ async fn commit_batch(
             .map_err(db("commit audit batch"))?;
     }
     *head = Some(last_id);
+    *tail = new_tail;
     Ok(results)
 }
 
@@ -679,7 +735,7 @@ static KEYS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
         .iter()
         .map(|&n| {
             let sql = format!(
-                "INSERT INTO audit_keys (field, value, first_id, last_id) VALUES {}",
+                "INSERT INTO audit_keys (field, value, first_id, last_id) VALUES {} {KEYS_UPSERT}",
                 vec!["(?, ?, ?, ?)"; n].join(", ")
             );
             (n, sql)
@@ -690,6 +746,17 @@ static KEYS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
 /// One `audit_keys` row: field, value, first and last id of the batch's
 /// events carrying it.
 type KeyRange = (&'static str, String, i64, i64);
+
+/// The key ranges (field, value, first id) ending at the chain head this
+/// writer last committed: at most one per field, those of the last event.
+/// Valid only while that head is the database's (cleared when it moved or
+/// a batch failed).
+type TailKeys = Vec<(&'static str, String, i64)>;
+
+/// Inserts a key range, or extends the range with the same first id
+/// (a batch continuing the previous batch's last range).
+const KEYS_UPSERT: &str =
+    "ON CONFLICT (field, value, first_id) DO UPDATE SET last_id = excluded.last_id";
 
 /// The key ranges of a batch whose events get ids `last_id + 1, ...`: for
 /// each field (see `api/migrations/0005_audit_keys.sql`) and distinct value,
@@ -732,7 +799,8 @@ static FINAL_SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
                 String::new()
             } else {
                 format!(
-                    "INSERT INTO audit_keys (field, value, first_id, last_id) VALUES {}; ",
+                    "INSERT INTO audit_keys (field, value, first_id, last_id) VALUES {} \
+                     {KEYS_UPSERT}; ",
                     vec!["(?, ?, ?, ?)"; n].join(", ")
                 )
             };
@@ -783,9 +851,9 @@ async fn flush(conn: &mut SqliteConnection, shared: &WriterShared) -> Result<(),
 }
 
 /// Where retention left the chain, or the genesis.
-async fn read_anchor(conn: &mut SqliteConnection) -> Result<(i64, String), AuditError> {
-    let anchor: Option<(i64, String)> = sqlx::query_as(
-        "SELECT last_purged_id, last_purged_hash FROM audit_anchor WHERE singleton = 1",
+async fn read_anchor(conn: &mut SqliteConnection) -> Result<(i64, Vec<u8>), AuditError> {
+    let anchor: Option<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT last_purged_id, CAST(last_purged_hash AS BLOB) FROM audit_anchor WHERE singleton = 1",
     )
     .fetch_optional(&mut *conn)
     .await
@@ -793,7 +861,7 @@ async fn read_anchor(conn: &mut SqliteConnection) -> Result<(i64, String), Audit
         op: "read audit anchor",
         source,
     })?;
-    Ok(anchor.unwrap_or_else(|| (0, GENESIS_HASH.to_owned())))
+    Ok(anchor.unwrap_or_else(|| (0, GENESIS_BYTES.to_vec())))
 }
 
 pub(crate) fn hash_input<'a>(
