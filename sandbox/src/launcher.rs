@@ -425,8 +425,9 @@ struct Running {
     plugin_ended: bool,
     /// The outcome was sent (the sandbox may still be exiting).
     reported: bool,
-    /// It ended normally (see `report`): its slot may be reused.
-    normal: bool,
+    /// Why its end was not normal (see `report`), if it was not: its slot
+    /// is buried then (logged at debug level).
+    abnormal: Option<&'static str>,
 }
 
 /// How a sandbox's stub came to be (the only difference between the two
@@ -483,7 +484,7 @@ impl Running {
             dirty: false,
             plugin_ended: false,
             reported: false,
-            normal: false,
+            abnormal: Some("not reported"),
         }
     }
 }
@@ -508,6 +509,9 @@ struct Pooled {
     mount_ns: Option<std::fs::File>,
     /// The slot whose zygote forked it (cgroup placements).
     slot: Option<PoolSlot>,
+    /// It runs at `SCHED_BATCH` (it was forked at `SCHED_IDLE`; see
+    /// [`Server::raise_if_hungry`]).
+    raised: bool,
 }
 
 /// A pool slot (cgroup placements): a cgroup created once and the zygote
@@ -541,11 +545,22 @@ struct Pool {
     /// Pre-warms that failed in a row; the pool stops refilling at
     /// [`MAX_POOL_FAILURES`] (spawns are then cold).
     failures: u32,
+    /// A spawn took its last ready init and none is ready since (see
+    /// [`Server::raise_if_hungry`]).
+    hungry: bool,
 }
 
 /// How long a spawn waits for a warming pool slot's init before it goes
 /// cold, in ms.
 const WARMING_WAIT_MS: u8 = 20;
+
+/// tmpfs pages (bytes) of a slot's last sandbox that may still be charged
+/// to the slot when it is re-warmed: its `/etc` files (4 pages) are freed
+/// only one RCU grace period after its mount namespace, 10-50 ms on the lab
+/// host, which back-to-back spawns would otherwise wait for. The next
+/// sandbox's memory limit is that much smaller until they are gone; more
+/// (the last sandbox's `/tmp`) is waited for.
+const SHMEM_SLACK: u64 = 64 << 10;
 
 /// Consecutive pre-warm failures after which a placement's pool gives up.
 const MAX_POOL_FAILURES: u32 = 3;
@@ -582,6 +597,9 @@ struct Server {
     pool_seq: u64,
     graveyard: Vec<Grave>,
     janitor: Option<Janitor>,
+    /// The launcher's scheduling policy, which a pre-warmed init gets when
+    /// it is claimed (it warms up at `SCHED_IDLE`).
+    policy: Option<spawn::SchedPolicy>,
     /// The launcher's own pid namespace, to return to after forking a
     /// pooled init into a new one.
     own_pid_ns: Option<OwnedFd>,
@@ -651,6 +669,9 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
             .map_err(
                 |e| tracing::warn!(error = %e, "janitor; mount namespaces are released inline"),
             )
+            .ok(),
+        policy: spawn::SchedPolicy::current()
+            .map_err(|e| tracing::warn!(error = %e, "scheduling policy of the launcher"))
             .ok(),
         own_pid_ns: crate::namespaces::own_pid_namespace()
             .map_err(|e| tracing::warn!(error = %e, "no spawn pool"))
@@ -767,14 +788,11 @@ impl Server {
     /// run; `None` when there is none.
     fn background_due(&self, now: Instant) -> Option<Instant> {
         let grave = self.graveyard.iter().map(|g| g.next_try).min();
-        let setting_up = self
-            .running
-            .values()
-            .any(|r| r.setting_up && r.started.elapsed() < Duration::from_secs(1));
-        let refill = if self.ctrl_open && !setting_up {
+        let refill = if self.ctrl_open {
+            let setting_up = self.setting_up();
             self.pools
                 .values()
-                .filter(|p| self.short(p))
+                .filter(|p| self.may_refill(p, setting_up))
                 .map(|p| p.free.iter().map(|(_, s)| s.next_try).min().unwrap_or(now))
                 .min()
         } else {
@@ -940,20 +958,70 @@ impl Server {
         p.stubs.len() + p.warming.len() < self.config.pool_size && p.failures < MAX_POOL_FAILURES
     }
 
+    /// A sandbox is between its spawn and its `execve`: refills wait (they
+    /// would compete for CPU), unless a pool has no ready init left.
+    fn setting_up(&self) -> bool {
+        self.running
+            .values()
+            .any(|r| r.setting_up && r.started.elapsed() < Duration::from_secs(1))
+    }
+
+    /// Pool `p` is short and may be refilled now: no sandbox is setting
+    /// up, or `p` has no ready init (the next spawn would wait for one).
+    fn may_refill(&self, p: &Pool, setting_up: bool) -> bool {
+        self.short(p) && (!setting_up || !p.stubs.iter().any(|s| s.ready))
+    }
+
+    /// While `key`'s pool is hungry (a spawn took its last ready init, and
+    /// none is ready since), the inits warming up in it run at
+    /// `SCHED_BATCH` instead of `SCHED_IDLE`: the next spawn needs one of
+    /// them, and at `SCHED_IDLE` a busy host would leave it unfinished (the
+    /// spawn would then wait for the rest of its pre-warm). Back-to-back
+    /// spawns are what makes a pool hungry; with gaps between spawns, the
+    /// pool has a ready init at every claim and pre-warm stays idle work.
+    fn raise_if_hungry(&mut self, key: &PoolKey) {
+        let (Some(policy), Some(pool)) = (&self.policy, self.pools.get_mut(key)) else {
+            return;
+        };
+        if pool.stubs.iter().any(|p| p.ready) {
+            pool.hungry = false;
+        }
+        if !pool.hungry {
+            return;
+        }
+        let batch = policy.batch();
+        for p in pool.stubs.iter_mut().filter(|p| !p.raised) {
+            match batch.set_for(p.init) {
+                Ok(()) => p.raised = true,
+                Err(e) => tracing::debug!(error = %e, "raising a warming init's policy"),
+            }
+        }
+    }
+
     /// Pre-warm one init for the first pool below its size: without a
     /// cgroup forked by the launcher itself; with one, by the zygote of a
     /// free slot (re-warm) or of a new slot.
     fn refill_one(&mut self) {
         let now = Instant::now();
         let due = |p: &Pool| p.free.is_empty() || p.free.iter().any(|(_, s)| s.next_try <= now);
-        let Some((key, placement)) = self
+        let setting_up = self.setting_up();
+        let Some(key) = self
             .pools
             .iter()
-            .find(|(_, p)| self.short(p) && due(p))
-            .map(|(k, p)| (k.clone(), p.placement.clone()))
+            .find(|(_, p)| self.may_refill(p, setting_up) && due(p))
+            .map(|(k, _)| k.clone())
         else {
             return;
         };
+        self.refill(&key, now);
+    }
+
+    /// Pre-warm one init for pool `key` (see [`Server::refill_one`]).
+    fn refill(&mut self, key: &PoolKey, now: Instant) {
+        let Some(placement) = self.pools.get(key).map(|p| p.placement.clone()) else {
+            return;
+        };
+        let key = key.clone();
         let result = match &placement {
             None => self.prewarm_stub().map(Some),
             Some(pl) => self.warm_slot(&key, pl, now),
@@ -962,7 +1030,10 @@ impl Server {
             return;
         };
         match result {
-            Ok(Some(p)) => pool.stubs.push(p),
+            Ok(Some(p)) => {
+                pool.stubs.push(p);
+                self.raise_if_hungry(&key);
+            }
             Ok(None) => {}
             Err(e) => {
                 pool.failures += 1;
@@ -988,10 +1059,13 @@ impl Server {
         });
         if let Some((cg, mut slot)) = free {
             // The last sandbox's tmpfs pages (its root, /tmp) leave the
-            // cgroup when its mount namespace is gone: wait for that, so
-            // the next sandbox's memory limit is its own.
+            // cgroup when its mount namespace is gone, one RCU grace period
+            // after its release (10-50 ms here): wait for that, so the next
+            // sandbox's memory limit is its own, except for a few pages
+            // (its `/etc` files: 16 KiB), which would hold the slot for
+            // several back-to-back spawns.
             match cg.shmem_bytes() {
-                Ok(0) => {}
+                Ok(bytes) if bytes <= SHMEM_SLACK => {}
                 Ok(_) if slot.freed.elapsed() < GRAVE_PATIENCE => {
                     slot.next_try = now + Duration::from_millis(1);
                     if let Some(p) = self.pools.get_mut(key) {
@@ -1095,7 +1169,9 @@ impl Server {
                     base,
                     mount_ns: None,
                     slot: Some(slot),
+                    raised: false,
                 });
+                self.raise_if_hungry(key);
                 return;
             }
         }
@@ -1186,6 +1262,7 @@ impl Server {
             base: plan.base_fingerprint(),
             mount_ns: None,
             slot: None,
+            raised: false,
         })
     }
 
@@ -1204,6 +1281,7 @@ impl Server {
                 p.ready = true;
                 p.trace = trace;
                 pool.failures = 0;
+                pool.hungry = false;
             }
             Ok(Some((ChildMsg::Failed(e), _))) => {
                 tracing::warn!(error = %e, "pre-warming a sandbox stub");
@@ -1293,6 +1371,7 @@ impl Server {
                             warming: Vec::new(),
                             free: Vec::new(),
                             failures: 0,
+                            hungry: false,
                         });
                     // Fork the stubs now (each warms up on its own): a
                     // spawn right after this finds them, ready or not.
@@ -1369,6 +1448,7 @@ impl Server {
                 warming: Vec::new(),
                 free: Vec::new(),
                 failures: 0,
+                hungry: false,
             });
         // Same system trees, devices and /etc files as checked just now;
         // the cpu controller when a CPU limit is asked for.
@@ -1397,17 +1477,46 @@ impl Server {
         };
         trace.push(point("launcher: prepared"));
         let limits = cgroup_limits(spec);
+        let key = pool_key(spec.cgroup.as_ref());
         if self.config.pool_size > 0 && !spec.user_namespace {
-            self.collect_warming(&pool_key(spec.cgroup.as_ref()));
+            // Nothing ready or warming, but a free slot: re-warm it now
+            // and claim its init as it warms up (far less to wait for than
+            // a cold spawn).
+            let now = Instant::now();
+            if self.pools.get(&key).is_some_and(|p| {
+                p.stubs.is_empty()
+                    && p.warming.is_empty()
+                    && self.short(p)
+                    && p.free.iter().any(|(_, s)| s.next_try <= now)
+            }) {
+                self.refill(&key, now);
+            }
+            self.collect_warming(&key);
         }
         let prepared = match self.take_pooled(spec, &prepared) {
             None => prepared,
             Some(stub) => match self.claim(id, spec, prepared, stub, &limits, &mut trace) {
-                Ok(()) => return,
+                Ok(()) => {
+                    if let Some(pool) = self.pools.get_mut(&key) {
+                        pool.hungry = !pool.stubs.iter().any(|p| p.ready);
+                    }
+                    self.raise_if_hungry(&key);
+                    return;
+                }
                 Err(Some(prepared)) => *prepared,
                 Err(None) => return,
             },
         };
+        if let Some(pool) = self.pools.get(&pool_key(spec.cgroup.as_ref())) {
+            tracing::debug!(
+                sandbox = id,
+                stubs = pool.stubs.len(),
+                warming = pool.warming.len(),
+                free = pool.free.len(),
+                failures = pool.failures,
+                "no pre-warmed init fits; cold spawn"
+            );
+        }
         self.spawn_cold(id, spec, &prepared, &limits, trace, started);
     }
 
@@ -1428,7 +1537,11 @@ impl Server {
         let mut stub = stub;
         // Back from SCHED_IDLE (pre-warm) to the launcher's own policy, so
         // the claimed stub runs like a cold one.
-        if let Err(e) = spawn::SchedPolicy::current().and_then(|p| p.set_for(stub.init)) {
+        let raised = match &self.policy {
+            Some(policy) => policy.set_for(stub.init),
+            None => spawn::SchedPolicy::current().and_then(|p| p.set_for(stub.init)),
+        };
+        if let Err(e) = raised {
             tracing::warn!(error = %e, "scheduling policy of a pre-warmed stub; spawning cold");
             self.bury_pooled(stub);
             return Err(Some(Box::new(prepared)));
@@ -1819,29 +1932,56 @@ impl Server {
         // buries it whole (zygote included).
         let cgroup = match (r.slot.take(), r.cgroup.take()) {
             (Some((key, mut slot)), Some(cg)) => {
-                let alone = r.normal && self.ctrl_open && cg.pids() == [slot.zygote.as_raw()];
                 let size = self.config.pool_size;
-                match self.pools.get_mut(&key) {
-                    // At most a pool's worth of free slots is kept. Its
-                    // limits may have been changed live (`cgroup::live`)
-                    // since the claim: every file is rewritten to what
-                    // `slot.limits` records, so the next claim (which writes
-                    // only what differs from that record) leaks nothing.
-                    Some(pool)
-                        if alone
-                            && pool.free.len() < size
-                            && cg
-                                .rewrite_limits(&slot.limits)
-                                .inspect_err(|e| {
-                                    tracing::warn!(error = %e, "pool slot limits; replaced");
-                                })
-                                .is_ok() =>
-                    {
+                let pids = cg.pids();
+                let keep = if !self.ctrl_open {
+                    Err("the launcher is closing".to_owned())
+                } else if let Some(why) = r.abnormal {
+                    Err(why.to_owned())
+                } else if pids != [slot.zygote.as_raw()] {
+                    Err(format!("cgroup holds {pids:?}, zygote {}", slot.zygote))
+                } else {
+                    match self.pools.get(&key) {
+                        None => Err("no pool".to_owned()),
+                        // Idle slots (with an init ready or warming up, or
+                        // free) are capped at twice the pool size: a free
+                        // slot not re-warmed yet (its last sandbox's tmpfs
+                        // pages are still being released) does not make
+                        // this one surplus; the pool needs both soon.
+                        Some(pool)
+                            if pool.stubs.len() + pool.warming.len() + pool.free.len()
+                                >= 2 * size =>
+                        {
+                            Err(format!(
+                                "{} ready or warming inits and {} free slots kept already",
+                                pool.stubs.len() + pool.warming.len(),
+                                pool.free.len()
+                            ))
+                        }
+                        // Its limits may have been changed live
+                        // (`cgroup::live`) since the claim: every file is
+                        // rewritten to what `slot.limits` records, so the
+                        // next claim (which writes only what differs from
+                        // that record) leaks nothing.
+                        Some(_) => cg
+                            .rewrite_limits(&slot.limits)
+                            .map_err(|e| format!("limits: {e}")),
+                    }
+                };
+                match (keep, self.pools.get_mut(&key)) {
+                    (Ok(()), Some(pool)) => {
                         slot.freed = now;
                         slot.next_try = now;
                         pool.free.push((cg, slot));
                     }
-                    _ => self.bury_slot(cg, slot),
+                    (why, _) => {
+                        tracing::debug!(
+                            sandbox = id,
+                            reason = why.err().unwrap_or_default(),
+                            "pool slot buried after its sandbox"
+                        );
+                        self.bury_slot(cg, slot);
+                    }
                 }
                 None
             }
@@ -1921,13 +2061,23 @@ impl Server {
         trace.sort_by_key(|p| p.ns);
         r.outcome.spawn_trace = trace;
         let o = &r.outcome;
-        r.normal = !r.dirty
-            && r.plugin_ended
-            && o.setup_error.is_none()
-            && !o.timed_out
-            && !o.oom_killed
-            && !o.pids_limit_hit
-            && r.baseline.as_ref().is_some_and(StatsBaseline::peak_reset);
+        r.abnormal = if r.dirty {
+            Some("stopped or killed by the launcher")
+        } else if !r.plugin_ended {
+            Some("init did not report the plugin's end")
+        } else if o.setup_error.is_some() {
+            Some("setup error")
+        } else if o.timed_out {
+            Some("wall timeout")
+        } else if o.oom_killed {
+            Some("OOM kill")
+        } else if o.pids_limit_hit {
+            Some("pids limit hit")
+        } else if !r.baseline.as_ref().is_some_and(StatsBaseline::peak_reset) {
+            Some("peak memory not reset")
+        } else {
+            None
+        };
         // No more timers: the sandbox is over.
         r.deadline = None;
         r.kill_at = None;

@@ -333,12 +333,23 @@ pub fn fork_pool_init(
             let code = pool_init_steps(&procs, base, &child, io, parent_pidfd, oom_score_adj);
             finish(&child, code)
         }
-        ForkResult::Parent { child } => Ok(Forked {
-            pid: child,
-            channel: parent_end,
-            stdout: out_r,
-            stderr: err_r,
-        }),
+        ForkResult::Parent { child } => {
+            // Pre-warm work must not take CPU from running sandboxes:
+            // SCHED_IDLE until the launcher raises it (the next spawn needs
+            // it, or it is claimed). Set here, before the caller learns
+            // the pid, so a raise can never come before it.
+            if let Err(e) = SchedPolicy::idle().set_for(child) {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(SpawnError::Step(e));
+            }
+            Ok(Forked {
+                pid: child,
+                channel: parent_end,
+                stdout: out_r,
+                stderr: err_r,
+            })
+        }
     }
 }
 
@@ -418,10 +429,6 @@ fn pool_init_steps(
     if let Some(adj) = oom_score_adj {
         set_oom_score_adj(adj)?;
     }
-    // Pre-warm work must not take CPU from running sandboxes: SCHED_IDLE
-    // until claimed (the launcher gives it its own policy back before it
-    // sends the claim, so init wakes up at normal priority).
-    SchedPolicy::idle().set_for(Pid::from_raw(0))?;
     identity::close_fds_except(&[
         chan.as_raw_fd(),
         io.stdout,
@@ -524,6 +531,16 @@ impl SchedPolicy {
         Self {
             policy: libc::SCHED_IDLE,
             nice: 19,
+        }
+    }
+
+    /// `SCHED_BATCH` at this nice value: a fair share of the CPU, but no
+    /// preemption of a running task on wake-up (a pre-warmed init the next
+    /// spawn needs; `SCHED_IDLE` would starve it on a busy host).
+    pub(crate) fn batch(&self) -> Self {
+        Self {
+            policy: libc::SCHED_BATCH,
+            nice: self.nice,
         }
     }
 

@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 const UID: u32 = 0x7e0f_0002;
 
 mod common;
-use common::{plugin_dir, privileged};
+use common::{plugin_dir, prewarm_policy, privileged};
 
 /// A cgroup parent of this test's own, removed (with anything left in it)
 /// on drop.
@@ -67,7 +67,8 @@ impl Parent {
     }
 
     /// The pool's processes of `launcher`: zygotes (its children) and the
-    /// pre-warmed inits (their children, still at `SCHED_IDLE`: a claimed
+    /// pre-warmed inits (their children, still at `SCHED_IDLE` or
+    /// `SCHED_BATCH`: a claimed
     /// init gets the launcher's policy, and may still be exiting after its
     /// sandbox's outcome).
     fn pool_processes(&self, launcher: Pid) -> (Vec<i32>, Vec<i32>) {
@@ -81,7 +82,7 @@ impl Parent {
             .iter()
             .copied()
             .filter(|p| ppid(*p).is_some_and(|pp| zygotes.contains(&pp)))
-            .filter(|p| stat_field(*p, 41) == Some(libc::SCHED_IDLE))
+            .filter(|p| prewarm_policy(*p))
             .collect();
         (zygotes, inits)
     }

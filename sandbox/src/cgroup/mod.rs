@@ -578,6 +578,7 @@ impl CgroupManager {
             kill_timeout: self.config.kill_timeout,
             removed: false,
             proc_root: self.config.proc_root.clone(),
+            stat_files: std::sync::Mutex::default(),
         };
         for d in dirs {
             self.create_child_dir(&d)?;
@@ -633,6 +634,7 @@ impl CgroupManager {
                 kill_timeout: self.config.kill_timeout,
                 removed: false,
                 proc_root: self.config.proc_root.clone(),
+                stat_files: std::sync::Mutex::default(),
             };
             tracing::warn!(cgroup = %name, "removing stale sandbox cgroup");
             stale.remove()?;
@@ -696,6 +698,10 @@ pub struct SandboxCgroup {
     removed: bool,
     /// For the swap check of [`SandboxCgroup::set_limits`].
     proc_root: PathBuf,
+    /// The counter files [`SandboxCgroup::stats`] reads, opened on first
+    /// use and read again from offset 0 (a pool slot's are read twice per
+    /// sandbox: 4 `open`s and `close`s fewer on each sandbox's report).
+    stat_files: std::sync::Mutex<Vec<(PathBuf, fs::File)>>,
 }
 
 impl SandboxCgroup {
@@ -1026,28 +1032,92 @@ impl SandboxCgroup {
         let mut s = CgroupStats::default();
         if let Some(d) = self.dir_of(Controller::Memory) {
             if self.v2 {
-                s.oom_kills = read_keyed(&d.join("memory.events"), "oom_kill")?.unwrap_or(0);
+                s.oom_kills = self.stat_keyed(&d.join("memory.events"), "oom_kill")?;
                 let peak = d.join("memory.peak");
                 if peak.exists() {
                     s.memory_peak = Some(read_u64(&peak)?);
                 }
             } else {
-                s.oom_kills = read_keyed(&d.join("memory.oom_control"), "oom_kill")?.unwrap_or(0);
-                s.memory_peak = Some(read_u64(&d.join("memory.max_usage_in_bytes"))?);
+                s.oom_kills = self.stat_keyed(&d.join("memory.oom_control"), "oom_kill")?;
+                s.memory_peak = Some(self.stat_u64(&d.join("memory.max_usage_in_bytes"))?);
             }
         }
         if let Some(d) = self.dir_of(Controller::Pids) {
-            s.pids_limit_hits = read_keyed(&d.join("pids.events"), "max")?.unwrap_or(0);
+            s.pids_limit_hits = self.stat_keyed(&d.join("pids.events"), "max")?;
         }
         if self.v2 {
             if let Some(d) = self.dirs.first() {
-                let usec = read_keyed(&d.join("cpu.stat"), "usage_usec")?.unwrap_or(0);
+                let usec = self.stat_keyed(&d.join("cpu.stat"), "usage_usec")?;
                 s.cpu_usage_ns = usec.saturating_mul(1000);
             }
         } else if let Some(d) = self.dir_of(Controller::CpuAcct) {
-            s.cpu_usage_ns = read_u64(&d.join("cpuacct.usage"))?;
+            s.cpu_usage_ns = self.stat_u64(&d.join("cpuacct.usage"))?;
         }
         Ok(s)
+    }
+
+    /// The text of counter file `path`, through its cached descriptor
+    /// (`pread` from offset 0 regenerates a cgroup file's content).
+    fn stat_text(&self, path: &Path) -> Result<String, CgroupError> {
+        use std::os::unix::fs::FileExt;
+        let mut files = self
+            .stat_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = match files.iter().position(|(p, _)| p == path) {
+            Some(i) => i,
+            None => {
+                let f = fs::File::open(path).map_err(|e| io_err("open", path, &e))?;
+                files.push((path.to_owned(), f));
+                files.len() - 1
+            }
+        };
+        let Some((_, file)) = files.get(i) else {
+            return Err(io_err("open", path, &std::io::Error::from(Errno::EBADF)));
+        };
+        let mut buf = vec![0u8; 1024];
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                buf.resize(len * 2, 0);
+            }
+            let Some(rest) = buf.get_mut(len..) else {
+                break;
+            };
+            match file.read_at(rest, len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err("read", path, &e)),
+            }
+        }
+        buf.truncate(len);
+        String::from_utf8(buf).map_err(|_| CgroupError::Io {
+            op: "decode".into(),
+            path: path.to_owned(),
+            errno: Errno::EINVAL,
+        })
+    }
+
+    /// A flat-keyed counter (`key value` lines) of `path`; 0 when absent.
+    fn stat_keyed(&self, path: &Path, key: &str) -> Result<u64, CgroupError> {
+        let text = self.stat_text(path)?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The single number in counter file `path`.
+    fn stat_u64(&self, path: &Path) -> Result<u64, CgroupError> {
+        let text = self.stat_text(path)?;
+        let s = text.trim();
+        s.parse().map_err(|_| CgroupError::Io {
+            op: format!("parse {s:?} from"),
+            path: path.to_owned(),
+            errno: Errno::EINVAL,
+        })
     }
 
     /// Kill what is left, read the final stats, and remove the cgroup.

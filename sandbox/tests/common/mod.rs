@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 /// True when running as root; otherwise prints `SKIP` and returns false,
 /// or fails when `HUTCH_REQUIRE_PRIVILEGED_TESTS=1` (CI).
 pub fn privileged(name: &str) -> bool {
+    log_from_env();
     if nix::unistd::geteuid().is_root() {
         return true;
     }
@@ -16,6 +17,30 @@ pub fn privileged(name: &str) -> bool {
     );
     println!("SKIP {name}: needs root");
     false
+}
+
+/// `HUTCH_TEST_LOG=debug` (any `EnvFilter` directive): log to stderr,
+/// including the launchers this test forks afterwards (e.g. why a pool slot
+/// was buried). Call first thing in a test; a second call does nothing.
+/// Use with `--test-threads=1`: a launcher forked while another test thread
+/// holds the stderr lock would wait for it forever.
+pub fn log_from_env() {
+    if let Ok(filter) = std::env::var("HUTCH_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
+/// `pid` runs at a pre-warm scheduling policy: `SCHED_IDLE`, or
+/// `SCHED_BATCH` while its pool is hungry (a claimed init has the
+/// launcher's policy, `SCHED_OTHER`).
+pub fn prewarm_policy(pid: i32) -> bool {
+    matches!(
+        stat_field(pid, 41),
+        Some(libc::SCHED_IDLE | libc::SCHED_BATCH)
+    )
 }
 
 /// A plugin dir the sandbox uid can traverse.
@@ -34,7 +59,7 @@ fn stat_field(pid: i32, n: usize) -> Option<i32> {
 }
 
 /// Wait (up to 10 s) until `launcher` has a pre-warmed init: a process at
-/// `SCHED_IDLE` (pre-warm work runs there, so under load it can take a
+/// `SCHED_IDLE` or `SCHED_BATCH` (pre-warm work runs there, so under load it can take a
 /// while) that is the launcher's child (no cgroup) or its zygote's child (a
 /// pool slot). Returns whether one was seen; a spawn that follows is then
 /// served from the pool rather than cold.
@@ -53,7 +78,7 @@ pub fn wait_prewarmed(launcher: nix::unistd::Pid) -> bool {
                 let Some(parent) = stat_field(pid, 4) else {
                     return false;
                 };
-                stat_field(pid, 41) == Some(libc::SCHED_IDLE)
+                prewarm_policy(pid)
                     && (parent == launcher || stat_field(parent, 4) == Some(launcher))
             });
         if found {

@@ -16,7 +16,7 @@
 //! the gap regime uses half; `HUTCH_BENCH_POOL=…` the pool size;
 //! `HUTCH_BENCH_ONLY=pool` only the rows naming "pool", plus plain
 //! fork+exec and bwrap; `HUTCH_BENCH_ONLY='!full, pool'` that row alone, for
-//! profiling). Not a
+//! profiling; `HUTCH_BENCH_LOG=debug` the launchers' log on stderr). Not a
 //! test: it asserts nothing.
 
 use std::cell::{Cell, RefCell};
@@ -422,6 +422,37 @@ fn print_breakdown(title: &str, cold: &[&Sample], warm: &[&Sample]) {
     }
 }
 
+/// How each pool spawn was served, from its trace: a ready pre-warmed init,
+/// one still warming up (the claim waited for its pre-warm), or cold (no
+/// init fit or the pool was empty). Count and median latency per kind.
+fn print_kinds(title: &str, samples: &[&Sample]) {
+    let kind = |s: &Sample| -> &'static str {
+        let has = |step: &str| s.points.iter().any(|p| p.step == step);
+        if has("launcher: claim sent") {
+            "ready init"
+        } else if has("launcher: claim sent (stub still warming up)") {
+            "warming init"
+        } else {
+            "cold"
+        }
+    };
+    let mut line = format!("pool spawns by kind, {title}:");
+    for k in ["ready init", "warming init", "cold"] {
+        let v: Vec<f64> = samples
+            .iter()
+            .filter(|s| kind(s) == k)
+            .map(|s| (s.t_end as f64 - s.t0 as f64) / 1e6)
+            .collect();
+        let n = v.len();
+        if let Some(m) = median_ms(v) {
+            line.push_str(&format!(" {k} {n} (median {m:.2} ms);"));
+        } else {
+            line.push_str(&format!(" {k} 0;"));
+        }
+    }
+    println!("{line}");
+}
+
 /// Extra cost of each namespace, as `unshare(1) --X /bin/true` minus
 /// `unshare(1) /bin/true` (creation and the synchronous part of teardown).
 fn namespace_costs(runs: usize) {
@@ -476,6 +507,14 @@ fn namespace_costs(runs: usize) {
 }
 
 fn main() -> ExitCode {
+    // `HUTCH_BENCH_LOG=debug` (an `EnvFilter`): the launchers' log (e.g.
+    // why a spawn went cold or a pool slot was buried) on stderr.
+    if let Ok(filter) = std::env::var("HUTCH_BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     // The launchers must be forked before anything else (single-threaded).
     let root = nix::unistd::geteuid().is_root();
     let pool_size: usize = std::env::var("HUTCH_BENCH_POOL")
@@ -633,6 +672,9 @@ fn main() -> ExitCode {
     };
     let (cold_b2b, cold_gap) = take(0);
     let (warm_b2b, warm_gap) = take(1);
+    println!();
+    print_kinds("full sandbox, back-to-back", &refs(&warm_b2b));
+    print_kinds("full sandbox, 50 ms gaps", &refs(&warm_gap));
     print_breakdown(
         "full sandbox, back-to-back",
         &refs(&cold_b2b),
