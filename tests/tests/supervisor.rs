@@ -392,7 +392,7 @@ fn start_task_logs_and_graceful_stop() -> Result {
             .filter(|p| !p.to_string_lossy().contains("/hutch-pool-"))
             .collect()
     };
-    let cleaned = hutch_tests::wait_for(Duration::from_secs(3), || {
+    let cleaned = hutch_tests::daemon::wait_for(Duration::from_secs(3), || {
         plugin_cgroups().is_empty().then_some(())
     });
     assert!(cleaned.is_some(), "{:?}", plugin_cgroups());
