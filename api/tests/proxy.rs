@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::error::Error;
 use std::os::unix::fs::PermissionsExt;
@@ -17,12 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hutch_api::audit::{AuditConfig, AuditFilter, AuditStore, Decision, StoredEvent};
+use hutch_api::audit::{AuditFilter, AuditStore, Decision, StoredEvent};
 use hutch_api::authz::{Effect, OpClass, Operation, Owner, Policy, Role, Scope, ScopeSet};
 use hutch_api::db::Db;
 use hutch_api::limits::Limits;
 use hutch_api::server::{ApiCore, InstanceHandle, InstanceSpec, Task, TaskEvent};
-use hutch_api::store::{BuiltinStore, StoreConfig};
 use hutch_plugin_protocol::client::{self, AgentSession, Incoming};
 use hutch_plugin_protocol::plugin::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
@@ -44,15 +45,7 @@ async fn env() -> Result<Env> {
     // Traversable by a plugin uid (the sockets below have their own 0600).
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
     let db = Db::open(dir.path().join("hutch.db")).await?;
-    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-    let store = BuiltinStore::open(
-        &db,
-        audit.clone(),
-        StoreConfig {
-            blob_dir: dir.path().join("blobs"),
-        },
-    )
-    .await?;
+    let (audit, store) = common::stores(&db, dir.path()).await?;
     let core = ApiCore::new(Arc::new(store), audit.clone()).await?;
     let a = core.authz();
     a.set_user(ADMIN, Role::Admin).await?;

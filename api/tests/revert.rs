@@ -1,16 +1,18 @@
 //! Revert per event and per task on a real SQLite file: put (create),
 //! overwrite, delete, metadata; conflicts refused (and audited) unless forced.
 
+mod common;
+
 use std::error::Error;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use hutch_api::audit::{Actor, AuditConfig, AuditEvent, AuditFilter, AuditStore, EventId, ops};
+use hutch_api::audit::{Actor, AuditEvent, AuditFilter, AuditStore, EventId, ops};
 use hutch_api::db::Db;
 use hutch_api::revert::{RevertError, Reverter};
 use hutch_api::store::{
     Backend, BuiltinStore, ByteStream, DatasetId, Expect, Metadata, NewDataset, ObjectKey,
-    RetentionPolicy, StoreConfig, StoreError, Version,
+    RetentionPolicy, StoreError, Version,
 };
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
@@ -26,15 +28,7 @@ struct Env {
 async fn env() -> Result<Env> {
     let dir = tempfile::tempdir()?;
     let db = Db::open(dir.path().join("hutch.db")).await?;
-    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-    let store = BuiltinStore::open(
-        &db,
-        audit.clone(),
-        StoreConfig {
-            blob_dir: dir.path().join("blobs"),
-        },
-    )
-    .await?;
+    let (audit, store) = common::stores(&db, dir.path()).await?;
     let backend: Arc<dyn Backend> = Arc::new(store.clone());
     let reverter = Reverter::new(audit.clone(), backend);
     let ds = DatasetId::new("ds")?;

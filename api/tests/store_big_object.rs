@@ -2,14 +2,14 @@
 //! RSS bounded (measured from /proc/self/status). Its own test binary, so no
 //! other test's memory counts.
 
+mod common;
+
 use std::error::Error;
 
 use futures::StreamExt;
-use hutch_api::audit::{Actor, AuditConfig, AuditEvent, AuditStore};
+use hutch_api::audit::{Actor, AuditEvent};
 use hutch_api::db::Db;
-use hutch_api::store::{
-    Backend, BuiltinStore, ByteStream, DatasetId, Expect, NewDataset, ObjectKey, StoreConfig,
-};
+use hutch_api::store::{Backend, ByteStream, DatasetId, Expect, NewDataset, ObjectKey};
 use sha2::{Digest, Sha256};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
@@ -60,15 +60,7 @@ fn expected_sha256() -> String {
 async fn one_gib_object_streams_through_with_bounded_memory() -> Result {
     let dir = tempfile::tempdir()?;
     let db = Db::open(dir.path().join("hutch.db")).await?;
-    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-    let store = BuiltinStore::open(
-        &db,
-        audit.clone(),
-        StoreConfig {
-            blob_dir: dir.path().join("blobs"),
-        },
-    )
-    .await?;
+    let (_, store) = common::stores(&db, dir.path()).await?;
     let ds = DatasetId::new("big")?;
     let ev = || AuditEvent::new(Actor::daemon(), "", "");
     store

@@ -2,18 +2,18 @@
 //! compare-and-set (including races), deletes, metadata, audit of every
 //! mutation, content addressing, retention and blob GC.
 
+mod common;
+
 use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hutch_api::audit::{
-    Actor, AuditConfig, AuditEvent, AuditFilter, AuditStore, Decision, Outcome, ops,
-};
+use hutch_api::audit::{Actor, AuditEvent, AuditFilter, AuditStore, Decision, Outcome, ops};
 use hutch_api::db::Db;
 use hutch_api::store::{
     Backend, BuiltinStore, ByteStream, DEFAULT_INLINE_MAX_BYTES, DatasetId, Expect, ListObjects,
-    Metadata, NewDataset, ObjectKey, RetentionPolicy, StoreConfig, StoreError, Version,
+    Metadata, NewDataset, ObjectKey, RetentionPolicy, StoreError, Version,
 };
 use sha2::Digest;
 
@@ -35,16 +35,8 @@ async fn env() -> Result<Env> {
 async fn env_with(inline_max: usize) -> Result<Env> {
     let dir = tempfile::tempdir()?;
     let db = Db::open(dir.path().join("hutch.db")).await?;
-    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-    let store = BuiltinStore::open(
-        &db,
-        audit.clone(),
-        StoreConfig {
-            blob_dir: dir.path().join("blobs"),
-        },
-    )
-    .await?
-    .with_inline_max(inline_max);
+    let (audit, store) = common::stores(&db, dir.path()).await?;
+    let store = store.with_inline_max(inline_max);
     let ds = DatasetId::new("ds1")?;
     store
         .create_dataset(
@@ -474,17 +466,8 @@ async fn writes_of_unknown_objects_looked_up_together_keep_compare_and_set() -> 
         }
     }
     let db = Db::open(e.dir.path().join("hutch.db")).await?;
-    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-    let store = Arc::new(
-        BuiltinStore::open(
-            &db,
-            audit.clone(),
-            StoreConfig {
-                blob_dir: e.dir.path().join("blobs"),
-            },
-        )
-        .await?,
-    );
+    let (audit, store) = common::stores(&db, e.dir.path()).await?;
+    let store = Arc::new(store);
     let mut tasks = Vec::new();
     for i in 0..40 {
         for (n, expect) in [
@@ -882,15 +865,7 @@ async fn writes_by_another_writer_on_the_same_file_are_seen() -> Result {
         .put_object(ev(), &e.ds, &k, Expect::Any, None, bytes(b"a1"))
         .await?;
     let db2 = Db::open(e.dir.path().join("hutch.db")).await?;
-    let audit2 = AuditStore::open(&db2, AuditConfig::default()).await?;
-    let store2 = BuiltinStore::open(
-        &db2,
-        audit2.clone(),
-        StoreConfig {
-            blob_dir: e.dir.path().join("blobs"),
-        },
-    )
-    .await?;
+    let (_, store2) = common::stores(&db2, e.dir.path()).await?;
     let b = store2
         .put_object(
             ev(),

@@ -4,16 +4,18 @@
 //! in `objects`), opens with every object, version and content readable, and
 //! compare-and-set, revert, retention and blob GC keep working on it.
 
+mod common;
+
 use std::borrow::Cow;
 use std::error::Error;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hutch_api::audit::{Actor, AuditConfig, AuditEvent, AuditStore};
+use hutch_api::audit::{Actor, AuditEvent};
 use hutch_api::db::{Db, MIGRATOR};
 use hutch_api::store::{
     Backend, BuiltinStore, ByteStream, DatasetId, Expect, ListObjects, ObjectKey, RetentionPolicy,
-    StoreConfig, StoreError, Version,
+    StoreError, Version,
 };
 use sha2::Digest;
 use sqlx::migrate::Migrator;
@@ -174,15 +176,7 @@ async fn migration_0006_keeps_objects_versions_revert_retention_and_gc() -> Resu
     .fetch_one(db.pool())
     .await?;
     assert!(index.contains("WHERE content IS NULL"), "{index}");
-    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-    let store = BuiltinStore::open(
-        &db,
-        audit.clone(),
-        StoreConfig {
-            blob_dir: dir.path().join("blobs"),
-        },
-    )
-    .await?;
+    let (audit, store) = common::stores(&db, dir.path()).await?;
     let ds = DatasetId::new("ds1")?;
 
     // Heads, old versions and contents as before the migration.
