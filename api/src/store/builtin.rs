@@ -241,7 +241,7 @@ impl WriterHeads {
                 .await
                 .map_err(db("read object heads"))?
             {
-                let hk = format!("{}/{}", row.dataset_id, row.key);
+                let hk = head_key_of(&row.dataset_id, &row.key);
                 found.insert(hk, Arc::new(row));
             }
         }
@@ -325,6 +325,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn head_key(ds: &DatasetId, key: &ObjectKey) -> String {
+    head_key_of(ds.as_str(), key.as_str())
+}
+
+/// [`head_key`] of a stored row's dataset and key (the one format both
+/// use: a mismatch would make a known object look absent).
+fn head_key_of(ds: &str, key: &str) -> String {
     // Dataset ids hold no '/', so this is unambiguous.
     format!("{ds}/{key}")
 }
