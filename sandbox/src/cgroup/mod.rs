@@ -911,7 +911,7 @@ impl SandboxCgroup {
         let first = self.dirs.first().cloned().unwrap_or_default();
         if self.v2 {
             match self.cg.kill() {
-                Ok(()) => return self.wait_empty(),
+                Ok(()) => return self.wait_empty(false),
                 Err(e) if *e.kind() == cgroups_rs::fs::error::ErrorKind::InvalidOperation => {
                     tracing::debug!("no cgroup.kill (kernel < 5.14): freeze and kill");
                 }
@@ -950,7 +950,10 @@ impl SandboxCgroup {
         if let Some(e) = failed {
             return Err(e);
         }
-        self.wait_empty()
+        // Without a freezer (a leftover lacking its freezer directory) a
+        // process may fork between the read of `cgroup.procs` and its kill:
+        // keep killing whatever is listed until the group is empty.
+        self.wait_empty(freezer.is_none())
     }
 
     /// Wait (bounded) until the freezer reports FROZEN; a task stuck in the
@@ -976,12 +979,20 @@ impl SandboxCgroup {
         self.pids().is_empty()
     }
 
-    fn wait_empty(&self) -> Result<(), CgroupError> {
+    /// Wait (bounded by the kill timeout) until the group is empty; with
+    /// `rekill`, SIGKILL every process still listed on each round.
+    fn wait_empty(&self, rekill: bool) -> Result<(), CgroupError> {
         let start = Instant::now();
         let mut nap = Duration::from_micros(200);
         loop {
             if self.is_empty() {
                 return Ok(());
+            }
+            if rekill {
+                for pid in self.pids() {
+                    // ESRCH: already gone; anything else shows as NotEmpty.
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
             }
             if start.elapsed() >= self.kill_timeout {
                 return Err(CgroupError::NotEmpty {

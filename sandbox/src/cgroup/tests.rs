@@ -631,6 +631,35 @@ fn real_sweep_stale_removes_a_leftover_with_its_process() -> TestResult {
     Ok(())
 }
 
+/// A leftover without its freezer directory whose process keeps forking:
+/// one kill pass misses children forked after `cgroup.procs` was read, so
+/// the kill must repeat until the group is empty (found as a CI flake).
+#[test]
+fn real_sweep_stale_kills_a_forking_leftover_without_freezer() -> TestResult {
+    if !privileged("real_sweep_stale_kills_a_forking_leftover_without_freezer") {
+        return Ok(());
+    }
+    let mgr = real_manager("sweepfork")?;
+    let partial = mgr.0.parent_dirs()[0].join("partial-3");
+    assert!(partial.starts_with("/sys/fs/cgroup/memory"), "{partial:?}");
+    std::fs::create_dir_all(&partial)?;
+    // Bounded: at most 3000 sleepers, however slow the kill is.
+    let mut child =
+        spawn_waiting("i=0; while [ $i -lt 3000 ]; do sleep 1000 & i=$((i+1)); done; wait")?;
+    std::fs::write(partial.join("cgroup.procs"), pid_of(&child).to_string())?;
+    go(&mut child)?;
+    std::thread::sleep(Duration::from_millis(30));
+    let again = CgroupManager::new(CgroupConfig {
+        parent: mgr.0.config.parent.clone(),
+        placement: Placement::HierarchyRoot,
+        ..CgroupConfig::default()
+    })?;
+    assert_eq!(again.sweep_stale()?, vec!["partial-3".to_owned()]);
+    assert_eq!(child.0.wait()?.signal(), Some(9));
+    assert!(!partial.exists());
+    Ok(())
+}
+
 #[test]
 fn real_v2_cgroup_kill_on_the_unified_mount() -> TestResult {
     if !privileged("real_v2_cgroup_kill_on_the_unified_mount") {
