@@ -752,3 +752,87 @@ fn the_pool_works_on_cgroup_v2_without_controllers() {
     assert_eq!(parent.pool_cgroups(lpid).0, Vec::<PathBuf>::new());
     assert!(!parent.parent_dirs_exist(), "parent cgroup left behind");
 }
+
+/// A slot whose last sandbox left a large tmpfs leftover is not re-warmed
+/// until the leftover is gone (only `SHMEM_SLACK`, 64 KiB, may remain): a
+/// successor with a tight memory limit in that slot gets its whole limit.
+/// The leftover is made to last: the test holds the predecessor's mount
+/// namespace open (an fd of `/proc/PID/ns/mnt`), so its `/dev/shm` (16 MiB)
+/// stays charged to the slot until the test lets go. With an unbounded
+/// slack the slot would be re-warmed at once and its next sandbox, 24 MiB
+/// limit with 12 MiB of its own, OOM-killed.
+#[test]
+fn a_slot_with_a_large_tmpfs_leftover_waits_for_it() {
+    if !privileged("a_slot_with_a_large_tmpfs_leftover_waits_for_it") {
+        return;
+    }
+    let parent = Parent::new("pool-shmem");
+    let dir = plugin_dir();
+    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
+    let lpid = launcher.pid();
+    launcher.prewarm(Some(&parent.0)).unwrap();
+    parent.wait_for_pool(lpid, 1);
+    let marker = format!("8{:05}.75", std::process::id() % 100_000);
+    let filler = sh("test.pool-shmem", dir.path(), &parent, "true");
+    let predecessor = sh(
+        "test.pool-shmem",
+        dir.path(),
+        &parent,
+        &format!("head -c 16777216 /dev/zero > /dev/shm/fill && sleep {marker}; true"),
+    );
+    let mut successor = sh(
+        "test.pool-shmem",
+        dir.path(),
+        &parent,
+        "head -c 12582912 /dev/zero > /tmp/fill && echo fits",
+    );
+    successor.limits.memory_max = Some(24 << 20);
+    successor.limits.swap_max = Some(0);
+    let slot = parent.next_slot(lpid);
+    // The predecessor fills /dev/shm; the test takes a hold on its mount
+    // namespace, then lets it end normally.
+    let id = launcher.spawn(&predecessor).unwrap();
+    let mut held = None;
+    loop {
+        match launcher.recv().unwrap().0 {
+            Event::Started { id: got, .. } if got == id => {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let pid = loop {
+                    if let Some(p) = sleepers(&marker).first() {
+                        break *p;
+                    }
+                    assert!(Instant::now() < deadline, "the predecessor never slept");
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                held = Some(std::fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap());
+                kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+            }
+            Event::Exited { id: got, outcome } if got == id => {
+                assert_eq!(outcome.exit_code, Some(0), "{outcome:?}");
+                assert!(!outcome.oom_killed, "{outcome:?}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(held.is_some());
+    // While the leftover is held: the successor runs (in other slots) and
+    // fits every time.
+    let until = Instant::now() + Duration::from_millis(600);
+    let mut runs = 0;
+    while Instant::now() < until || runs < 3 {
+        let (o, out) = run_warm(&mut launcher, &parent, &successor);
+        assert!(
+            o.exit_code == Some(0) && !o.oom_killed && out.contains("fits"),
+            "successor (run {runs}) did not get its limit: {o:?} {out}"
+        );
+        runs += 1;
+    }
+    drop(held);
+    // Once the leftover is gone the slot comes back, and fits again.
+    let (o, out) = run_in(&mut launcher, &parent, &slot, &filler, &successor);
+    assert!(
+        o.exit_code == Some(0) && !o.oom_killed && out.contains("fits"),
+        "successor in the predecessor's slot: {o:?} {out}"
+    );
+}
