@@ -14,9 +14,9 @@
 //! [`ZygoteRequest::Fork`], each time handing the launcher, with
 //! [`ZygoteReply::Forked`], the init's pidfd (`pidfd_open` of its own
 //! unreaped child: no pid-reuse race), the init's setup channel and the read
-//! ends of its stdout and stderr. It reaps each init when it exits. It exits
-//! when the launcher closes the channel (its init, if any, then dies of its
-//! parent-death signal).
+//! ends of its stdout and stderr. It reaps each init when it exits (the last
+//! one may still be exiting when the next is forked). It exits when the
+//! launcher closes the channel, after killing and reaping its inits.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -38,7 +38,8 @@ use crate::{identity, namespaces};
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ZygoteRequest {
     /// Fork the next pre-warmed init, with this spec-independent mount plan.
-    /// Sent only once the previous init has exited.
+    /// Sent once the previous init's sandbox is over (every plugin process
+    /// gone); that init may still be exiting.
     Fork {
         /// The base mount plan, prepared by the launcher just now.
         base: Box<MountPlan>,
@@ -129,40 +130,46 @@ fn zygote_main(
     spawn::join_cgroup(procs)?;
     let own_ns = namespaces::own_pid_namespace()?;
     let me = pidfd_open(getpid()).step("pidfd_open", "self")?;
-    let mut init = Some(fork_init(chan, base, &own_ns, &me, restore)?);
+    // The inits not reaped yet: the newest, and the one before while it
+    // finishes exiting (the launcher may ask for the next init as soon as
+    // the last one reported its sandbox over).
+    let mut inits = vec![fork_init(chan, base, &own_ns, &me, restore)?];
     loop {
         let mut fds = vec![PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
-        if let Some((_, pidfd)) = &init {
-            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
-        }
+        fds.extend(
+            inits
+                .iter()
+                .map(|(_, pidfd)| PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)),
+        );
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(StepError::sys("poll", "zygote", e)),
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
-        if ready.get(1).copied().unwrap_or(false)
-            && let Some((pid, _)) = init.take()
-        {
-            reap(pid);
-        }
+        let mut exited = ready.iter().skip(1).copied();
+        inits.retain(|(pid, _)| {
+            let gone = exited.next().unwrap_or(false);
+            if gone {
+                reap(*pid);
+            }
+            !gone
+        });
         if !ready.first().copied().unwrap_or(false) {
             continue;
         }
         match chan.recv() {
             Ok(Some((ZygoteRequest::Fork { base }, _))) => {
-                // The launcher asks only after the previous init exited.
-                if let Some((pid, _)) = init.take() {
-                    reap(pid);
-                }
-                init = Some(fork_init(chan, &base, &own_ns, &me, restore)?);
+                inits.push(fork_init(chan, &base, &own_ns, &me, restore)?);
             }
             // The launcher closed the channel (the slot is buried, or the
-            // launcher exits): kill and reap the init, so it never outlives
+            // launcher exits): kill and reap the inits, so none outlives
             // the zygote unreaped, then exit.
             Ok(None) | Err(_) => {
-                if let Some((pid, pidfd)) = init.take() {
-                    let _ = pidfd_send_signal_kill(&pidfd);
+                for (_, pidfd) in &inits {
+                    let _ = pidfd_send_signal_kill(pidfd);
+                }
+                for (pid, _) in inits {
                     reap(pid);
                 }
                 return Ok(());
