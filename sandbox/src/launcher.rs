@@ -1141,7 +1141,10 @@ impl Server {
             .manager(placement)?
             .create_unlimited(&name)
             .map_err(|e| format!("cgroup: {e}"))?;
-        let z = zygote::fork_zygote(&cg.procs_paths(), &plan).map_err(|e| e.to_string())?;
+        let into = cg.v2_dir_fd().map_err(|e| format!("cgroup: {e}"))?;
+        let z = zygote::fork_zygote(&cg.procs_paths(), into.as_ref().map(AsFd::as_fd), &plan)
+            .map_err(|e| e.to_string())?;
+        drop(into);
         let slot = PoolSlot {
             zygote: z.pid,
             chan: z.chan,
