@@ -415,8 +415,12 @@ struct Running {
     setting_up: bool,
     /// Launcher-side and child-side trace points.
     trace: Vec<TracePoint>,
-    /// The pool slot it runs in (its cgroup is `cgroup`), with its pool.
+    /// The pool slot it runs in (its cgroup is `cgroup`), with its pool;
+    /// `None` again once the slot went back to the pool.
     slot: Option<(PoolKey, PoolSlot)>,
+    /// It ran in a pool slot: init is the zygote's child, not the
+    /// launcher's.
+    in_slot: bool,
     /// The slot's counters when this sandbox was claimed.
     baseline: Option<StatsBaseline>,
     /// Stopped or killed by the launcher: its slot is never reused.
@@ -479,6 +483,7 @@ impl Running {
             pooled: s.pooled,
             setting_up: true,
             trace: s.trace,
+            in_slot: s.slot.is_some(),
             slot: s.slot,
             baseline: s.baseline,
             dirty: false,
@@ -532,6 +537,12 @@ struct PoolSlot {
     /// tmpfs pages are no longer charged to it).
     freed: Instant,
     next_try: Instant,
+    /// The pidfd of the slot's last init when the slot came back before
+    /// that init's exit (it had reported every plugin process gone): the
+    /// slot's next init may warm up meanwhile, but is claimed only once
+    /// that init is gone too ([`Server::claim`]), so the next sandbox's
+    /// tasks and counters are its own.
+    predecessor: Option<OwnedFd>,
 }
 
 /// The pre-warmed stubs for one cgroup placement.
@@ -561,6 +572,10 @@ const WARMING_WAIT_MS: u8 = 20;
 /// sandbox's memory limit is that much smaller until they are gone; more
 /// (the last sandbox's `/tmp`) is waited for.
 const SHMEM_SLACK: u64 = 64 << 10;
+
+/// How long a claim waits for its slot's last init to finish exiting
+/// ([`PoolSlot::predecessor`]) before it spawns cold instead.
+const PREDECESSOR_WAIT: Duration = Duration::from_millis(100);
 
 /// Consecutive pre-warm failures after which a placement's pool gives up.
 const MAX_POOL_FAILURES: u32 = 3;
@@ -699,6 +714,22 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
         manager.remove_parent_if_empty();
     }
     result
+}
+
+/// `true` once the process of `pidfd` has exited, waiting up to `wait`.
+fn exited_within(pidfd: &OwnedFd, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(Errno::EINTR) if !left.is_zero() => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
@@ -1110,7 +1141,10 @@ impl Server {
             .manager(placement)?
             .create_unlimited(&name)
             .map_err(|e| format!("cgroup: {e}"))?;
-        let z = zygote::fork_zygote(&cg.procs_paths(), &plan).map_err(|e| e.to_string())?;
+        let into = cg.v2_dir_fd().map_err(|e| format!("cgroup: {e}"))?;
+        let z = zygote::fork_zygote(&cg.procs_paths(), into.as_ref().map(AsFd::as_fd), &plan)
+            .map_err(|e| e.to_string())?;
+        drop(into);
         let slot = PoolSlot {
             zygote: z.pid,
             chan: z.chan,
@@ -1119,6 +1153,7 @@ impl Server {
             base: plan.base_fingerprint(),
             freed: now,
             next_try: now,
+            predecessor: None,
         };
         if let Some(p) = self.pools.get_mut(key) {
             p.warming.push((cg, slot));
@@ -1535,6 +1570,16 @@ impl Server {
     ) -> Result<(), Option<Box<Prepared>>> {
         let started = Instant::now();
         let mut stub = stub;
+        // The slot's last init must be gone (it normally is, long since):
+        // its task would count against this sandbox's `pids_max`.
+        if let Some(slot) = stub.slot.as_mut()
+            && let Some(pidfd) = slot.predecessor.take()
+            && !exited_within(&pidfd, PREDECESSOR_WAIT)
+        {
+            tracing::warn!("a pool slot's last init is still exiting; spawning cold");
+            self.bury_pooled(stub);
+            return Err(Some(Box::new(prepared)));
+        }
         // Back from SCHED_IDLE (pre-warm) to the launcher's own policy, so
         // the claimed stub runs like a cold one.
         let raised = match &self.policy {
@@ -1857,6 +1902,7 @@ impl Server {
         }
         if report_now {
             self.report(id, None, None);
+            self.return_slot_early(id);
         }
     }
 
@@ -1866,7 +1912,7 @@ impl Server {
         };
         // A slot's init is its zygote's child (the zygote reaps it): its
         // pidfd said it exited; its CPU time comes from the cgroup.
-        let (status, usage) = if r.slot.is_some() {
+        let (status, usage) = if r.in_slot {
             (None, None)
         } else {
             match wait4_nohang(r.stub) {
@@ -1932,42 +1978,7 @@ impl Server {
         // buries it whole (zygote included).
         let cgroup = match (r.slot.take(), r.cgroup.take()) {
             (Some((key, mut slot)), Some(cg)) => {
-                let size = self.config.pool_size;
-                let pids = cg.pids();
-                let keep = if !self.ctrl_open {
-                    Err("the launcher is closing".to_owned())
-                } else if let Some(why) = r.abnormal {
-                    Err(why.to_owned())
-                } else if pids != [slot.zygote.as_raw()] {
-                    Err(format!("cgroup holds {pids:?}, zygote {}", slot.zygote))
-                } else {
-                    match self.pools.get(&key) {
-                        None => Err("no pool".to_owned()),
-                        // Idle slots (with an init ready or warming up, or
-                        // free) are capped at twice the pool size: a free
-                        // slot not re-warmed yet (its last sandbox's tmpfs
-                        // pages are still being released) does not make
-                        // this one surplus; the pool needs both soon.
-                        Some(pool)
-                            if pool.stubs.len() + pool.warming.len() + pool.free.len()
-                                >= 2 * size =>
-                        {
-                            Err(format!(
-                                "{} ready or warming inits and {} free slots kept already",
-                                pool.stubs.len() + pool.warming.len(),
-                                pool.free.len()
-                            ))
-                        }
-                        // Its limits may have been changed live
-                        // (`cgroup::live`) since the claim: every file is
-                        // rewritten to what `slot.limits` records, so the
-                        // next claim (which writes only what differs from
-                        // that record) leaks nothing.
-                        Some(_) => cg
-                            .rewrite_limits(&slot.limits)
-                            .map_err(|e| format!("limits: {e}")),
-                    }
-                };
+                let keep = self.keep_slot(r.abnormal, &key, &cg, &slot, None);
                 match (keep, self.pools.get_mut(&key)) {
                     (Ok(()), Some(pool)) => {
                         slot.freed = now;
@@ -1994,6 +2005,98 @@ impl Server {
             since: now,
             next_try: now,
         });
+    }
+
+    /// A sandbox in a pool slot ended normally and its init reported every
+    /// plugin process gone: the slot goes back to the pool now, while init
+    /// still exits (pid namespace teardown, 0.5-1 ms here), so its next
+    /// init can start warming up that much earlier. Only when nothing but
+    /// the zygote and that init is left in the cgroup; the init's pidfd
+    /// goes along ([`PoolSlot::predecessor`]). Otherwise the slot stays
+    /// with the sandbox, for [`Server::on_stub_exit`].
+    fn return_slot_early(&mut self, id: u64) {
+        let Some(r) = self.running.get_mut(&id) else {
+            return;
+        };
+        if r.abnormal.is_some() || r.slot.is_none() {
+            return;
+        }
+        let Ok(predecessor) = r.pidfd.try_clone() else {
+            return;
+        };
+        let (Some((key, mut slot)), Some(cg)) = (r.slot.take(), r.cgroup.take()) else {
+            return;
+        };
+        let (abnormal, init) = (r.abnormal, r.stub.as_raw());
+        match self.keep_slot(abnormal, &key, &cg, &slot, Some(init)) {
+            Ok(()) => {
+                let now = Instant::now();
+                slot.freed = now;
+                slot.next_try = now;
+                slot.predecessor = Some(predecessor);
+                if let Some(pool) = self.pools.get_mut(&key) {
+                    pool.free.push((cg, slot));
+                }
+            }
+            Err(_) => {
+                // Decided again (and logged) at init's exit.
+                if let Some(r) = self.running.get_mut(&id) {
+                    r.slot = Some((key, slot));
+                    r.cgroup = Some(cg);
+                }
+            }
+        }
+    }
+
+    /// Whether a slot whose sandbox ended may go back to the pool: a
+    /// normal end, the launcher not closing, nothing in the cgroup but the
+    /// zygote (and `init`, the sandbox's init, which reported every plugin
+    /// process gone and is exiting), the idle-slot cap, and the limits
+    /// rewritten to the slot's record.
+    fn keep_slot(
+        &self,
+        abnormal: Option<&'static str>,
+        key: &PoolKey,
+        cg: &SandboxCgroup,
+        slot: &PoolSlot,
+        init: Option<i32>,
+    ) -> Result<(), String> {
+        let size = self.config.pool_size;
+        let pids = cg.pids();
+        let ours = |p: &i32| *p == slot.zygote.as_raw() || Some(*p) == init;
+        if !self.ctrl_open {
+            Err("the launcher is closing".to_owned())
+        } else if let Some(why) = abnormal {
+            Err(why.to_owned())
+        } else if !pids.contains(&slot.zygote.as_raw()) || !pids.iter().all(ours) {
+            Err(format!("cgroup holds {pids:?}, zygote {}", slot.zygote))
+        } else {
+            match self.pools.get(key) {
+                None => Err("no pool".to_owned()),
+                // Idle slots (with an init ready or warming up, or
+                // free) are capped at twice the pool size: a free
+                // slot not re-warmed yet (its last sandbox's tmpfs
+                // pages are still being released) does not make
+                // this one surplus; the pool needs both soon.
+                Some(pool)
+                    if pool.stubs.len() + pool.warming.len() + pool.free.len() >= 2 * size =>
+                {
+                    Err(format!(
+                        "{} ready or warming inits and {} free slots kept already",
+                        pool.stubs.len() + pool.warming.len(),
+                        pool.free.len()
+                    ))
+                }
+                // Its limits may have been changed live
+                // (`cgroup::live`) since the claim: every file is
+                // rewritten to what `slot.limits` records, so the
+                // next claim (which writes only what differs from
+                // that record) leaks nothing.
+                Some(_) => cg
+                    .rewrite_limits(&slot.limits)
+                    .map_err(|e| format!("limits: {e}")),
+            }
+        }
     }
 
     /// Report sandbox `id`'s outcome: when its init said every plugin

@@ -673,15 +673,65 @@ fn init_fork_plugin(
     forwarded: &SigSet,
     stack: &PluginStack,
 ) -> Result<i32, StepError> {
+    let pin = CpuPin::here()?;
     let child = spawn_plugin(stack, || {
         trace.mark("plugin: forked");
-        plugin_main(p, chan, io, trace)
+        plugin_main(p, chan, io, trace, pin.as_ref())
     })
     .step("clone", "plugin")?;
+    if let Some(pin) = &pin {
+        pin.restore()?;
+    }
     identity::close_fds_except(&[chan.as_raw_fd()])?;
     identity::keep_only_kill_capability()?;
     identity::set_no_new_privs()?;
     init_loop(chan, child, forwarded)
+}
+
+/// Init's CPU affinity while it creates the plugin: pinned to the CPU it
+/// runs on, so the plugin process (which inherits the mask) starts there.
+/// Init sleeps until the plugin's `execve` (`CLONE_VFORK`), so that CPU is
+/// free; left to itself, the kernel's fork balancing places the new
+/// process on the least loaded CPU, which on this VM is often a halted
+/// vCPU to wake (0.1-1 ms) or a CPU busy with other work (up to a
+/// scheduler tick; docs/sandbox.md, "Session 6"). The plugin's first step
+/// restores the original mask, and init restores its own once the plugin
+/// is created: the plugin runs with exactly the affinity it had before.
+pub(crate) struct CpuPin {
+    original: nix::sched::CpuSet,
+}
+
+impl CpuPin {
+    /// Pin the calling process to its current CPU; `None` when it may run
+    /// on one CPU only anyway.
+    ///
+    /// # Errors
+    /// `sched_getaffinity`, `sched_getcpu` or `sched_setaffinity` failed.
+    fn here() -> Result<Option<Self>, StepError> {
+        use nix::sched::{CpuSet, sched_getaffinity, sched_getcpu, sched_setaffinity};
+        let me = Pid::from_raw(0);
+        let original = sched_getaffinity(me).step("sched_getaffinity", "init")?;
+        let allowed = (0..CpuSet::count())
+            .filter(|c| original.is_set(*c).unwrap_or(false))
+            .count();
+        if allowed <= 1 {
+            return Ok(None);
+        }
+        let cpu = sched_getcpu().step("sched_getcpu", "init")?;
+        let mut one = CpuSet::new();
+        one.set(cpu).step("cpu set", cpu)?;
+        sched_setaffinity(me, &one).step("sched_setaffinity", cpu)?;
+        Ok(Some(Self { original }))
+    }
+
+    /// Give the calling process its original mask back.
+    ///
+    /// # Errors
+    /// `sched_setaffinity` failed.
+    fn restore(&self) -> Result<(), StepError> {
+        nix::sched::sched_setaffinity(Pid::from_raw(0), &self.original)
+            .step("sched_setaffinity", "restore")
+    }
 }
 
 /// Size of the stack the plugin process runs its setup steps on (mapped
@@ -889,8 +939,17 @@ fn init_loop(chan: &ChildChannel, plugin: Pid, set: &SigSet) -> Result<i32, Step
     }
 }
 
-fn plugin_main(p: &Prepared, chan: &ChildChannel, io: ChildIo, trace: &mut Trace) -> ! {
-    let err = match plugin_steps(p, chan, io, trace) {
+fn plugin_main(
+    p: &Prepared,
+    chan: &ChildChannel,
+    io: ChildIo,
+    trace: &mut Trace,
+    pin: Option<&CpuPin>,
+) -> ! {
+    let err = match pin
+        .map_or(Ok(()), CpuPin::restore)
+        .and_then(|()| plugin_steps(p, chan, io, trace))
+    {
         Ok(never) => match never {},
         Err(e) => e,
     };

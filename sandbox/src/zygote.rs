@@ -14,12 +14,12 @@
 //! [`ZygoteRequest::Fork`], each time handing the launcher, with
 //! [`ZygoteReply::Forked`], the init's pidfd (`pidfd_open` of its own
 //! unreaped child: no pid-reuse race), the init's setup channel and the read
-//! ends of its stdout and stderr. It reaps each init when it exits. It exits
-//! when the launcher closes the channel (its init, if any, then dies of its
-//! parent-death signal).
+//! ends of its stdout and stderr. It reaps each init when it exits (the last
+//! one may still be exiting when the next is forked). It exits when the
+//! launcher closes the channel, after killing and reaping its inits.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -38,7 +38,8 @@ use crate::{identity, namespaces};
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ZygoteRequest {
     /// Fork the next pre-warmed init, with this spec-independent mount plan.
-    /// Sent only once the previous init has exited.
+    /// Sent once the previous init's sandbox is over (every plugin process
+    /// gone); that init may still be exiting.
     Fork {
         /// The base mount plan, prepared by the launcher just now.
         base: Box<MountPlan>,
@@ -72,13 +73,21 @@ pub struct Zygote {
     pub chan: ZygoteChannel,
 }
 
-/// Fork a zygote that joins the cgroup of `cgroup_procs` (its
-/// `cgroup.procs` files) and forks its first pre-warmed init with `base`.
-/// Must be called from a single-threaded process (the launcher).
+/// Fork a zygote in the slot's cgroup and let it fork its first pre-warmed
+/// init with `base`. With `into` (cgroup v2: an `O_DIRECTORY` fd of the
+/// cgroup, [`crate::cgroup::SandboxCgroup::v2_dir_fd`]) the zygote is born
+/// there (`clone3(CLONE_INTO_CGROUP)`: no migration, no threadgroup-lock
+/// stall of the host's forks); otherwise, or where the kernel refuses that,
+/// it joins by writing its `cgroup.procs` files (`cgroup_procs`). Must be
+/// called from a single-threaded process (the launcher).
 ///
 /// # Errors
-/// The channel or `fork` failed, or a path holds a NUL byte.
-pub fn fork_zygote(cgroup_procs: &[PathBuf], base: &MountPlan) -> Result<Zygote, SpawnError> {
+/// The channel, `clone3` or `fork` failed, or a path holds a NUL byte.
+pub fn fork_zygote(
+    cgroup_procs: &[PathBuf],
+    into: Option<BorrowedFd<'_>>,
+    base: &MountPlan,
+) -> Result<Zygote, SpawnError> {
     let procs: Vec<CString> = cgroup_procs
         .iter()
         .map(|p| {
@@ -90,8 +99,21 @@ pub fn fork_zygote(cgroup_procs: &[PathBuf], base: &MountPlan) -> Result<Zygote,
         .collect::<Result<_, _>>()?;
     let (ours, theirs) = channel::pair::<ZygoteRequest, ZygoteReply>()?;
     let launcher = getpid();
-    // SAFETY: the launcher is single-threaded, so the child's copy of every lock and allocator is consistent.
-    match unsafe { fork() }.map_err(|errno| SpawnError::Sys { op: "fork", errno })? {
+    let (forked, procs) = match into.map(clone_into_cgroup) {
+        Some(Ok(forked)) => (forked, Vec::new()),
+        Some(Err(e @ (Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL | Errno::EOPNOTSUPP))) => {
+            tracing::debug!(error = %e, "clone3(CLONE_INTO_CGROUP) refused; fork and join");
+            (fork_plain()?, procs)
+        }
+        Some(Err(errno)) => {
+            return Err(SpawnError::Sys {
+                op: "clone3",
+                errno,
+            });
+        }
+        None => (fork_plain()?, procs),
+    };
+    match forked {
         ForkResult::Child => {
             drop(ours);
             let code = match zygote_main(&theirs, &procs, base, launcher) {
@@ -106,6 +128,59 @@ pub fn fork_zygote(cgroup_procs: &[PathBuf], base: &MountPlan) -> Result<Zygote,
         ForkResult::Parent { child } => Ok(Zygote {
             pid: child,
             chan: ours,
+        }),
+    }
+}
+
+/// glibc `fork`.
+fn fork_plain() -> Result<ForkResult, SpawnError> {
+    // SAFETY: the launcher is single-threaded, so the child's copy of every lock and allocator is consistent.
+    unsafe { fork() }.map_err(|errno| SpawnError::Sys { op: "fork", errno })
+}
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (kernel >= 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// A fork (no `CLONE_VM`, exit signal `SIGCHLD`) whose child starts in the
+/// cgroup of `dir`. Like `fork` from a single-threaded process, minus
+/// glibc's fork handlers (none are registered in the launcher) and its
+/// update of the child's cached thread id (glibc >= 2.34 asks the kernel
+/// where it matters, e.g. `raise`; the zygote creates no threads).
+fn clone_into_cgroup(dir: BorrowedFd<'_>) -> Result<ForkResult, Errno> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: u64::try_from(dir.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+        ..CloneArgs::default()
+    };
+    // SAFETY: args is a fully initialised clone_args of the size passed; without CLONE_VM the child gets a copy of the single-threaded launcher's memory, as with fork.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match Errno::result(rc)? {
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent {
+            child: Pid::from_raw(i32::try_from(pid).map_err(|_| Errno::EOVERFLOW)?),
         }),
     }
 }
@@ -126,43 +201,50 @@ fn zygote_main(
     // Best effort: lowering it needs CAP_SYS_RESOURCE (a container may
     // lack it; then the zygote is as exposed as a cold sandbox's stub).
     let restore = spawn::set_oom_score_adj(-1000).ok().map(|()| old_adj);
+    // (Born in the slot's cgroup with clone3: nothing to join.)
     spawn::join_cgroup(procs)?;
     let own_ns = namespaces::own_pid_namespace()?;
     let me = pidfd_open(getpid()).step("pidfd_open", "self")?;
-    let mut init = Some(fork_init(chan, base, &own_ns, &me, restore)?);
+    // The inits not reaped yet: the newest, and the one before while it
+    // finishes exiting (the launcher may ask for the next init as soon as
+    // the last one reported its sandbox over).
+    let mut inits = vec![fork_init(chan, base, &own_ns, &me, restore)?];
     loop {
         let mut fds = vec![PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
-        if let Some((_, pidfd)) = &init {
-            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
-        }
+        fds.extend(
+            inits
+                .iter()
+                .map(|(_, pidfd)| PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)),
+        );
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(StepError::sys("poll", "zygote", e)),
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
-        if ready.get(1).copied().unwrap_or(false)
-            && let Some((pid, _)) = init.take()
-        {
-            reap(pid);
-        }
+        let mut exited = ready.iter().skip(1).copied();
+        inits.retain(|(pid, _)| {
+            let gone = exited.next().unwrap_or(false);
+            if gone {
+                reap(*pid);
+            }
+            !gone
+        });
         if !ready.first().copied().unwrap_or(false) {
             continue;
         }
         match chan.recv() {
             Ok(Some((ZygoteRequest::Fork { base }, _))) => {
-                // The launcher asks only after the previous init exited.
-                if let Some((pid, _)) = init.take() {
-                    reap(pid);
-                }
-                init = Some(fork_init(chan, &base, &own_ns, &me, restore)?);
+                inits.push(fork_init(chan, &base, &own_ns, &me, restore)?);
             }
             // The launcher closed the channel (the slot is buried, or the
-            // launcher exits): kill and reap the init, so it never outlives
+            // launcher exits): kill and reap the inits, so none outlives
             // the zygote unreaped, then exit.
             Ok(None) | Err(_) => {
-                if let Some((pid, pidfd)) = init.take() {
-                    let _ = pidfd_send_signal_kill(&pidfd);
+                for (_, pidfd) in &inits {
+                    let _ = pidfd_send_signal_kill(pidfd);
+                }
+                for (pid, _) in inits {
                     reap(pid);
                 }
                 return Ok(());

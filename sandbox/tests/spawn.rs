@@ -127,6 +127,31 @@ fn true_exits_zero_with_every_layer() {
     assert!(o.landlock.as_ref().is_some_and(|l| l.fs), "{o:?}");
 }
 
+/// Init pins itself to its CPU while it creates the plugin (so the plugin
+/// starts there): the plugin must still run with the CPU affinity the
+/// launcher had, cold and pooled.
+#[test]
+fn the_plugin_keeps_the_launchers_cpu_affinity() {
+    if !privileged("the_plugin_keeps_the_launchers_cpu_affinity") {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mine = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))
+        .unwrap()
+        .to_owned();
+    let dir = plugin_dir();
+    let spec = sh(
+        "test.affinity",
+        dir.path(),
+        "grep Cpus_allowed_list: /proc/self/status",
+    );
+    let (o, out, err) = run(&spec);
+    assert_eq!(o.exit_code, Some(0), "{o:?} {out} {err}");
+    assert_eq!(out.trim(), mine.trim(), "{o:?} {err}");
+}
+
 #[test]
 fn tmp_is_private_and_writable_and_identity_is_the_plugins() {
     if !privileged("tmp_is_private_and_writable_and_identity_is_the_plugins") {

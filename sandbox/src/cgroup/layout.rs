@@ -108,13 +108,16 @@ fn read(path: &Path, op: &'static str) -> Result<String, CgroupError> {
 ///
 /// v2 wins when the cgroup2 mount under `cgroup_root` carries `memory` and
 /// `pids`; otherwise v1 mounts under `cgroup_root` for memory, pids, cpuacct
-/// and freezer are required (cpu is optional, needed only for `cpu_max`).
+/// and freezer are used (cpu is optional, needed only for `cpu_max`); when
+/// those are incomplete, a cgroup2 mount under `cgroup_root` without those
+/// controllers (sandboxes without limits only: a limit is refused with
+/// [`CgroupError::ControllerMissing`] when it is set).
 /// Named v1 hierarchies (`name=systemd`) carry no controller and are never
 /// selected.
 ///
 /// # Errors
-/// [`CgroupError::NoHierarchy`] when neither a usable v2 nor a complete v1
-/// set of hierarchies is mounted under `cgroup_root`.
+/// [`CgroupError::NoHierarchy`] when neither a cgroup2 mount nor a complete
+/// v1 set of hierarchies is under `cgroup_root`.
 pub fn select(report: &CgroupReport, cgroup_root: &Path) -> Result<CgroupHierarchies, CgroupError> {
     let has_v2 = |c: &str| report.v2_controllers.iter().any(|x| x == c);
     if let Some(mount) = &report.mounts.v2
@@ -143,8 +146,20 @@ pub fn select(report: &CgroupReport, cgroup_root: &Path) -> Result<CgroupHierarc
     if missing.is_empty() {
         return Ok(CgroupHierarchies::V1 { mounts: v1 });
     }
+    // A cgroup2 mount without memory or pids (e.g. the unified mount of a
+    // hybrid host, chosen with `cgroup_root` = that mount): usable for
+    // sandboxes without limits (the core files: cgroup.procs, cgroup.kill,
+    // cgroup.events, cpu.stat); a limit whose controller is missing is an
+    // error when it is written (`CgroupError::ControllerMissing`).
+    if let Some(mount) = &report.mounts.v2
+        && mount.starts_with(cgroup_root)
+    {
+        return Ok(CgroupHierarchies::V2 {
+            mount: mount.clone(),
+        });
+    }
     Err(CgroupError::NoHierarchy(format!(
-        "no cgroup2 mount under {} with memory and pids, and no v1 mount for {}",
+        "no cgroup2 mount under {}, and no v1 mount for {}",
         cgroup_root.display(),
         missing.join(", ")
     )))
@@ -258,6 +273,21 @@ mod tests {
         let err = select(&report("", ""), Path::new("/sys/fs/cgroup")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("memory") && msg.contains("freezer"), "{msg}");
+    }
+
+    #[test]
+    fn a_v2_mount_without_controllers_is_used_only_when_v1_is_incomplete() {
+        // Rooted at the unified mount, the v1 hierarchies are outside.
+        let m = select(&report(HYBRID, ""), Path::new("/sys/fs/cgroup/unified")).unwrap();
+        assert_eq!(
+            m,
+            CgroupHierarchies::V2 {
+                mount: PathBuf::from("/sys/fs/cgroup/unified")
+            }
+        );
+        // Rooted above, the complete v1 set wins.
+        let m = select(&report(HYBRID, ""), Path::new("/sys/fs/cgroup")).unwrap();
+        assert!(matches!(m, CgroupHierarchies::V1 { .. }), "{m:?}");
     }
 
     #[test]

@@ -78,10 +78,14 @@ impl SandboxCgroup {
         };
         let differs = |f: &dyn Fn(&CgroupLimits) -> bool| from.is_none_or(f);
         let unlimited = if self.v2 { "max" } else { "-1" };
-        if differs(&|f| (f.memory_max, f.swap_max) != (to.memory_max, to.swap_max)) {
-            let d = self
-                .dir_of(Controller::Memory)
-                .ok_or_else(|| missing("memory"))?;
+        // A controller the cgroup lacks (v2 without it enabled) has no
+        // limit to lift; only setting one is an error.
+        let memory_dir = self.dir_of(Controller::Memory);
+        let memory_wanted = to.memory_max.is_some() || to.swap_max.is_some();
+        if (memory_dir.is_some() || memory_wanted)
+            && differs(&|f| (f.memory_max, f.swap_max) != (to.memory_max, to.swap_max))
+        {
+            let d = memory_dir.ok_or_else(|| missing("memory"))?;
             let value = |v: Option<u64>| v.map_or(unlimited.to_owned(), |v| v.to_string());
             let memory_changes = differs(&|f| f.memory_max != to.memory_max);
             if self.v2 {
@@ -115,8 +119,9 @@ impl SandboxCgroup {
                 )?;
             }
         }
-        if differs(&|f| f.cpu_max != to.cpu_max) {
-            let d = self.dir_of(Controller::Cpu).ok_or_else(|| missing("cpu"))?;
+        let cpu_dir = self.dir_of(Controller::Cpu);
+        if (cpu_dir.is_some() || to.cpu_max.is_some()) && differs(&|f| f.cpu_max != to.cpu_max) {
+            let d = cpu_dir.ok_or_else(|| missing("cpu"))?;
             let quota = match to.cpu_max {
                 None => None,
                 Some(cpus) => Some(cpu_quota(cpus)?),
@@ -130,10 +135,10 @@ impl SandboxCgroup {
                 write_file(&d.join("cpu.cfs_quota_us"), &q)?;
             }
         }
-        if differs(&|f| f.pids_max != to.pids_max) {
-            let d = self
-                .dir_of(Controller::Pids)
-                .ok_or_else(|| missing("pids"))?;
+        let pids_dir = self.dir_of(Controller::Pids);
+        if (pids_dir.is_some() || to.pids_max.is_some()) && differs(&|f| f.pids_max != to.pids_max)
+        {
+            let d = pids_dir.ok_or_else(|| missing("pids"))?;
             let v = to.pids_max.map_or("max".to_owned(), |n| n.to_string());
             write_file(&d.join("pids.max"), &v)?;
         }

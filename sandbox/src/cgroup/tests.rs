@@ -702,6 +702,78 @@ fn real_v2_cgroup_kill_on_the_unified_mount() -> TestResult {
     Ok(())
 }
 
+/// A cgroup2 hierarchy without controllers (hybrid: the unified mount): a
+/// reused cgroup's limits can be reset (nothing to lift), a limit it cannot
+/// enforce is refused with the controller's name.
+#[test]
+fn real_v2_without_controllers_resets_nothing_and_refuses_limits() -> TestResult {
+    if !privileged("real_v2_without_controllers_resets_nothing_and_refuses_limits") {
+        return Ok(());
+    }
+    let mount = PathBuf::from("/sys/fs/cgroup/unified");
+    if !mount.join("cgroup.subtree_control").exists()
+        || read_trim(&mount.join("cgroup.controllers"))?.contains("memory")
+    {
+        eprintln!("SKIP real_v2_without_controllers_resets_nothing_and_refuses_limits");
+        return Ok(());
+    }
+    let mgr = ManagerGuard(CgroupManager::new(CgroupConfig {
+        parent: unique_parent("v2bare"),
+        mounts: Some(CgroupHierarchies::V2 { mount }),
+        placement: Placement::HierarchyRoot,
+        ..CgroupConfig::default()
+    })?);
+    let cg = mgr.0.create_unlimited("slot")?;
+    cg.rewrite_limits(&CgroupLimits::default())?;
+    cg.change_limits(&CgroupLimits::default(), &CgroupLimits::default())?;
+    for (what, limits) in [
+        (
+            "memory",
+            CgroupLimits {
+                memory_max: Some(1 << 26),
+                ..CgroupLimits::default()
+            },
+        ),
+        (
+            "memory",
+            CgroupLimits {
+                swap_max: Some(0),
+                ..CgroupLimits::default()
+            },
+        ),
+        (
+            "pids",
+            CgroupLimits {
+                pids_max: Some(8),
+                ..CgroupLimits::default()
+            },
+        ),
+        (
+            "cpu",
+            CgroupLimits {
+                cpu_max: Some(0.5),
+                ..CgroupLimits::default()
+            },
+        ),
+    ] {
+        for result in [
+            cg.change_limits(&CgroupLimits::default(), &limits),
+            cg.rewrite_limits(&limits),
+        ] {
+            match result {
+                Err(CgroupError::ControllerMissing { controller, .. }) => {
+                    assert_eq!(controller, what);
+                }
+                other => panic!("{limits:?} not refused: {other:?}"),
+            }
+        }
+    }
+    let base = cg.begin_stats()?;
+    assert!(base.peak_reset(), "no peak to reset: nothing carried over");
+    cg.remove()?;
+    Ok(())
+}
+
 /// Not a test: prints create / attach / remove latencies on this host,
 /// back-to-back and after 50 ms idle gaps (the `cgroup.procs` RCU stall), for
 /// v1 attach, v2 attach (the cgroup2 mount) and v2 `clone3(CLONE_INTO_CGROUP)`
