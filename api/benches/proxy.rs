@@ -38,6 +38,11 @@ use hutch_plugin_protocol::client;
 use hutch_plugin_protocol::plugin::v1 as pb;
 use tonic::transport::Channel;
 
+/// The allocator hutchd uses (see `daemon/src/bin/hutchd.rs`), so the bench
+/// measures the same per-call allocation costs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 type CallFn =
     Arc<dyn Fn(Channel, usize, u64) -> Pin<Box<dyn Future<Output = Result> + Send>> + Send + Sync>;

@@ -11,6 +11,14 @@ use clap::{Parser, Subcommand};
 use hutch_daemon::{check_host, config::Config};
 use hutch_sandbox::host::{HostReport, Protection};
 
+/// mimalloc instead of glibc's malloc: a plugin call allocates and frees
+/// dozens of small buffers across the runtime's threads (HTTP/2 frames,
+/// protobuf messages, audit events, SQL arguments), where glibc's arena
+/// locking and chunk consolidation cost ~10 % of the daemon's CPU; see
+/// docs/api.md, "Session 6".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Hutch: run untrusted native plugins in a sandbox, with one audited door out.
 #[derive(Debug, Parser)]
 #[command(name = "hutchd", version)]
