@@ -160,7 +160,7 @@ impl Default for SandboxConfig {
             user_namespace: false,
             uid_base: crate::try_cmd::PLUGIN_ID_BASE,
             uid_count: crate::try_cmd::PLUGIN_ID_RANGE,
-            spawn_pool: 2,
+            spawn_pool: hutch_sandbox::launcher::DEFAULT_POOL_SIZE,
         }
     }
 }

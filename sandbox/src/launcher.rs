@@ -78,10 +78,12 @@ pub enum Request {
     },
 }
 
-/// Default [`LauncherConfig::pool_size`]: two pre-warmed inits per cgroup
+/// Default [`LauncherConfig::pool_size`]: three pre-warmed inits per cgroup
 /// placement in use (each is one sleeping process and its namespaces, plus a
-/// zygote and a cgroup per slot).
-pub const DEFAULT_POOL_SIZE: usize = 2;
+/// zygote and a cgroup per slot). Three rather than two: with two, 15-23 % of
+/// back-to-back spawns found their init still warming up; with three, 3-4 %
+/// (docs/sandbox.md, "Session 6").
+pub const DEFAULT_POOL_SIZE: usize = 3;
 
 /// How the launcher runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
