@@ -305,8 +305,8 @@ static INSERT_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
                  COALESCE(?, 'ok'), ?, ?, COALESCE(?, 'null'), ?, ?)"
             );
             let sql = format!(
-                "INSERT INTO audit_events (id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
-                 actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
+                "INSERT INTO audit_events (id, ts_us, actor_kind, plugin_ref, version_ref, \
+                 instance_ref, user_ref, task_ref, operation_ref, resource, decision, reason, outcome, \
                  before_version, after_version, details, prev_hash, hash) VALUES {}",
                 vec![row; n].join(", ")
             );
@@ -353,7 +353,12 @@ fn bind_rows<'q>(
     n: usize,
     last_id: &mut i64,
     last_hash: &mut Vec<u8>,
+    texts: &TextIds,
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    // Every text is in the dictionary (`resolve_texts`); a missing one
+    // would be NULL and fail the event's hash at verify (or, for the
+    // operation, the INSERT).
+    let text_id = |v: Option<&str>| v.and_then(|v| texts.get(v).copied());
     let sql = INSERT_SQL
         .iter()
         .find(|(k, _)| *k == n)
@@ -381,12 +386,12 @@ fn bind_rows<'q>(
             .bind(*last_id)
             .bind(e.ts_us)
             .bind(kind_code(e.actor.kind))
-            .bind(e.actor.plugin_id)
-            .bind(e.actor.plugin_version)
-            .bind(e.actor.instance)
-            .bind(e.actor.user)
-            .bind(e.task_id)
-            .bind(e.operation)
+            .bind(text_id(e.actor.plugin_id.as_deref()))
+            .bind(text_id(e.actor.plugin_version.as_deref()))
+            .bind(text_id(e.actor.instance.as_deref()))
+            .bind(text_id(e.actor.user.as_deref()))
+            .bind(text_id(e.task_id.as_deref()))
+            .bind(text_id(Some(&e.operation)))
             .bind(e.resource)
             .bind(decision_code(e.decision))
             .bind(e.reason)
@@ -413,6 +418,8 @@ impl Writer {
         let mut head: Option<i64> = None;
         // The key ranges ending at that head (see `TailKeys`).
         let mut tail = TailKeys::new();
+        // The dictionary ids this writer knows (see `TextIds`).
+        let mut texts = TextIds::new();
         loop {
             // Keep the connection (and its page cache) while jobs keep
             // coming; give it back to the pool (with the pool's settings)
@@ -470,7 +477,15 @@ impl Writer {
                 },
             };
             let mut c = c;
-            let result = commit_batch(&mut c, &mut jobs, &self.shared, &mut head, &mut tail).await;
+            let result = commit_batch(
+                &mut c,
+                &mut jobs,
+                &self.shared,
+                &mut head,
+                &mut tail,
+                &mut texts,
+            )
+            .await;
             match result {
                 Ok(results) => {
                     let mut replies = Vec::with_capacity(jobs.len());
@@ -573,6 +588,7 @@ async fn commit_batch(
     shared: &WriterShared,
     head: &mut Option<i64>,
     tail: &mut TailKeys,
+    texts: &mut TextIds,
 ) -> Result<Vec<JobResult>, AuditError> {
     let db = |op: &'static str| move |source| AuditError::Db { op, source };
     // BEGIN and the chain head in one round trip.
@@ -596,6 +612,8 @@ async fn commit_batch(
         // writer's last COMMIT: what changes planned in memory is stale.
         shared.epoch.fetch_add(1, Ordering::AcqRel);
         tail.clear();
+        // A rolled-back batch may have inserted some of them.
+        texts.clear();
     }
     *head = None;
     // Only a committed batch leaves key ranges to extend.
@@ -651,6 +669,7 @@ async fn commit_batch(
     if deferred {
         flush(conn, shared).await?;
     }
+    resolve_texts(conn, &events, texts).await?;
 
     let mut keys = batch_keys(&events, last_id);
     // A range starting at this batch's first event whose value the
@@ -678,7 +697,7 @@ async fn commit_batch(
     let mut next = (left > 0).then(|| {
         let n = size_for(left);
         left -= n;
-        bind_rows(&mut rows, n, &mut last_id, &mut last_hash)
+        bind_rows(&mut rows, n, &mut last_id, &mut last_hash, texts)
     });
     while let Some(q) = next.take() {
         let exec = q.execute(&mut *conn);
@@ -686,7 +705,7 @@ async fn commit_batch(
             (left > 0).then(|| {
                 let n = size_for(left);
                 left -= n;
-                bind_rows(&mut rows, n, &mut last_id, &mut last_hash)
+                bind_rows(&mut rows, n, &mut last_id, &mut last_hash, texts)
             })
         };
         let (r, built) = futures::join!(exec, build);
@@ -723,6 +742,99 @@ async fn commit_batch(
     *head = Some(last_id);
     *tail = new_tail;
     Ok(results)
+}
+
+/// The dictionary ids (`audit_texts`, see
+/// `api/migrations/0008_audit_texts.sql`) of the actor and operation texts
+/// this writer inserted or looked up. Valid only while the head it
+/// committed is the database's: cleared when the head moved or a batch was
+/// rolled back (it may have inserted some), and when it holds more than
+/// [`MAX_TEXT_IDS`] (task ids keep coming).
+type TextIds = std::collections::HashMap<String, i64>;
+
+/// The most dictionary ids the writer remembers.
+const MAX_TEXT_IDS: usize = 65_536;
+
+/// Texts per dictionary statement, largest first (at most four statement
+/// texts in the connection's cache).
+const TEXTS_PER_LOOKUP: [usize; 4] = [64, 16, 4, 1];
+
+/// For each size of [`TEXTS_PER_LOOKUP`]: insert the texts the dictionary
+/// lacks, then read every one's id (one round trip).
+static TEXTS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+    TEXTS_PER_LOOKUP
+        .iter()
+        .map(|&n| {
+            let sql = format!(
+                "INSERT INTO audit_texts (text) VALUES {} ON CONFLICT (text) DO NOTHING; \
+                 SELECT id, text FROM audit_texts WHERE text IN ({})",
+                vec!["(?)"; n].join(", "),
+                vec!["?"; n].join(", ")
+            );
+            (n, sql)
+        })
+        .collect()
+});
+
+/// The dictionary texts of an event: plugin id, plugin version, instance,
+/// user, task, operation.
+fn event_texts(e: &AuditEvent) -> [Option<&str>; 6] {
+    [
+        e.actor.plugin_id.as_deref(),
+        e.actor.plugin_version.as_deref(),
+        e.actor.instance.as_deref(),
+        e.actor.user.as_deref(),
+        e.task_id.as_deref(),
+        Some(e.operation.as_str()),
+    ]
+}
+
+/// Puts every dictionary text of `events` into `texts`: those it lacks are
+/// inserted into `audit_texts` (if no other writer did) and their ids read,
+/// 64 per round trip. A batch of known texts costs no SQL.
+async fn resolve_texts(
+    conn: &mut SqliteConnection,
+    events: &[AuditEvent],
+    texts: &mut TextIds,
+) -> Result<(), AuditError> {
+    let db = |op: &'static str| move |source| AuditError::Db { op, source };
+    if texts.len() > MAX_TEXT_IDS {
+        texts.clear();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let missing: Vec<&str> = events
+        .iter()
+        .flat_map(event_texts)
+        .flatten()
+        .filter(|v| !texts.contains_key(*v) && seen.insert(*v))
+        .collect();
+    let mut left = missing.as_slice();
+    while !left.is_empty() {
+        let n = TEXTS_PER_LOOKUP
+            .into_iter()
+            .find(|&n| n <= left.len())
+            .unwrap_or(1);
+        let (chunk, rest) = left.split_at(n.min(left.len()));
+        left = rest;
+        let sql = TEXTS_SQL
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map_or("", |(_, s)| s.as_str());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in chunk.iter().chain(chunk) {
+            q = q.bind(*v);
+        }
+        for row in q
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("insert audit texts"))?
+        {
+            let id: i64 = row.try_get(0).map_err(db("read audit text id"))?;
+            let text: String = row.try_get(1).map_err(db("read audit text"))?;
+            texts.insert(text, id);
+        }
+    }
+    Ok(())
 }
 
 /// Rows per INSERT into `audit_keys` (4 binds per row): the up to three
