@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{Row, Sqlite, SqlitePool};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection};
+use sqlx::{Execute, Row, Sqlite, SqlitePool};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::event::{
@@ -354,11 +354,17 @@ fn bind_rows<'q>(
     last_id: &mut i64,
     last_hash: &mut Vec<u8>,
     texts: &TextIds,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+) -> Result<
+    (
+        sqlx::query::Query<'q, Sqlite, SqliteArguments>,
+        SqliteArguments,
+    ),
+    sqlx::Error,
+> {
     // Every text is in the dictionary (`resolve_texts`); a missing one
     // would be NULL and fail the event's hash at verify (or, for the
     // operation, the INSERT).
-    let text_id = |v: Option<&str>| v.and_then(|v| texts.get(v).copied());
+    let mut recent = RecentTexts::new(texts);
     let sql = INSERT_SQL
         .iter()
         .find(|(k, _)| *k == n)
@@ -386,12 +392,12 @@ fn bind_rows<'q>(
             .bind(*last_id)
             .bind(e.ts_us)
             .bind(kind_code(e.actor.kind))
-            .bind(text_id(e.actor.plugin_id.as_deref()))
-            .bind(text_id(e.actor.plugin_version.as_deref()))
-            .bind(text_id(e.actor.instance.as_deref()))
-            .bind(text_id(e.actor.user.as_deref()))
-            .bind(text_id(e.task_id.as_deref()))
-            .bind(text_id(Some(&e.operation)))
+            .bind(recent.id(0, e.actor.plugin_id.as_deref()))
+            .bind(recent.id(1, e.actor.plugin_version.as_deref()))
+            .bind(recent.id(2, e.actor.instance.as_deref()))
+            .bind(recent.id(3, e.actor.user.as_deref()))
+            .bind(recent.id(4, e.task_id.as_deref()))
+            .bind(recent.id(5, Some(&e.operation)))
             .bind(e.resource)
             .bind(decision_code(e.decision))
             .bind(e.reason)
@@ -402,7 +408,20 @@ fn bind_rows<'q>(
             .bind(prev)
             .bind(hash.to_vec());
     }
-    q
+    // sqlx drops a statement's arguments on the connection's worker thread
+    // once it ran, freeing every text there: the caller keeps a clone
+    // (reference counts) and drops it after the statement, so those frees
+    // happen on this side instead of on the one SQLite thread.
+    match q.take_arguments() {
+        Ok(Some(args)) => Ok((
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), args.clone()),
+            args,
+        )),
+        Ok(None) => Err(sqlx::Error::Protocol(
+            "audit event arguments missing".into(),
+        )),
+        Err(e) => Err(sqlx::Error::Encode(e)),
+    }
 }
 
 impl Writer {
@@ -694,12 +713,15 @@ async fn commit_batch(
     };
     let mut rows = events.into_iter();
     let mut left = count;
-    let mut next = (left > 0).then(|| {
-        let n = size_for(left);
-        left -= n;
-        bind_rows(&mut rows, n, &mut last_id, &mut last_hash, texts)
-    });
-    while let Some(q) = next.take() {
+    let mut next = (left > 0)
+        .then(|| {
+            let n = size_for(left);
+            left -= n;
+            bind_rows(&mut rows, n, &mut last_id, &mut last_hash, texts)
+        })
+        .transpose()
+        .map_err(db("bind audit events"))?;
+    while let Some((q, args)) = next.take() {
         let exec = q.execute(&mut *conn);
         let build = async {
             (left > 0).then(|| {
@@ -709,8 +731,9 @@ async fn commit_batch(
             })
         };
         let (r, built) = futures::join!(exec, build);
+        drop(args);
         r.map_err(db("insert audit events"))?;
-        next = built;
+        next = built.transpose().map_err(db("bind audit events"))?;
     }
     // The ranges ending at the batch's last event, for the next batch.
     let new_tail: TailKeys = keys
@@ -751,6 +774,45 @@ async fn commit_batch(
 /// rolled back (it may have inserted some), and when it holds more than
 /// [`MAX_TEXT_IDS`] (task ids keep coming).
 type TextIds = std::collections::HashMap<String, i64>;
+
+/// Dictionary ids by field (the order of [`event_texts`]), remembering
+/// each field's last text and id: consecutive events mostly repeat them,
+/// and comparing with the last is cheaper than hashing.
+struct RecentTexts<'t> {
+    texts: &'t TextIds,
+    last: [Option<(String, i64)>; 6],
+}
+
+impl<'t> RecentTexts<'t> {
+    fn new(texts: &'t TextIds) -> Self {
+        RecentTexts {
+            texts,
+            last: Default::default(),
+        }
+    }
+
+    /// The id of `v` in field `field` (None: no text, or not in the
+    /// dictionary).
+    fn id(&mut self, field: usize, v: Option<&str>) -> Option<i64> {
+        let v = v?;
+        let slot = self.last.get_mut(field)?;
+        if let Some((text, id)) = slot
+            && text == v
+        {
+            return Some(*id);
+        }
+        let id = *self.texts.get(v)?;
+        match slot {
+            Some((text, last)) => {
+                text.clear();
+                text.push_str(v);
+                *last = id;
+            }
+            None => *slot = Some((v.to_owned(), id)),
+        }
+        Some(id)
+    }
+}
 
 /// The most dictionary ids the writer remembers.
 const MAX_TEXT_IDS: usize = 65_536;
@@ -802,12 +864,23 @@ async fn resolve_texts(
         texts.clear();
     }
     let mut seen = std::collections::HashSet::new();
-    let missing: Vec<&str> = events
-        .iter()
-        .flat_map(event_texts)
-        .flatten()
-        .filter(|v| !texts.contains_key(*v) && seen.insert(*v))
-        .collect();
+    let mut missing: Vec<&str> = Vec::new();
+    // Consecutive events mostly repeat their texts: a text equal to the
+    // previous event's in the same field was checked already.
+    let mut prev: [Option<&str>; 6] = [None; 6];
+    for e in events {
+        let cur = event_texts(e);
+        for (v, p) in cur.iter().zip(&prev) {
+            if let Some(v) = *v
+                && *p != Some(v)
+                && !texts.contains_key(v)
+                && seen.insert(v)
+            {
+                missing.push(v);
+            }
+        }
+        prev = cur;
+    }
     let mut left = missing.as_slice();
     while !left.is_empty() {
         let n = TEXTS_PER_LOOKUP
