@@ -713,16 +713,18 @@ impl AuditStore {
         // The key ranges queries by plugin, user and task go through are
         // not part of the chain: every event up to the head must be
         // covered by a range of its value (one index seek per event).
+        // The value is the dictionary text (an event whose text is missing
+        // from the dictionary failed its hash above).
         for (field, column) in [
-            (KEY_PLUGIN, "actor_plugin_id"),
-            (KEY_USER, "actor_user"),
-            (KEY_TASK, "task_id"),
+            (KEY_PLUGIN, "plugin_ref"),
+            (KEY_USER, "user_ref"),
+            (KEY_TASK, "task_ref"),
         ] {
             let missing: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT e.id, e.{column} FROM audit_events_full e \
-                 WHERE e.id <= ? AND e.{column} IS NOT NULL \
+                "SELECT e.id, t.text FROM audit_events e CROSS JOIN audit_texts t \
+                 WHERE e.id <= ? AND t.id = e.{column} \
                  AND COALESCE((SELECT k.last_id FROM audit_keys k WHERE k.field = ? \
-                 AND k.value = e.{column} AND k.first_id <= e.id \
+                 AND k.value = t.text AND k.first_id <= e.id \
                  ORDER BY k.first_id DESC LIMIT 1), -1) < e.id \
                  ORDER BY e.id LIMIT ?"
             )))
