@@ -15,7 +15,8 @@
 //!    it when it reports failure (its event then records the error), so one
 //!    failed change does not sink the batch;
 //! 4. assign consecutive ids, hash-chain the events, insert them with
-//!    multi-row `INSERT`s, update the head;
+//!    multi-row `INSERT`s (the actor and operation texts as ids into the
+//!    `audit_texts` dictionary, new texts inserted first), update the head;
 //! 5. `COMMIT` with `synchronous=NORMAL` (the WAL frames are written, not
 //!    synced), run the jobs' after-hooks, and hand the answers to the syncer
 //!    task, which fdatasyncs the WAL (one sync for every batch committed
