@@ -713,16 +713,18 @@ impl AuditStore {
         // The key ranges queries by plugin, user and task go through are
         // not part of the chain: every event up to the head must be
         // covered by a range of its value (one index seek per event).
+        // The value is the dictionary text (an event whose text is missing
+        // from the dictionary failed its hash above).
         for (field, column) in [
-            (KEY_PLUGIN, "actor_plugin_id"),
-            (KEY_USER, "actor_user"),
-            (KEY_TASK, "task_id"),
+            (KEY_PLUGIN, "plugin_ref"),
+            (KEY_USER, "user_ref"),
+            (KEY_TASK, "task_ref"),
         ] {
             let missing: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT e.id, e.{column} FROM audit_events e \
-                 WHERE e.id <= ? AND e.{column} IS NOT NULL \
+                "SELECT e.id, t.text FROM audit_events e CROSS JOIN audit_texts t \
+                 WHERE e.id <= ? AND t.id = e.{column} \
                  AND COALESCE((SELECT k.last_id FROM audit_keys k WHERE k.field = ? \
-                 AND k.value = e.{column} AND k.first_id <= e.id \
+                 AND k.value = t.text AND k.first_id <= e.id \
                  ORDER BY k.first_id DESC LIMIT 1), -1) < e.id \
                  ORDER BY e.id LIMIT ?"
             )))
@@ -807,7 +809,7 @@ fn query_sql(head: &str, filter: &AuditFilter) -> QueryBuilder<Sqlite> {
         // CROSS JOIN: SQLite keeps the written order (keys outer), which
         // also yields the rows in id order without a sort.
         Some((field, value)) => {
-            qb.push(" FROM audit_keys CROSS JOIN audit_events WHERE field = ")
+            qb.push(" FROM audit_keys CROSS JOIN audit_events_full WHERE field = ")
                 .push_bind(*field)
                 .push(" AND value = ")
                 .push_bind(value.clone())
@@ -828,7 +830,7 @@ fn query_sql(head: &str, filter: &AuditFilter) -> QueryBuilder<Sqlite> {
             }
         }
         None => {
-            qb.push(" FROM audit_events WHERE 1 = 1");
+            qb.push(" FROM audit_events_full WHERE 1 = 1");
         }
     }
     let eq = |qb: &mut QueryBuilder<Sqlite>, col: &str, v: &Option<String>| {
@@ -836,11 +838,23 @@ fn query_sql(head: &str, filter: &AuditFilter) -> QueryBuilder<Sqlite> {
             qb.push(format!(" AND {col} = ")).push_bind(v.clone());
         }
     };
-    eq(&mut qb, "actor_plugin_id", &filter.plugin_id);
-    eq(&mut qb, "actor_user", &filter.user);
-    eq(&mut qb, "task_id", &filter.task_id);
+    // Dictionary texts (see `api/migrations/0008_audit_texts.sql`): one
+    // lookup of the text's id, then integer comparisons (a text not in the
+    // dictionary is NULL: no event matches).
+    let text_eq = |qb: &mut QueryBuilder<Sqlite>, col: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            qb.push(format!(
+                " AND {col} = (SELECT t.id FROM audit_texts t WHERE t.text = "
+            ))
+            .push_bind(v.clone())
+            .push(")");
+        }
+    };
+    text_eq(&mut qb, "plugin_ref", &filter.plugin_id);
+    text_eq(&mut qb, "user_ref", &filter.user);
+    text_eq(&mut qb, "task_ref", &filter.task_id);
     eq(&mut qb, "resource", &filter.resource);
-    eq(&mut qb, "operation", &filter.operation);
+    text_eq(&mut qb, "operation_ref", &filter.operation);
     if let Some(p) = &filter.resource_prefix {
         // A range instead of LIKE: no escaping, uses the index.
         qb.push(" AND resource >= ").push_bind(p.clone());
@@ -932,7 +946,7 @@ const SELECT_COLUMNS: &str = "SELECT id, ts_us, actor_kind, actor_plugin_id, act
 const SELECT_EVENTS: &str = "SELECT id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
      actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
      before_version, after_version, details, CAST(prev_hash AS BLOB) AS prev_hash, \
-     CAST(hash AS BLOB) AS hash FROM audit_events";
+     CAST(hash AS BLOB) AS hash FROM audit_events_full";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Row {

@@ -1,6 +1,7 @@
 //! Queries through `audit_keys` against a plain scan, the plans they use,
-//! the upgrades of databases written before `0005_audit_keys` and
-//! `0007_audit_hash_blobs`, key ranges extended across batches,
+//! the upgrades of databases written before `0005_audit_keys`,
+//! `0007_audit_hash_blobs` and `0008_audit_texts`, key ranges extended
+//! across batches,
 //! and the wal-index reading behind the checkpointer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,6 +14,23 @@ use super::{
 use crate::db::Db;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
+
+/// Back to the schema before `0008_audit_texts`: the texts in the event
+/// rows, no dictionary, the migration not applied.
+const UNDO_0008: &str = "CREATE TABLE old (id INTEGER NOT NULL PRIMARY KEY, \
+     ts_us BIGINT NOT NULL, actor_kind TEXT NOT NULL, actor_plugin_id TEXT, \
+     actor_plugin_version TEXT, actor_instance TEXT, actor_user TEXT, task_id TEXT, \
+     operation TEXT NOT NULL, resource TEXT NOT NULL, decision TEXT NOT NULL, reason TEXT, \
+     outcome TEXT NOT NULL, before_version BIGINT, after_version BIGINT, \
+     details TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL); \
+     INSERT INTO old SELECT id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
+     actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
+     before_version, after_version, details, prev_hash, hash FROM audit_events_full; \
+     DROP VIEW audit_events_full; DROP TABLE audit_events; DROP TABLE audit_texts; \
+     ALTER TABLE old RENAME TO audit_events; \
+     CREATE INDEX audit_events_ts ON audit_events (ts_us); \
+     CREATE INDEX audit_events_resource ON audit_events (resource); \
+     DELETE FROM _sqlx_migrations WHERE version = 8; ";
 
 /// Event `i` of writer `w`: plugins, users and tasks interleave, some
 /// events have no task or user (daemon actors) and some are denied.
@@ -175,7 +193,7 @@ async fn key_queries_equal_a_scan_under_concurrent_batches_and_after_retention()
         .fetch_one(db.pool())
         .await?;
     let tasked: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE task_id IS NOT NULL")
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE task_ref IS NOT NULL")
             .fetch_one(db.pool())
             .await?;
     assert!(
@@ -246,13 +264,13 @@ async fn events_written_before_the_key_migration_verify_and_query_after_it() -> 
         drop(audit);
         // Back to the schema before 0005: no key table, the three indexes,
         // the migration not applied.
-        sqlx::raw_sql(
-            "DROP TABLE audit_keys; \
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "{UNDO_0008}DROP TABLE audit_keys; \
              CREATE INDEX audit_events_task ON audit_events (task_id); \
              CREATE INDEX audit_events_plugin ON audit_events (actor_plugin_id); \
              CREATE INDEX audit_events_user ON audit_events (actor_user); \
-             DELETE FROM _sqlx_migrations WHERE version = 5",
-        )
+             DELETE FROM _sqlx_migrations WHERE version = 5"
+        )))
         .execute(db.pool())
         .await?;
         db.close().await;
@@ -386,8 +404,8 @@ async fn events_written_with_hex_hashes_verify_and_chain_on_after_the_blob_migra
         before = audit.query(&AuditFilter::default()).await?;
         drop(audit);
         // Back to the schema before 0007: hashes as lowercase hex text.
-        sqlx::raw_sql(
-            "CREATE TABLE old (id INTEGER NOT NULL PRIMARY KEY, ts_us BIGINT NOT NULL, \
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "{UNDO_0008}CREATE TABLE old (id INTEGER NOT NULL PRIMARY KEY, ts_us BIGINT NOT NULL, \
              actor_kind TEXT NOT NULL, actor_plugin_id TEXT, actor_plugin_version TEXT, \
              actor_instance TEXT, actor_user TEXT, task_id TEXT, operation TEXT NOT NULL, \
              resource TEXT NOT NULL, decision TEXT NOT NULL, reason TEXT, outcome TEXT NOT NULL, \
@@ -409,8 +427,8 @@ async fn events_written_with_hex_hashes_verify_and_chain_on_after_the_blob_migra
              INSERT INTO old_anchor SELECT singleton, last_purged_id, lower(hex(last_purged_hash)) \
              FROM audit_anchor; \
              DROP TABLE audit_anchor; ALTER TABLE old_anchor RENAME TO audit_anchor; \
-             DELETE FROM _sqlx_migrations WHERE version = 7",
-        )
+             DELETE FROM _sqlx_migrations WHERE version = 7"
+        )))
         .execute(db.pool())
         .await?;
         let kinds: Vec<(String, i64)> =
@@ -451,6 +469,101 @@ async fn events_written_with_hex_hashes_verify_and_chain_on_after_the_blob_migra
         Some(&super::VerifyProblem::Edited {
             id: EventId(victim)
         }),
+        "{report:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_written_with_texts_in_their_rows_verify_and_query_after_the_dictionary_migration()
+-> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hutch.db");
+    let before;
+    {
+        let db = Db::open(&path).await?;
+        let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+        fill(&audit, 4, 15).await?;
+        let all = audit.query(&AuditFilter::default()).await?;
+        audit
+            .purge_before(all[5].event.ts_us, Actor::admin("root"))
+            .await?;
+        before = audit.query(&AuditFilter::default()).await?;
+        drop(audit);
+        sqlx::raw_sql(UNDO_0008).execute(db.pool()).await?;
+        let kinds: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT typeof(actor_plugin_id), typeof(operation) FROM audit_events \
+             WHERE actor_plugin_id IS NOT NULL",
+        )
+        .fetch_all(db.pool())
+        .await?;
+        assert_eq!(kinds, [("text".to_owned(), "text".to_owned())]);
+        db.close().await;
+    }
+    let db = Db::open(&path).await?;
+    let kinds: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT typeof(plugin_ref), typeof(operation_ref) FROM audit_events \
+         WHERE plugin_ref IS NOT NULL",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    assert_eq!(kinds, [("integer".to_owned(), "integer".to_owned())]);
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    // The same events, the chain verifies, new events chain on.
+    assert_eq!(audit.query(&AuditFilter::default()).await?, before);
+    let report = audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked as usize, before.len());
+    fill(&audit, 3, 10).await?;
+    let report = audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked as usize, before.len() + 30);
+    check_queries(&audit).await?;
+    // One text per value, shared by old and new events.
+    let dupes: i64 = sqlx::query_scalar("SELECT COUNT(*) - COUNT(DISTINCT text) FROM audit_texts")
+        .fetch_one(db.pool())
+        .await?;
+    assert_eq!(dupes, 0);
+    // An edited dictionary row is an edit of every event using it, a
+    // deleted one too (the operation reads as '', not a decode error).
+    let first = before[0].id;
+    let users: Vec<EventId> = audit
+        .query(&AuditFilter {
+            user: Some("user3".into()),
+            ..AuditFilter::default()
+        })
+        .await?
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(!users.is_empty());
+    sqlx::query("UPDATE audit_texts SET text = 'mallory' WHERE text = 'user3'")
+        .execute(db.pool())
+        .await?;
+    let report = audit.verify().await?;
+    let edited: Vec<EventId> = report
+        .problems
+        .iter()
+        .filter_map(|p| match p {
+            super::VerifyProblem::Edited { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(edited, users, "{report:?}");
+    sqlx::query("UPDATE audit_texts SET text = 'user3' WHERE text = 'mallory'")
+        .execute(db.pool())
+        .await?;
+    assert!(audit.verify().await?.is_ok());
+    sqlx::query("DELETE FROM audit_texts WHERE text = 'data.object.put'")
+        .execute(db.pool())
+        .await?;
+    let report = audit.verify().await?;
+    assert!(!report.is_ok(), "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| matches!(p, super::VerifyProblem::Edited { id } if *id >= first)),
         "{report:?}"
     );
     Ok(())

@@ -15,7 +15,8 @@
 //!    it when it reports failure (its event then records the error), so one
 //!    failed change does not sink the batch;
 //! 4. assign consecutive ids, hash-chain the events, insert them with
-//!    multi-row `INSERT`s, update the head;
+//!    multi-row `INSERT`s (the actor and operation texts as ids into the
+//!    `audit_texts` dictionary, new texts inserted first), update the head;
 //! 5. `COMMIT` with `synchronous=NORMAL` (the WAL frames are written, not
 //!    synced), run the jobs' after-hooks, and hand the answers to the syncer
 //!    task, which fdatasyncs the WAL (one sync for every batch committed
@@ -38,8 +39,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{Row, Sqlite, SqlitePool};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection};
+use sqlx::{Execute, Row, Sqlite, SqlitePool};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::event::{
@@ -305,8 +306,8 @@ static INSERT_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
                  COALESCE(?, 'ok'), ?, ?, COALESCE(?, 'null'), ?, ?)"
             );
             let sql = format!(
-                "INSERT INTO audit_events (id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
-                 actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \
+                "INSERT INTO audit_events (id, ts_us, actor_kind, plugin_ref, version_ref, \
+                 instance_ref, user_ref, task_ref, operation_ref, resource, decision, reason, outcome, \
                  before_version, after_version, details, prev_hash, hash) VALUES {}",
                 vec![row; n].join(", ")
             );
@@ -353,7 +354,18 @@ fn bind_rows<'q>(
     n: usize,
     last_id: &mut i64,
     last_hash: &mut Vec<u8>,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    texts: &TextIds,
+) -> Result<
+    (
+        sqlx::query::Query<'q, Sqlite, SqliteArguments>,
+        SqliteArguments,
+    ),
+    sqlx::Error,
+> {
+    // Every text is in the dictionary (`resolve_texts`); a missing one
+    // would be NULL and fail the event's hash at verify (or, for the
+    // operation, the INSERT).
+    let mut recent = RecentTexts::new(texts);
     let sql = INSERT_SQL
         .iter()
         .find(|(k, _)| *k == n)
@@ -381,12 +393,12 @@ fn bind_rows<'q>(
             .bind(*last_id)
             .bind(e.ts_us)
             .bind(kind_code(e.actor.kind))
-            .bind(e.actor.plugin_id)
-            .bind(e.actor.plugin_version)
-            .bind(e.actor.instance)
-            .bind(e.actor.user)
-            .bind(e.task_id)
-            .bind(e.operation)
+            .bind(recent.id(0, e.actor.plugin_id.as_deref()))
+            .bind(recent.id(1, e.actor.plugin_version.as_deref()))
+            .bind(recent.id(2, e.actor.instance.as_deref()))
+            .bind(recent.id(3, e.actor.user.as_deref()))
+            .bind(recent.id(4, e.task_id.as_deref()))
+            .bind(recent.id(5, Some(&e.operation)))
             .bind(e.resource)
             .bind(decision_code(e.decision))
             .bind(e.reason)
@@ -397,7 +409,20 @@ fn bind_rows<'q>(
             .bind(prev)
             .bind(hash.to_vec());
     }
-    q
+    // sqlx drops a statement's arguments on the connection's worker thread
+    // once it ran, freeing every text there: the caller keeps a clone
+    // (reference counts) and drops it after the statement, so those frees
+    // happen on this side instead of on the one SQLite thread.
+    match q.take_arguments() {
+        Ok(Some(args)) => Ok((
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), args.clone()),
+            args,
+        )),
+        Ok(None) => Err(sqlx::Error::Protocol(
+            "audit event arguments missing".into(),
+        )),
+        Err(e) => Err(sqlx::Error::Encode(e)),
+    }
 }
 
 impl Writer {
@@ -413,6 +438,8 @@ impl Writer {
         let mut head: Option<i64> = None;
         // The key ranges ending at that head (see `TailKeys`).
         let mut tail = TailKeys::new();
+        // The dictionary ids this writer knows (see `TextIds`).
+        let mut texts = TextIds::new();
         loop {
             // Keep the connection (and its page cache) while jobs keep
             // coming; give it back to the pool (with the pool's settings)
@@ -470,7 +497,15 @@ impl Writer {
                 },
             };
             let mut c = c;
-            let result = commit_batch(&mut c, &mut jobs, &self.shared, &mut head, &mut tail).await;
+            let result = commit_batch(
+                &mut c,
+                &mut jobs,
+                &self.shared,
+                &mut head,
+                &mut tail,
+                &mut texts,
+            )
+            .await;
             match result {
                 Ok(results) => {
                     let mut replies = Vec::with_capacity(jobs.len());
@@ -573,6 +608,7 @@ async fn commit_batch(
     shared: &WriterShared,
     head: &mut Option<i64>,
     tail: &mut TailKeys,
+    texts: &mut TextIds,
 ) -> Result<Vec<JobResult>, AuditError> {
     let db = |op: &'static str| move |source| AuditError::Db { op, source };
     // BEGIN and the chain head in one round trip.
@@ -596,6 +632,8 @@ async fn commit_batch(
         // writer's last COMMIT: what changes planned in memory is stale.
         shared.epoch.fetch_add(1, Ordering::AcqRel);
         tail.clear();
+        // A rolled-back batch may have inserted some of them.
+        texts.clear();
     }
     *head = None;
     // Only a committed batch leaves key ranges to extend.
@@ -651,6 +689,7 @@ async fn commit_batch(
     if deferred {
         flush(conn, shared).await?;
     }
+    resolve_texts(conn, &events, texts).await?;
 
     let mut keys = batch_keys(&events, last_id);
     // A range starting at this batch's first event whose value the
@@ -675,23 +714,27 @@ async fn commit_batch(
     };
     let mut rows = events.into_iter();
     let mut left = count;
-    let mut next = (left > 0).then(|| {
-        let n = size_for(left);
-        left -= n;
-        bind_rows(&mut rows, n, &mut last_id, &mut last_hash)
-    });
-    while let Some(q) = next.take() {
+    let mut next = (left > 0)
+        .then(|| {
+            let n = size_for(left);
+            left -= n;
+            bind_rows(&mut rows, n, &mut last_id, &mut last_hash, texts)
+        })
+        .transpose()
+        .map_err(db("bind audit events"))?;
+    while let Some((q, args)) = next.take() {
         let exec = q.execute(&mut *conn);
         let build = async {
             (left > 0).then(|| {
                 let n = size_for(left);
                 left -= n;
-                bind_rows(&mut rows, n, &mut last_id, &mut last_hash)
+                bind_rows(&mut rows, n, &mut last_id, &mut last_hash, texts)
             })
         };
         let (r, built) = futures::join!(exec, build);
+        drop(args);
         r.map_err(db("insert audit events"))?;
-        next = built;
+        next = built.transpose().map_err(db("bind audit events"))?;
     }
     // The ranges ending at the batch's last event, for the next batch.
     let new_tail: TailKeys = keys
@@ -723,6 +766,149 @@ async fn commit_batch(
     *head = Some(last_id);
     *tail = new_tail;
     Ok(results)
+}
+
+/// The dictionary ids (`audit_texts`, see
+/// `api/migrations/0008_audit_texts.sql`) of the actor and operation texts
+/// this writer inserted or looked up. Valid only while the head it
+/// committed is the database's: cleared when the head moved or a batch was
+/// rolled back (it may have inserted some), and when it holds more than
+/// [`MAX_TEXT_IDS`] (task ids keep coming).
+type TextIds = std::collections::HashMap<String, i64>;
+
+/// Dictionary ids by field (the order of [`event_texts`]), remembering
+/// each field's last text and id: consecutive events mostly repeat them,
+/// and comparing with the last is cheaper than hashing.
+struct RecentTexts<'t> {
+    texts: &'t TextIds,
+    last: [Option<(String, i64)>; 6],
+}
+
+impl<'t> RecentTexts<'t> {
+    fn new(texts: &'t TextIds) -> Self {
+        RecentTexts {
+            texts,
+            last: Default::default(),
+        }
+    }
+
+    /// The id of `v` in field `field` (None: no text, or not in the
+    /// dictionary).
+    fn id(&mut self, field: usize, v: Option<&str>) -> Option<i64> {
+        let v = v?;
+        let slot = self.last.get_mut(field)?;
+        if let Some((text, id)) = slot
+            && text == v
+        {
+            return Some(*id);
+        }
+        let id = *self.texts.get(v)?;
+        match slot {
+            Some((text, last)) => {
+                text.clear();
+                text.push_str(v);
+                *last = id;
+            }
+            None => *slot = Some((v.to_owned(), id)),
+        }
+        Some(id)
+    }
+}
+
+/// The most dictionary ids the writer remembers.
+const MAX_TEXT_IDS: usize = 65_536;
+
+/// Texts per dictionary statement, largest first (at most four statement
+/// texts in the connection's cache).
+const TEXTS_PER_LOOKUP: [usize; 4] = [64, 16, 4, 1];
+
+/// For each size of [`TEXTS_PER_LOOKUP`]: insert the texts the dictionary
+/// lacks, then read every one's id (one round trip).
+static TEXTS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
+    TEXTS_PER_LOOKUP
+        .iter()
+        .map(|&n| {
+            let sql = format!(
+                "INSERT INTO audit_texts (text) VALUES {} ON CONFLICT (text) DO NOTHING; \
+                 SELECT id, text FROM audit_texts WHERE text IN ({})",
+                vec!["(?)"; n].join(", "),
+                vec!["?"; n].join(", ")
+            );
+            (n, sql)
+        })
+        .collect()
+});
+
+/// The dictionary texts of an event: plugin id, plugin version, instance,
+/// user, task, operation.
+fn event_texts(e: &AuditEvent) -> [Option<&str>; 6] {
+    [
+        e.actor.plugin_id.as_deref(),
+        e.actor.plugin_version.as_deref(),
+        e.actor.instance.as_deref(),
+        e.actor.user.as_deref(),
+        e.task_id.as_deref(),
+        Some(e.operation.as_str()),
+    ]
+}
+
+/// Puts every dictionary text of `events` into `texts`: those it lacks are
+/// inserted into `audit_texts` (if no other writer did) and their ids read,
+/// 64 per round trip. A batch of known texts costs no SQL.
+async fn resolve_texts(
+    conn: &mut SqliteConnection,
+    events: &[AuditEvent],
+    texts: &mut TextIds,
+) -> Result<(), AuditError> {
+    let db = |op: &'static str| move |source| AuditError::Db { op, source };
+    if texts.len() > MAX_TEXT_IDS {
+        texts.clear();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut missing: Vec<&str> = Vec::new();
+    // Consecutive events mostly repeat their texts: a text equal to the
+    // previous event's in the same field was checked already.
+    let mut prev: [Option<&str>; 6] = [None; 6];
+    for e in events {
+        let cur = event_texts(e);
+        for (v, p) in cur.iter().zip(&prev) {
+            if let Some(v) = *v
+                && *p != Some(v)
+                && !texts.contains_key(v)
+                && seen.insert(v)
+            {
+                missing.push(v);
+            }
+        }
+        prev = cur;
+    }
+    let mut left = missing.as_slice();
+    while !left.is_empty() {
+        let n = TEXTS_PER_LOOKUP
+            .into_iter()
+            .find(|&n| n <= left.len())
+            .unwrap_or(1);
+        let (chunk, rest) = left.split_at(n.min(left.len()));
+        left = rest;
+        let sql = TEXTS_SQL
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map_or("", |(_, s)| s.as_str());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in chunk.iter().chain(chunk) {
+            q = q.bind(*v);
+        }
+        for row in q
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("insert audit texts"))?
+        {
+            let id: i64 = row.try_get(0).map_err(db("read audit text id"))?;
+            let text: String = row.try_get(1).map_err(db("read audit text"))?;
+            texts.insert(text, id);
+        }
+    }
+    Ok(())
 }
 
 /// Rows per INSERT into `audit_keys` (4 binds per row): the up to three
