@@ -362,9 +362,8 @@ fn bind_rows<'q>(
     ),
     sqlx::Error,
 > {
-    // Every text is in the dictionary (`resolve_texts`); a missing one
-    // would be NULL and fail the event's hash at verify (or, for the
-    // operation, the INSERT).
+    // Every text is in the dictionary (`resolve_texts`); should one be
+    // missing, the batch fails (a NULL would lose the text from the row).
     let mut recent = RecentTexts::new(texts);
     let sql = INSERT_SQL
         .iter()
@@ -389,16 +388,26 @@ fn bind_rows<'q>(
             .hash()
         });
         let prev = std::mem::replace(last_hash, hash.to_vec());
+        let mut ids = [None; 6];
+        for (field, (id, text)) in ids.iter_mut().zip(event_texts(&e)).enumerate() {
+            *id = match text {
+                None => None,
+                Some(t) => Some(recent.id(field, Some(t)).ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("audit text {t:?} has no dictionary id"))
+                })?),
+            };
+        }
+        let [plugin, version, instance, user, task, operation] = ids;
         q = q
             .bind(*last_id)
             .bind(e.ts_us)
             .bind(kind_code(e.actor.kind))
-            .bind(recent.id(0, e.actor.plugin_id.as_deref()))
-            .bind(recent.id(1, e.actor.plugin_version.as_deref()))
-            .bind(recent.id(2, e.actor.instance.as_deref()))
-            .bind(recent.id(3, e.actor.user.as_deref()))
-            .bind(recent.id(4, e.task_id.as_deref()))
-            .bind(recent.id(5, Some(&e.operation)))
+            .bind(plugin)
+            .bind(version)
+            .bind(instance)
+            .bind(user)
+            .bind(task)
+            .bind(operation)
             .bind(e.resource)
             .bind(decision_code(e.decision))
             .bind(e.reason)
