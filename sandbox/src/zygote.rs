@@ -162,7 +162,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// glibc's fork handlers (none are registered in the launcher) and its
 /// update of the child's cached thread id (glibc >= 2.34 asks the kernel
 /// where it matters, e.g. `raise`; the zygote creates no threads).
-fn clone_into_cgroup(dir: BorrowedFd<'_>) -> Result<ForkResult, Errno> {
+pub(crate) fn clone_into_cgroup(dir: BorrowedFd<'_>) -> Result<ForkResult, Errno> {
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,

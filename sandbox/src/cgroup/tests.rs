@@ -867,50 +867,17 @@ fn cgroup_timings() -> TestResult {
     Ok(())
 }
 
-/// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2, 88 bytes).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// Fork (clone3 without CLONE_VM) straight into the cgroup of `fd`; the child
-/// only ever calls `pause`, so nothing fork-unsafe runs in it.
+/// Fork straight into the cgroup of `fd` (the zygote's
+/// `clone3(CLONE_INTO_CGROUP)`); the child only ever calls `pause`, so
+/// nothing fork-unsafe runs in it.
 fn clone_into_cgroup(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<i32> {
-    use std::os::fd::AsRawFd;
-    let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: u64::try_from(fd.as_raw_fd()).unwrap_or(u64::MAX),
-        ..CloneArgs::default()
-    };
-    // SAFETY: args is a valid, fully initialised clone_args of the size passed; without CLONE_VM the child gets a copy of our memory like fork.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &raw const args,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if rc == 0 {
-        loop {
+    match crate::zygote::clone_into_cgroup(fd)? {
+        nix::unistd::ForkResult::Child => loop {
             // SAFETY: pause is async-signal-safe and touches no memory; the child waits for SIGKILL.
             unsafe { libc::pause() };
-        }
+        },
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
     }
-    Errno::result(rc).map(|p| i32::try_from(p).unwrap_or(-1))
 }
 
 #[test]
