@@ -575,14 +575,7 @@ fn the_pool_leaves_nothing_when_the_launcher_exits() {
         &sh("test.pool-exit", dir.path(), &parent, "true"),
     );
     assert_eq!(o.exit_code, Some(0), "{o:?}");
-    let pool = parent.wait_for_pool(lpid, 2);
-    drop(launcher);
-    for p in &pool {
-        assert!(!alive(*p), "pool process {p} outlived the launcher");
-    }
-    let (dirs, _) = parent.pool_cgroups(lpid);
-    assert_eq!(dirs, Vec::<PathBuf>::new());
-    assert!(!parent.parent_dirs_exist(), "parent cgroup left behind");
+    parent.exit_leaves_nothing(launcher, 2);
 }
 
 #[test]
@@ -612,6 +605,22 @@ fn pool_processes_die_with_a_killed_launcher() {
     let swept = parent.manager().sweep_stale().unwrap();
     assert!(swept.len() >= 2, "{swept:?}");
     assert_eq!(parent.pool_cgroups(lpid).0, Vec::<PathBuf>::new());
+}
+
+impl Parent {
+    /// Once `launcher`'s pool holds `n` ready inits: drop (close) the
+    /// launcher, then assert that none of its pool processes outlived it and
+    /// that no slot cgroup nor the parent is left.
+    fn exit_leaves_nothing(&self, launcher: Launcher, n: usize) {
+        let lpid = launcher.pid();
+        let pool = self.wait_for_pool(lpid, n);
+        drop(launcher);
+        for p in &pool {
+            assert!(!alive(*p), "pool process {p} outlived the launcher");
+        }
+        assert_eq!(self.pool_cgroups(lpid).0, Vec::<PathBuf>::new());
+        assert!(!self.parent_dirs_exist(), "parent cgroup left behind");
+    }
 }
 
 /// Processes on the host running `sleep <marker>` (a plugin's leftovers).
@@ -744,13 +753,7 @@ fn the_pool_works_on_cgroup_v2_without_controllers() {
     assert_eq!(c.exit_code, Some(0), "{c:?} {out_c}");
     assert!(pooled(&c), "{:?}", c.spawn_trace);
     assert_eq!(sleepers(&marker), Vec::<i32>::new());
-    let pool = parent.wait_for_pool(lpid, 1);
-    drop(launcher);
-    for p in &pool {
-        assert!(!alive(*p), "pool process {p} outlived the launcher");
-    }
-    assert_eq!(parent.pool_cgroups(lpid).0, Vec::<PathBuf>::new());
-    assert!(!parent.parent_dirs_exist(), "parent cgroup left behind");
+    parent.exit_leaves_nothing(launcher, 1);
 }
 
 /// A slot whose last sandbox left a large tmpfs leftover is not re-warmed

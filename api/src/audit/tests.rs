@@ -147,6 +147,25 @@ fn matches(f: &AuditFilter, e: &super::StoredEvent) -> bool {
 
 /// Each filter's query equals a scan of every event, whole and paged
 /// (`after_id` + `limit`, as export pages), and with a time bound.
+/// An upgraded store: its `events` verify, `writers` × `per` new events
+/// chain on from its head and verify with them, and every query mode still
+/// agrees with a full scan.
+async fn verifies_then_chains_on(
+    audit: &AuditStore,
+    events: usize,
+    writers: usize,
+    per: usize,
+) -> Result {
+    let report = audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked as usize, events);
+    fill(audit, writers, per).await?;
+    let report = audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked as usize, events + writers * per);
+    check_queries(audit).await
+}
+
 async fn check_queries(audit: &AuditStore) -> Result {
     let all = audit.query(&AuditFilter::default()).await?;
     assert!(!all.is_empty());
@@ -284,16 +303,9 @@ async fn events_written_before_the_key_migration_verify_and_query_after_it() -> 
     .await?;
     assert_eq!(indexes, ["audit_events_resource", "audit_events_ts"]);
     let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-    let report = audit.verify().await?;
-    assert!(report.is_ok(), "{report:?}");
-    assert_eq!(report.checked, 60);
     check_queries(&audit).await?;
     // New events chain on and are found together with the old ones.
-    fill(&audit, 4, 10).await?;
-    let report = audit.verify().await?;
-    assert!(report.is_ok(), "{report:?}");
-    assert_eq!(report.checked, 100);
-    check_queries(&audit).await?;
+    verifies_then_chains_on(&audit, 60, 4, 10).await?;
     Ok(())
 }
 
@@ -448,15 +460,8 @@ async fn events_written_with_hex_hashes_verify_and_chain_on_after_the_blob_migra
     let audit = AuditStore::open(&db, AuditConfig::default()).await?;
     // The same events, hashes and chain (from the anchor), as hex again.
     assert_eq!(audit.query(&AuditFilter::default()).await?, before);
-    let report = audit.verify().await?;
-    assert!(report.is_ok(), "{report:?}");
-    assert_eq!(report.checked as usize, before.len());
     // New events chain on (from the migrated head).
-    fill(&audit, 2, 5).await?;
-    let report = audit.verify().await?;
-    assert!(report.is_ok(), "{report:?}");
-    assert_eq!(report.checked as usize, before.len() + 10);
-    check_queries(&audit).await?;
+    verifies_then_chains_on(&audit, before.len(), 2, 5).await?;
     // Tampering still shows: a hash overwritten with text (not hex).
     let victim = before[3].id.0;
     sqlx::query("UPDATE audit_events SET hash = 'not a hash' WHERE id = ?")
@@ -511,14 +516,7 @@ async fn events_written_with_texts_in_their_rows_verify_and_query_after_the_dict
     let audit = AuditStore::open(&db, AuditConfig::default()).await?;
     // The same events, the chain verifies, new events chain on.
     assert_eq!(audit.query(&AuditFilter::default()).await?, before);
-    let report = audit.verify().await?;
-    assert!(report.is_ok(), "{report:?}");
-    assert_eq!(report.checked as usize, before.len());
-    fill(&audit, 3, 10).await?;
-    let report = audit.verify().await?;
-    assert!(report.is_ok(), "{report:?}");
-    assert_eq!(report.checked as usize, before.len() + 30);
-    check_queries(&audit).await?;
+    verifies_then_chains_on(&audit, before.len(), 3, 10).await?;
     // One text per value, shared by old and new events.
     let dupes: i64 = sqlx::query_scalar("SELECT COUNT(*) - COUNT(DISTINCT text) FROM audit_texts")
         .fetch_one(db.pool())
