@@ -203,6 +203,46 @@ async fn verify_catches_events_hidden_from_key_queries() -> Result {
     Ok(())
 }
 
+#[tokio::test]
+async fn verify_catches_events_hidden_from_resource_queries() -> Result {
+    let e = env().await?;
+    record_n(&e.audit, 10).await?;
+    let by_resource = |r: &str| AuditFilter {
+        resource: Some(r.to_owned()),
+        ..AuditFilter::default()
+    };
+    // Event 10 is the put of k9; queries by resource go through the ranges
+    // of its root, "dataset/ds1".
+    let found = e.audit.query(&by_resource("dataset/ds1/object/k9")).await?;
+    assert_eq!(
+        found.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [EventId(10)]
+    );
+    assert!(e.audit.verify().await?.is_ok());
+    exec(
+        &e.db,
+        "UPDATE audit_keys SET last_id = 9 WHERE field = 'root' AND value = 'dataset/ds1'",
+    )
+    .await?;
+    assert!(
+        e.audit
+            .query(&by_resource("dataset/ds1/object/k9"))
+            .await?
+            .is_empty()
+    );
+    let report = e.audit.verify().await?;
+    assert_eq!(
+        report.problems,
+        vec![VerifyProblem::Unlisted {
+            id: EventId(10),
+            field: "root".to_owned(),
+            value: "dataset/ds1".to_owned(),
+        }],
+        "{report:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_under_64_concurrent_writers_loses_nothing() -> Result {
     let e = env().await?;

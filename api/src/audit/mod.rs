@@ -191,12 +191,12 @@ pub enum VerifyProblem {
         head: i64,
     },
     /// The event is intact but no key range of `audit_keys` covers it for
-    /// `field` (`plugin`, `user` or `task`): queries by that field would not
-    /// show it (the key table was edited).
+    /// `field` (`plugin`, `user`, `task`, or `root` for its resource):
+    /// queries by that field would not show it (the key table was edited).
     Unlisted {
         /// The event.
         id: EventId,
-        /// `plugin`, `user` or `task`.
+        /// `plugin`, `user`, `task` or `root`.
         field: String,
         /// The event's value of that field.
         value: String,
@@ -745,6 +745,31 @@ impl AuditStore {
                 );
             }
         }
+        // And by the root of its resource (queries by resource).
+        let missing: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT x.id, x.root FROM (SELECT id, {ROOT_SQL} AS root FROM audit_events \
+             WHERE id <= ?) x \
+             WHERE COALESCE((SELECT k.last_id FROM audit_keys k WHERE k.field = ? \
+             AND k.value = x.root AND k.first_id <= x.id \
+             ORDER BY k.first_id DESC LIMIT 1), -1) < x.id \
+             ORDER BY x.id LIMIT ?"
+        )))
+        .bind(upto)
+        .bind(KEY_ROOT)
+        .bind(MAX_VERIFY_PROBLEMS as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(dberr("check resource key ranges"))?;
+        for (id, value) in missing {
+            problem(
+                &mut report,
+                VerifyProblem::Unlisted {
+                    id: EventId(id),
+                    field: KEY_ROOT.to_owned(),
+                    value,
+                },
+            );
+        }
         Ok(report)
     }
 
@@ -788,13 +813,23 @@ impl AuditStore {
 /// The SELECT of [`AuditStore::query`], after `head` (the column list,
 /// or `EXPLAIN QUERY PLAN` and the list).
 fn query_sql(head: &str, filter: &AuditFilter) -> QueryBuilder<Sqlite> {
-    // A resource is the most selective filter and has its own index;
-    // otherwise the task, plugin or user (in that order) is looked up in
-    // `audit_keys` (see `api/migrations/0005_audit_keys.sql`): the outer
-    // loop walks that value's ranges in id order, the inner one the
-    // events of each range by id, and the other filters apply to those.
-    let key = if filter.resource.is_some() || filter.resource_prefix.is_some() {
-        None
+    // Every lookup goes through `audit_keys` (see
+    // `api/migrations/0005_audit_keys.sql` and `0009_audit_resource_roots.sql`):
+    // a resource by its root, else the task, plugin or user (in that order).
+    // The outer loop walks that value's ranges in id order, the inner one
+    // the events of each range by id, and the other filters apply to those.
+    // A resource prefix shorter than a root (fewer than two '/') matches
+    // every root that starts with it: the events of those roots' ranges.
+    let prefix_roots = filter
+        .resource_prefix
+        .as_ref()
+        .filter(|p| filter.resource.is_none() && p.matches('/').count() < 2);
+    let key = if let Some(r) = &filter.resource {
+        Some((KEY_ROOT, resource_root(r).to_owned()))
+    } else if let Some(p) = &filter.resource_prefix {
+        prefix_roots
+            .is_none()
+            .then(|| (KEY_ROOT, resource_root(p).to_owned()))
     } else {
         [
             (KEY_TASK, &filter.task_id),
@@ -805,10 +840,10 @@ fn query_sql(head: &str, filter: &AuditFilter) -> QueryBuilder<Sqlite> {
         .find_map(|(f, v)| v.as_ref().map(|v| (f, v.clone())))
     };
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(head);
-    match &key {
+    match (&key, prefix_roots) {
         // CROSS JOIN: SQLite keeps the written order (keys outer), which
         // also yields the rows in id order without a sort.
-        Some((field, value)) => {
+        (Some((field, value)), _) => {
             qb.push(" FROM audit_keys CROSS JOIN audit_events_full WHERE field = ")
                 .push_bind(*field)
                 .push(" AND value = ")
@@ -829,7 +864,24 @@ fn query_sql(head: &str, filter: &AuditFilter) -> QueryBuilder<Sqlite> {
                 .push("), 0)");
             }
         }
-        None => {
+        (None, Some(p)) => {
+            // Ranges of several roots may overlap: the ids as a set.
+            qb.push(
+                " FROM audit_events_full WHERE id IN (SELECT e.id FROM audit_keys k \
+                 CROSS JOIN audit_events e WHERE k.field = ",
+            )
+            .push_bind(KEY_ROOT)
+            .push(" AND k.value >= ")
+            .push_bind(p.clone())
+            .push(" AND k.value < ")
+            .push_bind(format!("{p}\u{10FFFF}"))
+            .push(" AND e.id >= k.first_id AND e.id <= k.last_id");
+            if let Some(after) = filter.after_id {
+                qb.push(" AND e.id > ").push_bind(after.0);
+            }
+            qb.push(")");
+        }
+        (None, None) => {
             qb.push(" FROM audit_events_full WHERE 1 = 1");
         }
     }
@@ -856,7 +908,7 @@ fn query_sql(head: &str, filter: &AuditFilter) -> QueryBuilder<Sqlite> {
     eq(&mut qb, "resource", &filter.resource);
     text_eq(&mut qb, "operation_ref", &filter.operation);
     if let Some(p) = &filter.resource_prefix {
-        // A range instead of LIKE: no escaping, uses the index.
+        // A range instead of LIKE: no escaping.
         qb.push(" AND resource >= ").push_bind(p.clone());
         qb.push(" AND resource < ")
             .push_bind(format!("{p}\u{10FFFF}"));
@@ -937,6 +989,26 @@ pub(crate) const KEY_PLUGIN: &str = "plugin";
 pub(crate) const KEY_USER: &str = "user";
 /// The `audit_keys` field of `task_id`.
 pub(crate) const KEY_TASK: &str = "task";
+/// The `audit_keys` field of the resource's root ([`resource_root`]).
+pub(crate) const KEY_ROOT: &str = "root";
+
+/// The part of `resource` its `audit_keys` ranges are kept by: the text
+/// before its second '/' ("dataset/<id>" for a dataset and each of its
+/// objects, "task/<id>"), or all of it if it has fewer than two (see
+/// `api/migrations/0009_audit_resource_roots.sql`; [`ROOT_SQL`] is the
+/// same in SQL).
+pub(crate) fn resource_root(resource: &str) -> &str {
+    match resource.match_indices('/').nth(1) {
+        Some((at, _)) => resource.get(..at).unwrap_or(resource),
+        None => resource,
+    }
+}
+
+/// [`resource_root`] of the column `resource`, in SQL (as in migration 0009).
+const ROOT_SQL: &str = "CASE WHEN instr(resource, '/') = 0 THEN resource \
+     WHEN instr(substr(resource, instr(resource, '/') + 1), '/') = 0 THEN resource \
+     ELSE substr(resource, 1, instr(resource, '/') + \
+     instr(substr(resource, instr(resource, '/') + 1), '/') - 1) END";
 
 const SELECT_COLUMNS: &str = "SELECT id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
      actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \

@@ -15,9 +15,12 @@ use crate::db::Db;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
 
-/// Back to the schema before `0008_audit_texts`: the texts in the event
-/// rows, no dictionary, the migration not applied.
-const UNDO_0008: &str = "CREATE TABLE old (id INTEGER NOT NULL PRIMARY KEY, \
+/// Back to the schema before `0008_audit_texts` (and before
+/// `0009_audit_resource_roots`): the texts in the event rows, no dictionary,
+/// the resource index instead of root ranges, the migrations not applied.
+const UNDO_0008: &str = "DELETE FROM audit_keys WHERE field = 'root'; \
+     DELETE FROM _sqlx_migrations WHERE version = 9; \
+     CREATE TABLE old (id INTEGER NOT NULL PRIMARY KEY, \
      ts_us BIGINT NOT NULL, actor_kind TEXT NOT NULL, actor_plugin_id TEXT, \
      actor_plugin_version TEXT, actor_instance TEXT, actor_user TEXT, task_id TEXT, \
      operation TEXT NOT NULL, resource TEXT NOT NULL, decision TEXT NOT NULL, reason TEXT, \
@@ -128,6 +131,39 @@ fn filters() -> Vec<AuditFilter> {
         task_id: Some("task-9".into()),
         ..AuditFilter::default()
     });
+    // Resources: exact (through their root's ranges) and by prefix, longer
+    // than a root (one root) or shorter (every root starting with it).
+    for r in [
+        "dataset/ds0/object/k3",
+        "dataset/ds1/object/k0",
+        "daemon/1",
+        "dataset/ds9/object/k1",
+    ] {
+        v.push(AuditFilter {
+            resource: Some(r.into()),
+            ..AuditFilter::default()
+        });
+    }
+    for p in [
+        "dataset/ds1/object/k1",
+        "dataset/ds0/",
+        "dataset/ds0",
+        "dataset/",
+        "daemon",
+        "d",
+        "",
+        "nothing/",
+    ] {
+        v.push(AuditFilter {
+            resource_prefix: Some(p.into()),
+            ..AuditFilter::default()
+        });
+    }
+    v.push(AuditFilter {
+        resource: Some("dataset/ds1/object/k2".into()),
+        task_id: Some("task-2".into()),
+        ..AuditFilter::default()
+    });
     v
 }
 
@@ -137,6 +173,7 @@ fn matches(f: &AuditFilter, e: &super::StoredEvent) -> bool {
         && eq(&f.user, &e.event.actor.user)
         && eq(&f.task_id, &e.event.task_id)
         && f.operation.as_ref().is_none_or(|o| *o == e.event.operation)
+        && f.resource.as_ref().is_none_or(|r| *r == e.event.resource)
         && f.decision.is_none_or(|d| d == e.event.decision)
         && f.resource_prefix
             .as_ref()
@@ -251,6 +288,15 @@ async fn key_queries_use_the_key_index_and_no_sort() -> Result {
             since_us: Some(0),
             ..AuditFilter::default()
         },
+        AuditFilter {
+            resource: Some("dataset/ds1/object/k3".into()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            resource_prefix: Some("dataset/ds0/".into()),
+            after_id: Some(EventId(10)),
+            ..AuditFilter::default()
+        },
     ] {
         let head = format!("EXPLAIN QUERY PLAN {}", super::SELECT_COLUMNS);
         let mut qb = query_sql(&head, &f);
@@ -269,6 +315,42 @@ async fn key_queries_use_the_key_index_and_no_sort() -> Result {
         );
         assert!(!text.contains("TEMP B-TREE"), "{f:?}:\n{text}");
     }
+    Ok(())
+}
+
+/// `resource_root` and its SQL twin (migration 0009, verify) agree.
+#[tokio::test]
+async fn resource_root_in_rust_and_sql_agree() -> Result {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path().join("hutch.db")).await?;
+    for r in [
+        "",
+        "audit",
+        "task/t1",
+        "task/t1/",
+        "dataset/ds_1/object/a/b",
+        "/",
+        "//",
+        "/x/y",
+        "a//b",
+        "dätä/ßet/ö/ü",
+        "plugin/org.example.p/",
+    ] {
+        let sql: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM (SELECT ? AS resource)",
+            super::ROOT_SQL
+        )))
+        .bind(r)
+        .fetch_one(db.pool())
+        .await?;
+        assert_eq!(sql, super::resource_root(r), "{r:?}");
+    }
+    assert_eq!(
+        super::resource_root("dataset/ds_1/object/k"),
+        "dataset/ds_1"
+    );
+    assert_eq!(super::resource_root("task/t1"), "task/t1");
+    db.close().await;
     Ok(())
 }
 
@@ -301,7 +383,7 @@ async fn events_written_before_the_key_migration_verify_and_query_after_it() -> 
     )
     .fetch_all(db.pool())
     .await?;
-    assert_eq!(indexes, ["audit_events_resource", "audit_events_ts"]);
+    assert_eq!(indexes, ["audit_events_ts"]);
     let audit = AuditStore::open(&db, AuditConfig::default()).await?;
     check_queries(&audit).await?;
     // New events chain on and are found together with the old ones.

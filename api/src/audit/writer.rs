@@ -46,7 +46,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::event::{
     ActorKind, AuditEvent, Decision, EventId, GENESIS_BYTES, HashInput, Outcome, hash_hex,
 };
-use super::{AuditError, KEY_PLUGIN, KEY_TASK, KEY_USER, WriterShared};
+use super::{AuditError, KEY_PLUGIN, KEY_ROOT, KEY_TASK, KEY_USER, WriterShared, resource_root};
 
 /// What a data change reports back to the writer.
 pub struct Mutated<T> {
@@ -751,7 +751,7 @@ async fn commit_batch(
         .filter(|k| k.3 == last_id)
         .map(|k| (k.0, k.1.clone(), k.2))
         .collect();
-    // The last (up to three) key ranges, the head update and the COMMIT in
+    // The last (up to four) key ranges, the head update and the COMMIT in
     // one round trip; any other ranges before.
     let final_keys = keys.split_off(keys.len().saturating_sub(FINAL_KEYS));
     insert_keys(conn, keys).await?;
@@ -920,7 +920,7 @@ async fn resolve_texts(
     Ok(())
 }
 
-/// Rows per INSERT into `audit_keys` (4 binds per row): the up to three
+/// Rows per INSERT into `audit_keys` (4 binds per row): the up to four
 /// ranges of a one-event batch take a single statement.
 const KEYS_PER_INSERT: [usize; 6] = [64, 16, 4, 3, 2, 1];
 
@@ -966,6 +966,7 @@ fn batch_keys(events: &[AuditEvent], last_id: i64) -> Vec<KeyRange> {
             (KEY_PLUGIN, e.actor.plugin_id.as_deref()),
             (KEY_USER, e.actor.user.as_deref()),
             (KEY_TASK, e.task_id.as_deref()),
+            (KEY_ROOT, Some(resource_root(&e.resource))),
         ] {
             if let Some(v) = value {
                 ranges
@@ -982,8 +983,8 @@ fn batch_keys(events: &[AuditEvent], last_id: i64) -> Vec<KeyRange> {
 }
 
 /// Key ranges inserted in the batch's last statement (with the head update
-/// and the COMMIT): a one-event batch has at most three.
-const FINAL_KEYS: usize = 3;
+/// and the COMMIT): a one-event batch has at most four.
+const FINAL_KEYS: usize = 4;
 
 /// The batch's last statement with 0..=[`FINAL_KEYS`] key ranges: their
 /// INSERT, the head update, COMMIT.
