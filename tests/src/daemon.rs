@@ -28,6 +28,9 @@ pub fn sibling_bin(name: &str) -> PathBuf {
         "{} not found: run `cargo build --workspace --bins` first",
         p.display()
     );
+    if std::env::var_os("HUTCH_HUTCHD").is_none() {
+        crate::refuse_stale(&p);
+    }
     p
 }
 

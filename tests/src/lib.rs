@@ -88,6 +88,7 @@ pub fn hutchd_path() -> PathBuf {
         .collect();
     for c in &candidates {
         if c.is_file() {
+            refuse_stale(c);
             return c.clone();
         }
     }
@@ -95,6 +96,67 @@ pub fn hutchd_path() -> PathBuf {
         "hutchd not found (looked at {candidates:?}): run `cargo build --workspace --bins` first \
          (or set HUTCH_HUTCHD=/path/to/hutchd)"
     );
+}
+
+/// Panics when a binary found next to the tests is older than a file it was
+/// built from.
+///
+/// `cargo test -p hutch-tests` does not rebuild another package's binaries, so
+/// without this check an end-to-end test would silently exercise yesterday's
+/// `hutchd`. The sources are the ones cargo itself recorded in the binary's
+/// dep-info file (`target/debug/hutchd.d`); without that file nothing is
+/// checked.
+///
+/// # Panics
+/// When a listed source is newer than the binary, naming both.
+pub fn refuse_stale(bin: &Path) {
+    if let Some(source) = newer_source(bin) {
+        panic!(
+            "{} is older than {}: it does not contain that change; run `cargo build --workspace \
+             --bins` first (./scripts/test does), or set HUTCH_HUTCHD to the binary to test",
+            bin.display(),
+            source.display()
+        );
+    }
+}
+
+/// The first source in `bin`'s dep-info file (`bin` with extension `.d`)
+/// modified after `bin`, if any.
+pub fn newer_source(bin: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let dep_info = std::fs::read_to_string(bin.with_extension("d")).ok()?;
+    let (_, sources) = dep_info.lines().next()?.split_once(": ")?;
+    dep_info_paths(sources).into_iter().find(|p| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > built)
+    })
+}
+
+/// Splits a dep-info dependency list on unescaped spaces (`\ ` is a space
+/// inside a path).
+fn dep_info_paths(list: &str) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let mut cur = String::new();
+    let mut chars = list.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => {
+                cur.push(' ');
+                chars.next();
+            }
+            ' ' => {
+                if !cur.is_empty() {
+                    paths.push(PathBuf::from(std::mem::take(&mut cur)));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        paths.push(PathBuf::from(cur));
+    }
+    paths
 }
 
 /// Escape a string as a TOML basic string (JSON string escapes are valid TOML).
@@ -854,5 +916,69 @@ impl HostListeners {
             got.push("path unix");
         }
         got
+    }
+}
+
+#[cfg(test)]
+mod stale_tests {
+    use std::fs::File;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    /// A fake binary and a source listed in its dep-info, with set mtimes.
+    fn fake_build(
+        source_age: Duration,
+        bin_age: Duration,
+    ) -> io::Result<(tempfile::TempDir, PathBuf, PathBuf)> {
+        let dir = tempfile::Builder::new().prefix(TEMP_PREFIX).tempdir()?;
+        let source = dir.path().join("src dir").join("main.rs");
+        std::fs::create_dir_all(source.parent().unwrap_or(dir.path()))?;
+        let bin = dir.path().join("hutchd");
+        let now = SystemTime::now();
+        File::create(&source)?.set_modified(now - source_age)?;
+        File::create(&bin)?.set_modified(now - bin_age)?;
+        let other = dir.path().join("lib.rs");
+        File::create(&other)?.set_modified(now - Duration::from_secs(3600))?;
+        let escaped = source.display().to_string().replace(' ', "\\ ");
+        std::fs::write(
+            bin.with_extension("d"),
+            format!("{}: {} {escaped}\n", bin.display(), other.display()),
+        )?;
+        Ok((dir, bin, source))
+    }
+
+    #[test]
+    fn a_binary_older_than_a_listed_source_is_stale() -> io::Result<()> {
+        let (_dir, bin, source) = fake_build(Duration::from_secs(10), Duration::from_secs(60))?;
+        assert_eq!(newer_source(&bin), Some(source));
+        Ok(())
+    }
+
+    #[test]
+    fn a_binary_newer_than_its_sources_is_fresh() -> io::Result<()> {
+        let (_dir, bin, _source) = fake_build(Duration::from_secs(60), Duration::from_secs(10))?;
+        assert_eq!(newer_source(&bin), None);
+        Ok(())
+    }
+
+    #[test]
+    fn the_real_dep_info_parses_into_existing_sources() -> io::Result<()> {
+        // The format the check relies on, read from cargo's own file.
+        let dep_info = std::fs::read_to_string(hutchd_path().with_extension("d"))?;
+        let (_, list) = dep_info
+            .lines()
+            .next()
+            .and_then(|l| l.split_once(": "))
+            .unwrap_or_default();
+        let sources = dep_info_paths(list);
+        assert!(
+            sources
+                .iter()
+                .any(|p| p.ends_with("daemon/src/bin/hutchd.rs")),
+            "{sources:?}"
+        );
+        assert!(sources.iter().all(|p| p.is_file()), "{sources:?}");
+        Ok(())
     }
 }
