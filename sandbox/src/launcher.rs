@@ -579,6 +579,10 @@ const SHMEM_SLACK: u64 = 64 << 10;
 /// ([`PoolSlot::predecessor`]) before it spawns cold instead.
 const PREDECESSOR_WAIT: Duration = Duration::from_millis(100);
 
+/// The trace point of a spawn that went cold because its claimed slot's
+/// last init was still exiting after [`PREDECESSOR_WAIT`].
+pub const PREDECESSOR_GAVE_UP: &str = "launcher: slot's last init still exiting; spawning cold";
+
 /// Consecutive pre-warm failures after which a placement's pool gives up.
 const MAX_POOL_FAILURES: u32 = 3;
 
@@ -716,6 +720,23 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
         manager.remove_parent_if_empty();
     }
     result
+}
+
+/// How long the launcher, exiting, waits for each of its children to exit
+/// (a zygote kills and reaps its inits first) before it SIGKILLs it.
+const EXIT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Reap child `pid` (a zygote or a pooled init, killed or told to exit):
+/// wait up to `wait` for it to exit, then SIGKILL it, then reap it. So the
+/// launcher never hangs on a stuck child, and a zygote that exits on its own
+/// has reaped its inits by then.
+fn reap_bounded(pid: Pid, wait: Duration) {
+    let exited = pidfd_open(pid).map_or(true, |fd| exited_within(&fd, wait));
+    if !exited {
+        tracing::warn!(pid = pid.as_raw(), "a child did not exit in time; killed");
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    while let Err(Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
 }
 
 /// `true` once the process of `pidfd` has exited, waiting up to `wait`.
@@ -947,7 +968,7 @@ impl Server {
         }
         if let Some(pid) = g.reap {
             let reaped = if block {
-                let _ = nix::sys::wait::waitpid(pid, None);
+                reap_bounded(pid, EXIT_PATIENCE);
                 true
             } else {
                 !matches!(wait4_nohang(pid), Ok(None))
@@ -1576,11 +1597,15 @@ impl Server {
         // its task would count against this sandbox's `pids_max`.
         if let Some(slot) = stub.slot.as_mut()
             && let Some(pidfd) = slot.predecessor.take()
-            && !exited_within(&pidfd, PREDECESSOR_WAIT)
+            && !exited_within(&pidfd, Duration::ZERO)
         {
-            tracing::warn!("a pool slot's last init is still exiting; spawning cold");
-            self.bury_pooled(stub);
-            return Err(Some(Box::new(prepared)));
+            if !exited_within(&pidfd, PREDECESSOR_WAIT) {
+                trace.push(point(PREDECESSOR_GAVE_UP));
+                tracing::warn!("a pool slot's last init is still exiting; spawning cold");
+                self.bury_pooled(stub);
+                return Err(Some(Box::new(prepared)));
+            }
+            trace.push(point("launcher: waited for the slot's last init"));
         }
         // Back from SCHED_IDLE (pre-warm) to the launcher's own policy, so
         // the claimed stub runs like a cold one.
@@ -2188,6 +2213,11 @@ impl Server {
         r.kill_at = None;
         let outcome = Box::new(std::mem::take(&mut r.outcome));
         self.send(&Event::Exited { id, outcome }, &[]);
+        // The caller's wake-up (a sync one: it is often placed on this
+        // CPU) comes before the rest of the launcher's work (the slot's
+        // return, refills): one yield, 0.1-0.2 ms less to the caller
+        // back-to-back (docs/sandbox.md "Session 7").
+        let _ = nix::sched::sched_yield();
     }
 
     fn on_timers(&mut self) {
