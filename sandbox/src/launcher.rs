@@ -561,6 +561,11 @@ struct Pool {
     /// A spawn took its last ready init and none is ready since (see
     /// [`Server::raise_if_hungry`]).
     hungry: bool,
+    /// When a spawn last claimed one of its inits.
+    last_claim: Option<Instant>,
+    /// That claim came less than [`BURST_GAP`] after the one before: a
+    /// burst of spawns, which refills at once ([`Server::may_refill`]).
+    burst: bool,
 }
 
 /// How long a spawn waits for a warming pool slot's init before it goes
@@ -722,6 +727,14 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
     result
 }
 
+/// Claims of one pool closer together than this are a burst
+/// ([`Pool::burst`]).
+const BURST_GAP: Duration = Duration::from_millis(20);
+
+/// How long after its spawn a running sandbox holds back the refill of a
+/// pool that lacks only the init it took ([`Server::young_running`]).
+const YOUNG: Duration = Duration::from_secs(1);
+
 /// How long the launcher, exiting, waits for each of its children to exit
 /// (a zygote kills and reaps its inits first) before it SIGKILLs it.
 const EXIT_PATIENCE: Duration = Duration::from_secs(5);
@@ -851,6 +864,22 @@ impl Server {
                 .min()
         } else {
             None
+        };
+        // A refill held back by a young sandbox (`young_running`) is due
+        // once that sandbox is a second old, if it has not ended by then.
+        let young = if self.ctrl_open && self.pools.values().any(|p| self.short(p)) {
+            self.running
+                .values()
+                .filter(|r| !r.reported)
+                .map(|r| r.started + YOUNG)
+                .filter(|t| *t > now)
+                .min()
+        } else {
+            None
+        };
+        let refill = match (refill, young) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         match (grave, refill) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1021,9 +1050,28 @@ impl Server {
     }
 
     /// Pool `p` is short and may be refilled now: no sandbox is setting
-    /// up, or `p` has no ready init (the next spawn would wait for one).
+    /// up, or `p` has no ready init (the next spawn would wait for one);
+    /// and `p` lacks more than one init, or is in a burst of spawns, or no
+    /// sandbox is young ([`Server::young_running`]).
     fn may_refill(&self, p: &Pool, setting_up: bool) -> bool {
-        self.short(p) && (!setting_up || !p.stubs.iter().any(|s| s.ready))
+        let ready = p.stubs.iter().filter(|s| s.ready).count();
+        self.short(p)
+            && (!setting_up || ready == 0)
+            && (ready == 0 || ready + 1 < self.config.pool_size || p.burst || !self.young_running())
+    }
+
+    /// A sandbox started less than a second ago has not ended yet: a pool
+    /// that lacks only the init it took (and whose last spawn was not part
+    /// of a burst) waits for that end (or that second) before it re-warms,
+    /// so the pre-warm (the launcher's `prepare_base`, the zygote's `fork`)
+    /// does not delay the plugin's end on its way to the caller
+    /// (docs/sandbox.md "Session 7"). A pool missing more, with nothing
+    /// ready, or in a burst refills at once (back-to-back spawns need the
+    /// refill to overlap the running plugin).
+    fn young_running(&self) -> bool {
+        self.running
+            .values()
+            .any(|r| !r.reported && r.started.elapsed() < YOUNG)
     }
 
     /// While `key`'s pool is hungry (a spawn took its last ready init, and
@@ -1430,6 +1478,8 @@ impl Server {
                             free: Vec::new(),
                             failures: 0,
                             hungry: false,
+                            last_claim: None,
+                            burst: false,
                         });
                     // Fork the stubs now (each warms up on its own): a
                     // spawn right after this finds them, ready or not.
@@ -1507,6 +1557,8 @@ impl Server {
                 free: Vec::new(),
                 failures: 0,
                 hungry: false,
+                last_claim: None,
+                burst: false,
             });
         // Same system trees, devices and /etc files as checked just now;
         // the cpu controller when a CPU limit is asked for.
@@ -1557,6 +1609,9 @@ impl Server {
                 Ok(()) => {
                     if let Some(pool) = self.pools.get_mut(&key) {
                         pool.hungry = !pool.stubs.iter().any(|p| p.ready);
+                        let now = Instant::now();
+                        pool.burst = pool.last_claim.is_some_and(|t| now - t < BURST_GAP);
+                        pool.last_claim = Some(now);
                     }
                     self.raise_if_hungry(&key);
                     return;
