@@ -585,7 +585,7 @@ const SHMEM_SLACK: u64 = 64 << 10;
 const PREDECESSOR_WAIT: Duration = Duration::from_millis(100);
 
 /// The trace point of a spawn that went cold because its claimed slot's
-/// last init was still exiting after [`PREDECESSOR_WAIT`].
+/// last init was still exiting after `PREDECESSOR_WAIT` (100 ms).
 pub const PREDECESSOR_GAVE_UP: &str = "launcher: slot's last init still exiting; spawning cold";
 
 /// Consecutive pre-warm failures after which a placement's pool gives up.
