@@ -561,6 +561,11 @@ struct Pool {
     /// A spawn took its last ready init and none is ready since (see
     /// [`Server::raise_if_hungry`]).
     hungry: bool,
+    /// When a spawn last claimed one of its inits.
+    last_claim: Option<Instant>,
+    /// That claim came less than [`BURST_GAP`] after the one before: a
+    /// burst of spawns, which refills at once ([`Server::may_refill`]).
+    burst: bool,
 }
 
 /// How long a spawn waits for a warming pool slot's init before it goes
@@ -578,6 +583,10 @@ const SHMEM_SLACK: u64 = 64 << 10;
 /// How long a claim waits for its slot's last init to finish exiting
 /// ([`PoolSlot::predecessor`]) before it spawns cold instead.
 const PREDECESSOR_WAIT: Duration = Duration::from_millis(100);
+
+/// The trace point of a spawn that went cold because its claimed slot's
+/// last init was still exiting after `PREDECESSOR_WAIT` (100 ms).
+pub const PREDECESSOR_GAVE_UP: &str = "launcher: slot's last init still exiting; spawning cold";
 
 /// Consecutive pre-warm failures after which a placement's pool gives up.
 const MAX_POOL_FAILURES: u32 = 3;
@@ -718,6 +727,31 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
     result
 }
 
+/// Claims of one pool closer together than this are a burst
+/// ([`Pool::burst`]).
+const BURST_GAP: Duration = Duration::from_millis(20);
+
+/// How long after its spawn a running sandbox holds back the refill of a
+/// pool that lacks only the init it took ([`Server::young_running`]).
+const YOUNG: Duration = Duration::from_secs(1);
+
+/// How long the launcher, exiting, waits for each of its children to exit
+/// (a zygote kills and reaps its inits first) before it SIGKILLs it.
+const EXIT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Reap child `pid` (a zygote or a pooled init, killed or told to exit):
+/// wait up to `wait` for it to exit, then SIGKILL it, then reap it. So the
+/// launcher never hangs on a stuck child, and a zygote that exits on its own
+/// has reaped its inits by then.
+fn reap_bounded(pid: Pid, wait: Duration) {
+    let exited = pidfd_open(pid).map_or(true, |fd| exited_within(&fd, wait));
+    if !exited {
+        tracing::warn!(pid = pid.as_raw(), "a child did not exit in time; killed");
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    while let Err(Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
+}
+
 /// `true` once the process of `pidfd` has exited, waiting up to `wait`.
 fn exited_within(pidfd: &OwnedFd, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
@@ -830,6 +864,22 @@ impl Server {
                 .min()
         } else {
             None
+        };
+        // A refill held back by a young sandbox (`young_running`) is due
+        // once that sandbox is a second old, if it has not ended by then.
+        let young = if self.ctrl_open && self.pools.values().any(|p| self.short(p)) {
+            self.running
+                .values()
+                .filter(|r| !r.reported)
+                .map(|r| r.started + YOUNG)
+                .filter(|t| *t > now)
+                .min()
+        } else {
+            None
+        };
+        let refill = match (refill, young) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         match (grave, refill) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -947,7 +997,7 @@ impl Server {
         }
         if let Some(pid) = g.reap {
             let reaped = if block {
-                let _ = nix::sys::wait::waitpid(pid, None);
+                reap_bounded(pid, EXIT_PATIENCE);
                 true
             } else {
                 !matches!(wait4_nohang(pid), Ok(None))
@@ -1000,9 +1050,28 @@ impl Server {
     }
 
     /// Pool `p` is short and may be refilled now: no sandbox is setting
-    /// up, or `p` has no ready init (the next spawn would wait for one).
+    /// up, or `p` has no ready init (the next spawn would wait for one);
+    /// and `p` lacks more than one init, or is in a burst of spawns, or no
+    /// sandbox is young ([`Server::young_running`]).
     fn may_refill(&self, p: &Pool, setting_up: bool) -> bool {
-        self.short(p) && (!setting_up || !p.stubs.iter().any(|s| s.ready))
+        let ready = p.stubs.iter().filter(|s| s.ready).count();
+        self.short(p)
+            && (!setting_up || ready == 0)
+            && (ready == 0 || ready + 1 < self.config.pool_size || p.burst || !self.young_running())
+    }
+
+    /// A sandbox started less than a second ago has not ended yet: a pool
+    /// that lacks only the init it took (and whose last spawn was not part
+    /// of a burst) waits for that end (or that second) before it re-warms,
+    /// so the pre-warm (the launcher's `prepare_base`, the zygote's `fork`)
+    /// does not delay the plugin's end on its way to the caller
+    /// (docs/sandbox.md "Session 7"). A pool missing more, with nothing
+    /// ready, or in a burst refills at once (back-to-back spawns need the
+    /// refill to overlap the running plugin).
+    fn young_running(&self) -> bool {
+        self.running
+            .values()
+            .any(|r| !r.reported && r.started.elapsed() < YOUNG)
     }
 
     /// While `key`'s pool is hungry (a spawn took its last ready init, and
@@ -1409,6 +1478,8 @@ impl Server {
                             free: Vec::new(),
                             failures: 0,
                             hungry: false,
+                            last_claim: None,
+                            burst: false,
                         });
                     // Fork the stubs now (each warms up on its own): a
                     // spawn right after this finds them, ready or not.
@@ -1486,6 +1557,8 @@ impl Server {
                 free: Vec::new(),
                 failures: 0,
                 hungry: false,
+                last_claim: None,
+                burst: false,
             });
         // Same system trees, devices and /etc files as checked just now;
         // the cpu controller when a CPU limit is asked for.
@@ -1536,6 +1609,9 @@ impl Server {
                 Ok(()) => {
                     if let Some(pool) = self.pools.get_mut(&key) {
                         pool.hungry = !pool.stubs.iter().any(|p| p.ready);
+                        let now = Instant::now();
+                        pool.burst = pool.last_claim.is_some_and(|t| now - t < BURST_GAP);
+                        pool.last_claim = Some(now);
                     }
                     self.raise_if_hungry(&key);
                     return;
@@ -1576,11 +1652,15 @@ impl Server {
         // its task would count against this sandbox's `pids_max`.
         if let Some(slot) = stub.slot.as_mut()
             && let Some(pidfd) = slot.predecessor.take()
-            && !exited_within(&pidfd, PREDECESSOR_WAIT)
+            && !exited_within(&pidfd, Duration::ZERO)
         {
-            tracing::warn!("a pool slot's last init is still exiting; spawning cold");
-            self.bury_pooled(stub);
-            return Err(Some(Box::new(prepared)));
+            if !exited_within(&pidfd, PREDECESSOR_WAIT) {
+                trace.push(point(PREDECESSOR_GAVE_UP));
+                tracing::warn!("a pool slot's last init is still exiting; spawning cold");
+                self.bury_pooled(stub);
+                return Err(Some(Box::new(prepared)));
+            }
+            trace.push(point("launcher: waited for the slot's last init"));
         }
         // Back from SCHED_IDLE (pre-warm) to the launcher's own policy, so
         // the claimed stub runs like a cold one.
@@ -2188,6 +2268,11 @@ impl Server {
         r.kill_at = None;
         let outcome = Box::new(std::mem::take(&mut r.outcome));
         self.send(&Event::Exited { id, outcome }, &[]);
+        // The caller's wake-up (a sync one: it is often placed on this
+        // CPU) comes before the rest of the launcher's work (the slot's
+        // return, refills): one yield, 0.1-0.2 ms less to the caller
+        // back-to-back (docs/sandbox.md "Session 7").
+        let _ = nix::sched::sched_yield();
     }
 
     fn on_timers(&mut self) {

@@ -16,7 +16,10 @@
 //! unreaped child: no pid-reuse race), the init's setup channel and the read
 //! ends of its stdout and stderr. It reaps each init when it exits (the last
 //! one may still be exiting when the next is forked). It exits when the
-//! launcher closes the channel, after killing and reaping its inits.
+//! launcher closes the channel, after killing and reaping its inits; it
+//! never exits with an init unreaped (a failed hand-over or `poll` kills
+//! and reaps them too), so once the launcher has reaped a zygote, every
+//! init it forked is gone.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -218,7 +221,11 @@ fn zygote_main(
         );
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(StepError::sys("poll", "zygote", e)),
+            Err(e) => {
+                drop(fds);
+                kill_and_reap(inits);
+                return Err(StepError::sys("poll", "zygote", e));
+            }
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
@@ -235,21 +242,34 @@ fn zygote_main(
         }
         match chan.recv() {
             Ok(Some((ZygoteRequest::Fork { base }, _))) => {
-                inits.push(fork_init(chan, &base, &own_ns, &me, restore)?);
+                match fork_init(chan, &base, &own_ns, &me, restore) {
+                    Ok(init) => inits.push(init),
+                    Err(e) => {
+                        kill_and_reap(inits);
+                        return Err(e);
+                    }
+                }
             }
             // The launcher closed the channel (the slot is buried, or the
             // launcher exits): kill and reap the inits, so none outlives
             // the zygote unreaped, then exit.
             Ok(None) | Err(_) => {
-                for (_, pidfd) in &inits {
-                    let _ = pidfd_send_signal_kill(pidfd);
-                }
-                for (pid, _) in inits {
-                    reap(pid);
-                }
+                kill_and_reap(inits);
                 return Ok(());
             }
         }
+    }
+}
+
+/// Kill and reap every init of the zygote's: it never exits with one
+/// unreaped (a zygote's exit then means its inits are gone, which the
+/// launcher's own exit relies on).
+fn kill_and_reap(inits: Vec<(Pid, OwnedFd)>) {
+    for (_, pidfd) in &inits {
+        let _ = pidfd_send_signal_kill(pidfd);
+    }
+    for (pid, _) in inits {
+        reap(pid);
     }
 }
 
@@ -274,20 +294,30 @@ fn fork_init(
 ) -> Result<(Pid, OwnedFd), StepError> {
     let forked = spawn::fork_pool_init(&[], base, own_ns, me, oom_score_adj)
         .map_err(|e| StepError::other("fork pre-warmed init", e.to_string()))?;
-    let pidfd = pidfd_open(forked.pid).step("pidfd_open", forked.pid)?;
+    let pidfd = match pidfd_open(forked.pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(forked.pid, nix::sys::signal::Signal::SIGKILL);
+            reap(forked.pid);
+            return Err(StepError::sys("pidfd_open", forked.pid, e));
+        }
+    };
     let fds: [RawFd; 4] = [
         pidfd.as_raw_fd(),
         forked.channel.as_raw_fd(),
         forked.stdout.as_raw_fd(),
         forked.stderr.as_raw_fd(),
     ];
-    chan.send(
+    if let Err(e) = chan.send(
         &ZygoteReply::Forked {
             init: forked.pid.as_raw(),
         },
         &fds,
-    )
-    .map_err(|e| StepError::other("hand over pre-warmed init", e.to_string()))?;
+    ) {
+        // The launcher is gone or buried the slot: this init is nobody's.
+        kill_and_reap(vec![(forked.pid, pidfd)]);
+        return Err(StepError::other("hand over pre-warmed init", e.to_string()));
+    }
     Ok((forked.pid, pidfd))
 }
 

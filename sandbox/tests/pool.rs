@@ -609,15 +609,19 @@ fn pool_processes_die_with_a_killed_launcher() {
 
 impl Parent {
     /// Once `launcher`'s pool holds `n` ready inits: drop (close) the
-    /// launcher, then assert that its pool processes die with it (a zygote
-    /// may still be killing and reaping its inits for a moment after the
-    /// launcher exited: bounded wait) and that no slot cgroup nor the
-    /// parent is left.
+    /// launcher, then assert that its pool processes were gone by the time
+    /// it was reaped (it reaps its zygotes, bounded, and a zygote exits only
+    /// after reaping its inits) and that no slot cgroup nor the parent is
+    /// left.
     fn exit_leaves_nothing(&self, launcher: Launcher, n: usize) {
         let lpid = launcher.pid();
         let pool = self.wait_for_pool(lpid, n);
         drop(launcher);
-        wait_gone(&pool, "pool processes outlived the launcher");
+        let left: Vec<i32> = pool.iter().copied().filter(|p| alive(*p)).collect();
+        assert!(
+            left.is_empty(),
+            "pool processes outlived the launcher: {left:?}"
+        );
         assert_eq!(self.pool_cgroups(lpid).0, Vec::<PathBuf>::new());
         assert!(!self.parent_dirs_exist(), "parent cgroup left behind");
     }
@@ -838,4 +842,147 @@ fn a_slot_with_a_large_tmpfs_leftover_waits_for_it() {
         o.exit_code == Some(0) && !o.oom_killed && out.contains("fits"),
         "successor in the predecessor's slot: {o:?} {out}"
     );
+}
+
+/// Holds a process in its exit (ptrace `PTRACE_EVENT_EXIT` stop: it has
+/// begun to exit, but is not a zombie yet and its pidfd does not fire) until
+/// released, from a tracer thread of its own. Released on drop.
+struct ExitHolder {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    held: std::sync::mpsc::Receiver<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExitHolder {
+    fn seize(pid: i32) -> Self {
+        use nix::sys::ptrace;
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let (seized_tx, seized_rx) = std::sync::mpsc::channel::<nix::Result<()>>();
+        let thread = std::thread::spawn(move || {
+            let pid = Pid::from_raw(pid);
+            let seized = ptrace::seize(pid, ptrace::Options::PTRACE_O_TRACEEXIT);
+            let ok = seized.is_ok();
+            let _ = seized_tx.send(seized);
+            if !ok {
+                return;
+            }
+            loop {
+                match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+                    Ok(WaitStatus::PtraceEvent(_, _, ev)) if ev == libc::PTRACE_EVENT_EXIT => {
+                        let _ = held_tx.send(());
+                        // Until released (or the test is gone), at most 60 s.
+                        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+                        let _ = ptrace::detach(pid, None);
+                        return;
+                    }
+                    // A signal on its way to it: deliver it.
+                    Ok(WaitStatus::Stopped(_, sig)) => {
+                        let _ = ptrace::cont(pid, Some(sig));
+                    }
+                    Ok(WaitStatus::PtraceEvent(..)) => {
+                        let _ = ptrace::cont(pid, None);
+                    }
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        seized_rx.recv().unwrap().expect("PTRACE_SEIZE");
+        Self {
+            release: Some(release_tx),
+            held: held_rx,
+            thread: Some(thread),
+        }
+    }
+
+    /// Wait (up to 10 s) until the process is held in its exit.
+    fn wait_held(&self) {
+        self.held
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the process did not exit");
+    }
+
+    fn release(&mut self) {
+        drop(self.release.take());
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for ExitHolder {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A slot goes back to the pool as soon as its sandbox reported every
+/// plugin process gone, while its init is still exiting; the slot's next
+/// init is claimed only once that init is gone (`PoolSlot::predecessor`),
+/// so a sandbox never shares its cgroup (tasks, `pids_max`, counters) with
+/// the last one's init. The test holds the first sandbox's init in its exit
+/// (ptrace) and spawns until the slot's re-warmed init is claimed: that
+/// spawn must not use the slot (it waits `PREDECESSOR_WAIT`, then spawns
+/// cold); without the wait it would run beside the exiting init. Once
+/// released, the pool serves spawns again and nothing is left.
+#[test]
+fn a_claim_waits_for_its_slots_last_init_to_exit() {
+    if !privileged("a_claim_waits_for_its_slots_last_init_to_exit") {
+        return;
+    }
+    let parent = Parent::new("pool-pred");
+    let dir = plugin_dir();
+    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
+    let lpid = launcher.pid();
+    launcher.prewarm(Some(&parent.0)).unwrap();
+    let slot = parent.next_slot(lpid);
+    let (_, inits) = parent.pool_processes(lpid);
+    let [init] = inits[..] else {
+        panic!("one pre-warmed init expected: {inits:?}");
+    };
+    let spec = sh("test.pool-pred", dir.path(), &parent, "true");
+    let mut holder = ExitHolder::seize(init);
+    let (a, out_a) = run(&mut launcher, &spec);
+    assert_eq!(a.exit_code, Some(0), "{a:?} {out_a}");
+    assert!(
+        pooled(&a),
+        "first spawn was not pooled: {:?}",
+        a.spawn_trace
+    );
+    holder.wait_held();
+    // Slots take turns: spawn until the held init's slot is re-warmed and
+    // claimed.
+    let mut claimed_in_slot = false;
+    for _ in 0..6 {
+        let next = parent.next_slot(lpid);
+        let (b, out_b) = run(&mut launcher, &spec);
+        assert_eq!(b.exit_code, Some(0), "{b:?} {out_b}");
+        if next != slot {
+            continue;
+        }
+        assert!(
+            !pooled(&b),
+            "claimed a slot whose last init was still exiting: {:?}",
+            b.spawn_trace
+        );
+        assert!(
+            b.spawn_trace
+                .iter()
+                .any(|p| p.step == hutch_sandbox::launcher::PREDECESSOR_GAVE_UP),
+            "{:?}",
+            b.spawn_trace
+        );
+        claimed_in_slot = true;
+        break;
+    }
+    assert!(claimed_in_slot, "slot {slot} never came back");
+    assert!(alive(init), "the held init is gone");
+    holder.release();
+    wait_gone(&[init], "released init");
+    let (c, out_c) = run_warm(&mut launcher, &parent, &spec);
+    assert_eq!(c.exit_code, Some(0), "{c:?} {out_c}");
+    assert!(pooled(&c), "{:?}", c.spawn_trace);
+    parent.exit_leaves_nothing(launcher, 1);
 }

@@ -453,6 +453,36 @@ fn print_kinds(title: &str, samples: &[&Sample]) {
     println!("{line}");
 }
 
+/// The hops between processes of a ready claim, per spawn (medians of each
+/// spawn's own differences, ms): request to the launcher, claim sent to init
+/// claimed, plugin reaped by init to its end at the launcher, and the
+/// launcher's outcome (stats read) to the caller.
+fn print_hops(title: &str, samples: &[&Sample]) {
+    let at = |s: &Sample, step: &str| s.points.iter().find(|p| p.step == step).map(|p| p.ns);
+    let hop = |from: &dyn Fn(&Sample) -> Option<u64>, to: &dyn Fn(&Sample) -> Option<u64>| {
+        let v: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| Some((to(s)? as f64 - from(s)? as f64) / 1e6))
+            .collect();
+        median_ms(v).map_or_else(|| "-".to_owned(), |m| format!("{m:.3}"))
+    };
+    println!(
+        "hops of a claim, {title} (median ms): request -> launcher {}; claim sent -> init claimed {}; plugin reaped -> launcher {}; outcome sent -> caller {}",
+        hop(&|s| Some(s.t0), &|s| at(s, "launcher: request received")),
+        hop(&|s| at(s, "launcher: claim sent"), &|s| at(
+            s,
+            "init: claimed"
+        )),
+        hop(&|s| at(s, "init: plugin reaped"), &|s| at(
+            s,
+            "launcher: plugin end received"
+        )),
+        hop(&|s| at(s, "launcher: cgroup stats read"), &|s| Some(
+            s.t_end
+        )),
+    );
+}
+
 /// Extra cost of each namespace, as `unshare(1) --X /bin/true` minus
 /// `unshare(1) /bin/true` (creation and the synchronous part of teardown).
 fn namespace_costs(runs: usize) {
@@ -675,6 +705,8 @@ fn main() -> ExitCode {
     println!();
     print_kinds("full sandbox, back-to-back", &refs(&warm_b2b));
     print_kinds("full sandbox, 50 ms gaps", &refs(&warm_gap));
+    print_hops("full sandbox, back-to-back", &refs(&warm_b2b));
+    print_hops("full sandbox, 50 ms gaps", &refs(&warm_gap));
     print_breakdown(
         "full sandbox, back-to-back",
         &refs(&cold_b2b),
