@@ -710,23 +710,33 @@ impl AuditStore {
                 );
             }
         }
-        // The key ranges queries by plugin, user and task go through are
-        // not part of the chain: every event up to the head must be
-        // covered by a range of its value (one index seek per event).
-        // The value is the dictionary text (an event whose text is missing
-        // from the dictionary failed its hash above).
-        for (field, column) in [
-            (KEY_PLUGIN, "plugin_ref"),
-            (KEY_USER, "user_ref"),
-            (KEY_TASK, "task_ref"),
+        // The key ranges queries by plugin, user, task and resource go
+        // through are not part of the chain: every event up to the head
+        // must be covered by a range of its value (one index seek per
+        // event). The value is the dictionary text (an event whose text is
+        // missing from the dictionary failed its hash above), or the root
+        // of its resource.
+        let text = |column: &str| {
+            format!(
+                "SELECT e.id AS id, t.text AS value FROM audit_events e CROSS JOIN audit_texts t \
+                 WHERE e.id <= ? AND t.id = e.{column}"
+            )
+        };
+        for (field, values) in [
+            (KEY_PLUGIN, text("plugin_ref")),
+            (KEY_USER, text("user_ref")),
+            (KEY_TASK, text("task_ref")),
+            (
+                KEY_ROOT,
+                format!("SELECT id, {ROOT_SQL} AS value FROM audit_events WHERE id <= ?"),
+            ),
         ] {
             let missing: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT e.id, t.text FROM audit_events e CROSS JOIN audit_texts t \
-                 WHERE e.id <= ? AND t.id = e.{column} \
-                 AND COALESCE((SELECT k.last_id FROM audit_keys k WHERE k.field = ? \
-                 AND k.value = t.text AND k.first_id <= e.id \
-                 ORDER BY k.first_id DESC LIMIT 1), -1) < e.id \
-                 ORDER BY e.id LIMIT ?"
+                "SELECT x.id, x.value FROM ({values}) x \
+                 WHERE COALESCE((SELECT k.last_id FROM audit_keys k WHERE k.field = ? \
+                 AND k.value = x.value AND k.first_id <= x.id \
+                 ORDER BY k.first_id DESC LIMIT 1), -1) < x.id \
+                 ORDER BY x.id LIMIT ?"
             )))
             .bind(upto)
             .bind(field)
@@ -744,31 +754,6 @@ impl AuditStore {
                     },
                 );
             }
-        }
-        // And by the root of its resource (queries by resource).
-        let missing: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT x.id, x.root FROM (SELECT id, {ROOT_SQL} AS root FROM audit_events \
-             WHERE id <= ?) x \
-             WHERE COALESCE((SELECT k.last_id FROM audit_keys k WHERE k.field = ? \
-             AND k.value = x.root AND k.first_id <= x.id \
-             ORDER BY k.first_id DESC LIMIT 1), -1) < x.id \
-             ORDER BY x.id LIMIT ?"
-        )))
-        .bind(upto)
-        .bind(KEY_ROOT)
-        .bind(MAX_VERIFY_PROBLEMS as i64)
-        .fetch_all(pool)
-        .await
-        .map_err(dberr("check resource key ranges"))?;
-        for (id, value) in missing {
-            problem(
-                &mut report,
-                VerifyProblem::Unlisted {
-                    id: EventId(id),
-                    field: KEY_ROOT.to_owned(),
-                    value,
-                },
-            );
         }
         Ok(report)
     }
