@@ -293,9 +293,7 @@ fn a_pooled_init_is_used_once_and_carries_nothing_over() {
     }
     let parent = Parent::new("pool-once");
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
-    launcher.prewarm(Some(&parent.0)).unwrap();
-    parent.wait_for_pool(launcher.pid(), 1);
+    let mut launcher = parent.pool_launcher(1);
     let (_, inits) = parent.pool_processes(launcher.pid());
     let script = "test -e /tmp/left && echo LEFTOVER; echo x > /tmp/left; \
                   readlink /proc/self/ns/net /proc/self/ns/ipc /proc/self/ns/uts /proc/self/ns/mnt; \
@@ -352,9 +350,7 @@ fn a_reused_slot_reports_each_spawns_own_peak_memory_and_cpu() {
     }
     let parent = Parent::new("pool-stats");
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
-    launcher.prewarm(Some(&parent.0)).unwrap();
-    parent.wait_for_pool(launcher.pid(), 1);
+    let mut launcher = parent.pool_launcher(1);
     // A: dd's 64 MiB buffer is touched by every read; 16 of them burn CPU.
     let big = sh(
         "test.pool-stats",
@@ -390,10 +386,8 @@ fn a_slot_is_reused_only_after_a_normal_end() {
     }
     let parent = Parent::new("pool-dirty");
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
+    let mut launcher = parent.pool_launcher(1);
     let lpid = launcher.pid();
-    launcher.prewarm(Some(&parent.0)).unwrap();
-    parent.wait_for_pool(lpid, 1);
     // A normal end that left a grandchild behind: the pid namespace takes
     // it down, and the slot holds only its zygote (then a new init).
     let leaver = sh(
@@ -462,9 +456,7 @@ fn a_reused_slot_enforces_each_spawns_own_limits() {
     }
     let parent = Parent::new("pool-relimit");
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
-    launcher.prewarm(Some(&parent.0)).unwrap();
-    parent.wait_for_pool(launcher.pid(), 1);
+    let mut launcher = parent.pool_launcher(1);
     let script = "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null && echo big; \
                   for i in 1 2 3 4 5 6; do sleep 0.2 & done; wait && echo forked";
     // A: tight limits, ends normally (the script's failures are its own).
@@ -509,9 +501,7 @@ fn limits_bind_pooled_spawns_from_their_first_instruction() {
     }
     let parent = Parent::new("pool-limits");
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
-    launcher.prewarm(Some(&parent.0)).unwrap();
-    parent.wait_for_pool(launcher.pid(), 1);
+    let mut launcher = parent.pool_launcher(1);
     // Memory bomb (tmpfs pages count too): OOM-killed at 32 MiB, no swap.
     let mut bomb = sh(
         "test.pool-oom",
@@ -565,10 +555,7 @@ fn the_pool_leaves_nothing_when_the_launcher_exits() {
     }
     let parent = Parent::new("pool-exit");
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 2 }).unwrap();
-    let lpid = launcher.pid();
-    launcher.prewarm(Some(&parent.0)).unwrap();
-    parent.wait_for_pool(lpid, 2);
+    let mut launcher = parent.pool_launcher(2);
     // One spawn, so a used slot is back in the pool too.
     let (o, _) = run(
         &mut launcher,
@@ -585,10 +572,8 @@ fn pool_processes_die_with_a_killed_launcher() {
     }
     let parent = Parent::new("pool-kill");
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 2 }).unwrap();
+    let mut launcher = parent.pool_launcher(2);
     let lpid = launcher.pid();
-    launcher.prewarm(Some(&parent.0)).unwrap();
-    parent.wait_for_pool(lpid, 2);
     let (o, _) = run(
         &mut launcher,
         &sh("test.pool-kill", dir.path(), &parent, "true"),
@@ -608,6 +593,15 @@ fn pool_processes_die_with_a_killed_launcher() {
 }
 
 impl Parent {
+    /// A launcher whose pool of `size` inits is pre-warmed under this
+    /// parent and ready.
+    fn pool_launcher(&self, size: usize) -> Launcher {
+        let launcher = Launcher::start_with(LauncherConfig { pool_size: size }).unwrap();
+        launcher.prewarm(Some(&self.0)).unwrap();
+        self.wait_for_pool(launcher.pid(), size);
+        launcher
+    }
+
     /// Once `launcher`'s pool holds `n` ready inits: drop (close) the
     /// launcher, then assert that its pool processes were gone by the time
     /// it was reaped (it reaps its zygotes, bounded, and a zygote exits only
@@ -662,10 +656,8 @@ fn the_pool_works_on_cgroup_v2_without_controllers() {
     }
     let parent = Parent::at("pool-v2", root);
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
+    let mut launcher = parent.pool_launcher(1);
     let lpid = launcher.pid();
-    launcher.prewarm(Some(&parent.0)).unwrap();
-    parent.wait_for_pool(lpid, 1);
     let marker = format!("9{:05}.25", std::process::id() % 100_000);
     // A plugin that double-forks and exits, then one that burns some CPU
     // in the same (reused) slot.
@@ -775,10 +767,8 @@ fn a_slot_with_a_large_tmpfs_leftover_waits_for_it() {
     }
     let parent = Parent::new("pool-shmem");
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
+    let mut launcher = parent.pool_launcher(1);
     let lpid = launcher.pid();
-    launcher.prewarm(Some(&parent.0)).unwrap();
-    parent.wait_for_pool(lpid, 1);
     let marker = format!("8{:05}.75", std::process::id() % 100_000);
     let filler = sh("test.pool-shmem", dir.path(), &parent, "true");
     let predecessor = sh(
@@ -934,9 +924,8 @@ fn a_claim_waits_for_its_slots_last_init_to_exit() {
     }
     let parent = Parent::new("pool-pred");
     let dir = plugin_dir();
-    let mut launcher = Launcher::start_with(LauncherConfig { pool_size: 1 }).unwrap();
+    let mut launcher = parent.pool_launcher(1);
     let lpid = launcher.pid();
-    launcher.prewarm(Some(&parent.0)).unwrap();
     let slot = parent.next_slot(lpid);
     let (_, inits) = parent.pool_processes(lpid);
     let [init] = inits[..] else {

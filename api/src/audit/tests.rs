@@ -483,22 +483,40 @@ async fn consecutive_batches_extend_the_last_key_range_and_queries_still_match()
     Ok(())
 }
 
+/// A database at `path` with `writers` x `per` events, the oldest five
+/// purged (so the chain starts at an anchor), then taken back to an older
+/// schema by `undo`; returns it still open (for checks of the old schema)
+/// and the events as queried before the undo.
+async fn downgraded(
+    path: &std::path::Path,
+    writers: usize,
+    per: usize,
+    undo: &str,
+) -> Result<(Db, Vec<super::StoredEvent>)> {
+    let db = Db::open(path).await?;
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    fill(&audit, writers, per).await?;
+    let all = audit.query(&AuditFilter::default()).await?;
+    audit
+        .purge_before(all[5].event.ts_us, Actor::admin("root"))
+        .await?;
+    let before = audit.query(&AuditFilter::default()).await?;
+    drop(audit);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(undo.to_owned()))
+        .execute(db.pool())
+        .await?;
+    Ok((db, before))
+}
+
 #[tokio::test]
 async fn events_written_with_hex_hashes_verify_and_chain_on_after_the_blob_migration() -> Result {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("hutch.db");
     let before;
     {
-        let db = Db::open(&path).await?;
-        let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-        fill(&audit, 3, 12).await?;
-        let all = audit.query(&AuditFilter::default()).await?;
-        let cut = all[5].event.ts_us;
-        audit.purge_before(cut, Actor::admin("root")).await?;
-        before = audit.query(&AuditFilter::default()).await?;
-        drop(audit);
         // Back to the schema before 0007: hashes as lowercase hex text.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        let db;
+        (db, before) = downgraded(&path, 3, 12, &format!(
             "{UNDO_0008}CREATE TABLE old (id INTEGER NOT NULL PRIMARY KEY, ts_us BIGINT NOT NULL, \
              actor_kind TEXT NOT NULL, actor_plugin_id TEXT, actor_plugin_version TEXT, \
              actor_instance TEXT, actor_user TEXT, task_id TEXT, operation TEXT NOT NULL, \
@@ -522,8 +540,7 @@ async fn events_written_with_hex_hashes_verify_and_chain_on_after_the_blob_migra
              FROM audit_anchor; \
              DROP TABLE audit_anchor; ALTER TABLE old_anchor RENAME TO audit_anchor; \
              DELETE FROM _sqlx_migrations WHERE version = 7"
-        )))
-        .execute(db.pool())
+        ))
         .await?;
         let kinds: Vec<(String, i64)> =
             sqlx::query_as("SELECT typeof(hash), length(hash) FROM audit_events LIMIT 1")
@@ -568,16 +585,8 @@ async fn events_written_with_texts_in_their_rows_verify_and_query_after_the_dict
     let path = dir.path().join("hutch.db");
     let before;
     {
-        let db = Db::open(&path).await?;
-        let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-        fill(&audit, 4, 15).await?;
-        let all = audit.query(&AuditFilter::default()).await?;
-        audit
-            .purge_before(all[5].event.ts_us, Actor::admin("root"))
-            .await?;
-        before = audit.query(&AuditFilter::default()).await?;
-        drop(audit);
-        sqlx::raw_sql(UNDO_0008).execute(db.pool()).await?;
+        let db;
+        (db, before) = downgraded(&path, 4, 15, UNDO_0008).await?;
         let kinds: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT typeof(actor_plugin_id), typeof(operation) FROM audit_events \
              WHERE actor_plugin_id IS NOT NULL",
