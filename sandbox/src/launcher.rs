@@ -622,6 +622,11 @@ struct Server {
     pools: HashMap<PoolKey, Pool>,
     pool_seq: u64,
     graveyard: Vec<Grave>,
+    /// Sandboxes reported at their plugin's end whose pool slot may go back
+    /// early ([`Server::return_slot_early`]): done as background work, so a
+    /// request that came meanwhile (the next back-to-back spawn) is served
+    /// first.
+    early_returns: Vec<u64>,
     janitor: Option<Janitor>,
     /// The launcher's scheduling policy, which a pre-warmed init gets when
     /// it is claimed (it warms up at `SCHED_IDLE`).
@@ -691,6 +696,7 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
         pools: HashMap::new(),
         pool_seq: 0,
         graveyard: Vec::new(),
+        early_returns: Vec::new(),
         janitor: Janitor::start()
             .map_err(
                 |e| tracing::warn!(error = %e, "janitor; mount namespaces are released inline"),
@@ -854,6 +860,9 @@ impl Server {
     /// When the next piece of background work (a pool refill, a grave) may
     /// run; `None` when there is none.
     fn background_due(&self, now: Instant) -> Option<Instant> {
+        if !self.early_returns.is_empty() {
+            return Some(now);
+        }
         let grave = self.graveyard.iter().map(|g| g.next_try).min();
         let refill = if self.ctrl_open {
             let setting_up = self.setting_up();
@@ -961,9 +970,13 @@ impl Server {
         Ok(())
     }
 
-    /// One piece of background work, if one is due: a grave first (it frees
-    /// resources), else one pool refill.
+    /// One piece of background work, if one is due: a slot's early return
+    /// first, then a grave (it frees resources), else one pool refill.
     fn background(&mut self, now: Instant) {
+        if let Some(id) = self.early_returns.pop() {
+            self.return_slot_early(id);
+            return;
+        }
         if let Some(i) = self.graveyard.iter().position(|g| g.next_try <= now) {
             if self.bury(i, false) {
                 self.graveyard.swap_remove(i);
@@ -1984,7 +1997,7 @@ impl Server {
         }
         if report_now {
             self.report(id, None, None);
-            self.return_slot_early(id);
+            self.early_returns.push(id);
         }
     }
 

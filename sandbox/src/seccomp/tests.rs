@@ -927,6 +927,58 @@ fn monitor_reports_ptrace_and_aggregates_a_spinning_denial() -> TestResult {
 }
 
 #[test]
+fn the_monitor_closes_a_listener_whose_filter_lost_its_last_user() -> TestResult {
+    let Some(f) = notifying()? else {
+        return Ok(());
+    };
+    let (parent_sock, child_sock) = UnixStream::pair()?;
+    // SAFETY: the child makes raw syscalls only and `_exit`s; it never returns into the harness.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            let Some(listener) = apply_or_exit(&f) else {
+                exit_now(98)
+            };
+            if send_listener(child_sock.as_fd(), listener).is_err() {
+                exit_now(97);
+            }
+            // Wait until the parent's monitor runs, then one denied call, then exit.
+            let mut b = [0u8; 1];
+            if nix::unistd::read(&child_sock, &mut b) != Ok(1) {
+                exit_now(96);
+            }
+            exit_now(
+                if sys(libc::SYS_ptrace, libc::PTRACE_TRACEME as u64, 0, 0) == EPERM {
+                    0
+                } else {
+                    95
+                },
+            )
+        }
+        ForkResult::Parent { child } => {
+            drop(child_sock);
+            let monitor = DenialMonitor::spawn(recv_listener(parent_sock.as_fd())?, "hup".into())?;
+            assert!(monitor.listener_open(), "open while the plugin runs");
+            nix::unistd::write(&parent_sock, b"g")?;
+            assert_exited_ok(waitpid(child, None)?);
+            // The filter's last user is gone: the monitor thread closes the listener at that
+            // `EPOLLHUP`, before (and without) `finish`.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while monitor.listener_open() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert!(
+                !monitor.listener_open(),
+                "the listener is closed at the filter's orphaning"
+            );
+            let denials = monitor.finish();
+            assert_eq!(count_of(&denials, "ptrace"), Some(1), "{denials:?}");
+            assert_eq!(denials.len(), 1, "{denials:?}");
+            Ok(())
+        }
+    }
+}
+
+#[test]
 fn finish_returns_while_the_plugin_still_spins() -> TestResult {
     let Some(f) = notifying()? else {
         return Ok(());
