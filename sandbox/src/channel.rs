@@ -1,7 +1,11 @@
 //! Typed messages over a `SOCK_SEQPACKET` socketpair, with file descriptors.
 //!
-//! One message is one JSON-encoded datagram; descriptors travel alongside as
-//! `SCM_RIGHTS`. Used between the daemon and the launcher and between the
+//! One message is one datagram in `postcard`'s compact binary serde format
+//! (both ends are this crate's code, one build: no schema evolution to
+//! carry); descriptors travel alongside as `SCM_RIGHTS`. JSON took 90 µs to
+//! decode a pooled init's claim (its paths are byte strings, which JSON
+//! spells as arrays of numbers), on the claim's critical path
+//! (docs/sandbox.md "Session 8"). Used between the daemon and the launcher and between the
 //! launcher and a sandbox being set up.
 
 use std::io::{IoSlice, IoSliceMut};
@@ -18,6 +22,10 @@ use serde::de::DeserializeOwned;
 
 /// Largest message accepted (a spec with many paths still fits easily).
 pub const MAX_MESSAGE: usize = 256 * 1024;
+/// The first byte of every datagram: a message is never empty (a `()`
+/// encodes to nothing), so an empty read is always the end of the stream.
+const FRAME: u8 = 0x48;
+
 /// Most descriptors carried by one message (a pooled claim carries one per
 /// spec-dependent bind).
 pub const MAX_FDS: usize = 32;
@@ -35,10 +43,13 @@ pub enum ChannelError {
     },
     /// A message could not be encoded or decoded.
     #[error("bad message on channel: {0}")]
-    Codec(#[from] serde_json::Error),
+    Codec(#[from] postcard::Error),
     /// The message was truncated (larger than [`MAX_MESSAGE`]).
     #[error("message on channel truncated")]
     Truncated,
+    /// The datagram does not start with the frame byte.
+    #[error("message on channel without its frame byte")]
+    Unframed,
 }
 
 /// One end of a typed channel: sends `S`, receives `R`.
@@ -86,7 +97,8 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
     /// # Errors
     /// Encoding or `sendmsg` failed (`EPIPE` when the other end is gone).
     pub fn send(&self, msg: &S, fds: &[RawFd]) -> Result<(), ChannelError> {
-        let bytes = serde_json::to_vec(msg)?;
+        let mut bytes = vec![FRAME];
+        bytes.extend_from_slice(&postcard::to_allocvec(msg)?);
         let iov = [IoSlice::new(&bytes)];
         let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
             Vec::new()
@@ -165,7 +177,10 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
         if len == 0 {
             return Ok(None);
         }
-        Ok(Some((serde_json::from_slice(&buf[..len])?, fds)))
+        match buf[..len].split_first() {
+            Some((&FRAME, body)) => Ok(Some((postcard::from_bytes(body)?, fds))),
+            _ => Err(ChannelError::Unframed),
+        }
     }
 
     /// The length of the next datagram (`MSG_PEEK | MSG_TRUNC`: the real
@@ -199,5 +214,55 @@ impl<S, R> AsFd for Channel<S, R> {
 impl<S, R> AsRawFd for Channel<S, R> {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn messages_and_descriptors_round_trip() -> TestResult {
+        let (a, b) = pair::<Vec<std::ffi::CString>, Option<u64>>()?;
+        let (rd, _wr) = nix::unistd::pipe()?;
+        let paths = vec![c"/usr".to_owned(), c"/data/\xff".to_owned()];
+        a.send(&paths, &[rd.as_raw_fd()])?;
+        let (got, fds) = b.recv()?.ok_or("end of stream")?;
+        assert_eq!(got, paths);
+        assert_eq!(fds.len(), 1);
+        b.send(&Some(7), &[])?;
+        assert_eq!(a.recv()?.map(|(m, _)| m), Some(Some(7)));
+        Ok(())
+    }
+
+    /// A `()` encodes to no bytes: it still arrives as a message (with its
+    /// descriptor), and only a closed peer reads as the end.
+    #[test]
+    fn an_empty_message_is_not_the_end_of_the_stream() -> TestResult {
+        let (a, b) = pair::<(), ()>()?;
+        let (rd, _wr) = nix::unistd::pipe()?;
+        a.send(&(), &[rd.as_raw_fd()])?;
+        let (unit, fds) = b.recv()?.ok_or("a () read as the end of the stream")?;
+        assert_eq!(unit, ());
+        assert_eq!(fds.len(), 1);
+        drop(a);
+        assert!(b.recv()?.is_none(), "closed peer: end of stream");
+        Ok(())
+    }
+
+    #[test]
+    fn unframed_and_undecodable_datagrams_are_errors() -> TestResult {
+        // `a` receives `Vec<u64>`; raw datagrams are written on `b`'s end.
+        let (a, b) = pair::<(), Vec<u64>>()?;
+        nix::unistd::write(&b.fd, b"{\"json\":1}")?;
+        let r = a.recv();
+        assert!(matches!(r, Err(ChannelError::Unframed)), "{r:?}");
+        // Framed, but a length prefix far beyond the bytes that follow.
+        nix::unistd::write(&b.fd, &[FRAME, 0xff, 0xff, 0x03, 1])?;
+        let r = a.recv();
+        assert!(matches!(r, Err(ChannelError::Codec(_))), "{r:?}");
+        Ok(())
     }
 }
