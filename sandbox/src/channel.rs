@@ -1,12 +1,12 @@
 //! Typed messages over a `SOCK_SEQPACKET` socketpair, with file descriptors.
 //!
-//! One message is one datagram in `postcard`'s compact binary serde format
-//! (both ends are this crate's code, one build: no schema evolution to
-//! carry); descriptors travel alongside as `SCM_RIGHTS`. JSON took 90 µs to
-//! decode a pooled init's claim (its paths are byte strings, which JSON
-//! spells as arrays of numbers), on the claim's critical path
-//! (docs/sandbox.md "Session 8"). Used between the daemon and the launcher and between the
-//! launcher and a sandbox being set up.
+//! One message is one datagram: a frame byte, then the message in
+//! `postcard`'s compact binary serde format (both ends are this crate's code,
+//! one build: no schema evolution to carry); descriptors travel alongside as
+//! `SCM_RIGHTS`. Used between the daemon and the launcher and between the
+//! launcher and a sandbox being set up. (JSON took 90 µs to decode a pooled
+//! init's claim, whose paths are byte strings that JSON spells as arrays of
+//! numbers, on the claim's critical path: docs/sandbox.md "Session 8".)
 
 use std::io::{IoSlice, IoSliceMut};
 use std::marker::PhantomData;
@@ -97,8 +97,7 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
     /// # Errors
     /// Encoding or `sendmsg` failed (`EPIPE` when the other end is gone).
     pub fn send(&self, msg: &S, fds: &[RawFd]) -> Result<(), ChannelError> {
-        let mut bytes = vec![FRAME];
-        bytes.extend_from_slice(&postcard::to_allocvec(msg)?);
+        let bytes = postcard::to_extend(msg, vec![FRAME])?;
         let iov = [IoSlice::new(&bytes)];
         let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
             Vec::new()
