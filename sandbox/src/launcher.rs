@@ -568,6 +568,22 @@ struct Pool {
     burst: bool,
 }
 
+impl Pool {
+    /// An empty pool for `placement`.
+    fn new(placement: Option<CgroupPlacement>) -> Self {
+        Pool {
+            placement,
+            stubs: Vec::new(),
+            warming: Vec::new(),
+            free: Vec::new(),
+            failures: 0,
+            hungry: false,
+            last_claim: None,
+            burst: false,
+        }
+    }
+}
+
 /// How long a spawn waits for a warming pool slot's init before it goes
 /// cold, in ms.
 const WARMING_WAIT_MS: u8 = 20;
@@ -886,14 +902,7 @@ impl Server {
         } else {
             None
         };
-        let refill = match (refill, young) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        match (grave, refill) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [grave, refill, young].into_iter().flatten().min()
     }
 
     /// One poll round: control requests, setup messages, exits, pool stubs,
@@ -1484,16 +1493,7 @@ impl Server {
                     let pool = self
                         .pools
                         .entry(pool_key(placement.as_ref()))
-                        .or_insert_with(|| Pool {
-                            placement,
-                            stubs: Vec::new(),
-                            warming: Vec::new(),
-                            free: Vec::new(),
-                            failures: 0,
-                            hungry: false,
-                            last_claim: None,
-                            burst: false,
-                        });
+                        .or_insert_with(|| Pool::new(placement));
                     // Fork the stubs now (each warms up on its own): a
                     // spawn right after this finds them, ready or not.
                     for _ in pool.stubs.len()..self.config.pool_size {
@@ -1563,16 +1563,7 @@ impl Server {
         let pool = self
             .pools
             .entry(pool_key(spec.cgroup.as_ref()))
-            .or_insert_with(|| Pool {
-                placement: spec.cgroup.clone(),
-                stubs: Vec::new(),
-                warming: Vec::new(),
-                free: Vec::new(),
-                failures: 0,
-                hungry: false,
-                last_claim: None,
-                burst: false,
-            });
+            .or_insert_with(|| Pool::new(spec.cgroup.clone()));
         // Same system trees, devices and /etc files as checked just now;
         // the cpu controller when a CPU limit is asked for.
         let fits = |p: &Pooled| {
@@ -2282,9 +2273,9 @@ impl Server {
         let outcome = Box::new(std::mem::take(&mut r.outcome));
         self.send(&Event::Exited { id, outcome }, &[]);
         // The caller's wake-up (a sync one: it is often placed on this
-        // CPU) comes before the rest of the launcher's work (the slot's
-        // return, refills): one yield, 0.1-0.2 ms less to the caller
-        // back-to-back (docs/sandbox.md "Session 7").
+        // CPU) comes before the rest of the launcher's work (background:
+        // the slot's early return, refills): one yield, 0.1-0.2 ms less to
+        // the caller back-to-back (docs/sandbox.md "Session 7").
         let _ = nix::sched::sched_yield();
     }
 

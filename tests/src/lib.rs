@@ -124,13 +124,19 @@ pub fn refuse_stale(bin: &Path) {
 /// modified after `bin`, if any.
 pub fn newer_source(bin: &Path) -> Option<PathBuf> {
     let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
-    let dep_info = std::fs::read_to_string(bin.with_extension("d")).ok()?;
-    let (_, sources) = dep_info.lines().next()?.split_once(": ")?;
-    dep_info_paths(sources).into_iter().find(|p| {
+    dep_info_sources(bin)?.into_iter().find(|p| {
         std::fs::metadata(p)
             .and_then(|m| m.modified())
             .is_ok_and(|m| m > built)
     })
+}
+
+/// The sources cargo listed for `bin` in its dep-info file (`bin` with
+/// extension `.d`: its first line, `bin: source source ...`).
+fn dep_info_sources(bin: &Path) -> Option<Vec<PathBuf>> {
+    let dep_info = std::fs::read_to_string(bin.with_extension("d")).ok()?;
+    let (_, sources) = dep_info.lines().next()?.split_once(": ")?;
+    Some(dep_info_paths(sources))
 }
 
 /// Splits a dep-info dependency list on unescaped spaces (`\ ` is a space
@@ -965,13 +971,7 @@ mod stale_tests {
     #[test]
     fn the_real_dep_info_parses_into_existing_sources() -> io::Result<()> {
         // The format the check relies on, read from cargo's own file.
-        let dep_info = std::fs::read_to_string(hutchd_path().with_extension("d"))?;
-        let (_, list) = dep_info
-            .lines()
-            .next()
-            .and_then(|l| l.split_once(": "))
-            .unwrap_or_default();
-        let sources = dep_info_paths(list);
+        let sources = dep_info_sources(&hutchd_path()).unwrap_or_default();
         assert!(
             sources
                 .iter()
