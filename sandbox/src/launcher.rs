@@ -624,6 +624,38 @@ const GRAVE_PATIENCE: Duration = Duration::from_secs(2);
 
 type PoolKey = Option<(String, PathBuf, Placement)>;
 
+/// How long the launcher reuses a base mount plan (system trees, devices,
+/// `/etc` files: resolved, opened and stat'ed, ~50 syscalls) before it
+/// resolves the base again. A claim compares its base with the pooled init's
+/// ([`BaseFingerprint`]), so an `/etc/ld.so.cache` rewritten by `ldconfig`,
+/// or a replaced time zone file, reaches every sandbox claimed more than
+/// this long after the change; before, a claim and the refill after it each
+/// resolved the base (docs/sandbox.md "Session 9").
+pub const BASE_PLAN_TTL: Duration = Duration::from_secs(1);
+
+/// The launcher's last base mount plan and when it was resolved.
+#[derive(Default)]
+struct BaseCache {
+    last: Option<(Instant, MountPlan)>,
+}
+
+impl BaseCache {
+    /// The base plan resolved at most [`BASE_PLAN_TTL`] before `now`,
+    /// resolving it again when older.
+    fn get(&mut self, now: Instant) -> Result<MountPlan, crate::mounts::PrepareError> {
+        match &self.last {
+            Some((at, plan)) if now.saturating_duration_since(*at) < BASE_PLAN_TTL => {
+                Ok(plan.clone())
+            }
+            _ => {
+                let plan = MountPlan::prepare_base()?;
+                self.last = Some((now, plan.clone()));
+                Ok(plan)
+            }
+        }
+    }
+}
+
 fn pool_key(p: Option<&CgroupPlacement>) -> PoolKey {
     p.map(|p| (p.parent.clone(), p.root.clone(), p.base))
 }
@@ -634,6 +666,7 @@ struct Server {
     running: HashMap<u64, Running>,
     managers: HashMap<(String, PathBuf, Placement), CgroupManager>,
     seccomp_cache: crate::policy::SeccompCache,
+    base: BaseCache,
     config: LauncherConfig,
     pools: HashMap<PoolKey, Pool>,
     pool_seq: u64,
@@ -708,6 +741,7 @@ fn serve(ctrl: Channel<Event, Request>, config: LauncherConfig) -> Result<(), La
         running: HashMap::new(),
         managers: HashMap::new(),
         seccomp_cache: crate::policy::SeccompCache::default(),
+        base: BaseCache::default(),
         config,
         pools: HashMap::new(),
         pool_seq: 0,
@@ -1176,7 +1210,7 @@ impl Server {
         placement: &CgroupPlacement,
         now: Instant,
     ) -> Result<Option<Pooled>, String> {
-        let plan = MountPlan::prepare_base().map_err(|e| e.to_string())?;
+        let plan = self.base.get(now).map_err(|e| e.to_string())?;
         let free = self.pools.get_mut(key).and_then(|p| {
             let i = p.free.iter().position(|(_, s)| s.next_try <= now)?;
             Some(p.free.swap_remove(i))
@@ -1364,7 +1398,7 @@ impl Server {
 
     /// Fork a pre-warmed init without a cgroup (the launcher's own child).
     fn prewarm_stub(&mut self) -> Result<Pooled, String> {
-        let plan = MountPlan::prepare_base().map_err(|e| e.to_string())?;
+        let plan = self.base.get(Instant::now()).map_err(|e| e.to_string())?;
         let (Some(own_ns), Some(me)) = (&self.own_pid_ns, &self.self_pidfd) else {
             return Err("no pid namespace or pidfd of the launcher's own".into());
         };
@@ -1564,14 +1598,28 @@ impl Server {
             .pools
             .entry(pool_key(spec.cgroup.as_ref()))
             .or_insert_with(|| Pool::new(spec.cgroup.clone()));
-        // Same system trees, devices and /etc files as checked just now;
-        // the cpu controller when a CPU limit is asked for.
+        // Inits built on other system trees, devices or /etc files than the
+        // claim's (an upgrade replaced one) never fit again: they go, so the
+        // pool refills with current ones.
+        let (stale, current): (Vec<Pooled>, Vec<Pooled>) =
+            pool.stubs.drain(..).partition(|p| p.base != base);
+        pool.stubs = current;
+        if !stale.is_empty() {
+            tracing::info!(
+                inits = stale.len(),
+                "system trees, devices or /etc files changed; pooled inits replaced"
+            );
+            for p in stale {
+                self.bury_pooled(p);
+            }
+        }
+        let pool = self.pools.get_mut(&pool_key(spec.cgroup.as_ref()))?;
+        // The cpu controller when a CPU limit is asked for.
         let fits = |p: &Pooled| {
-            p.base == base
-                && (spec.limits.cpu_max.is_none()
-                    || p.cgroup
-                        .as_ref()
-                        .is_none_or(|cg| cg.has_controller(Controller::Cpu)))
+            spec.limits.cpu_max.is_none()
+                || p.cgroup
+                    .as_ref()
+                    .is_none_or(|cg| cg.has_controller(Controller::Cpu))
         };
         // The oldest ready stub, else the oldest still warming up.
         let i = pool
@@ -1585,7 +1633,12 @@ impl Server {
     fn spawn(&mut self, id: u64, spec: &SandboxSpec) {
         let started = Instant::now();
         let mut trace = vec![point("launcher: request received")];
-        let prepared = match Prepared::with_cache(spec, &mut self.seccomp_cache) {
+        let prepared = match self
+            .base
+            .get(started)
+            .map_err(spawn::SpawnError::from)
+            .and_then(|base| Prepared::on_base(spec, &mut self.seccomp_cache, base))
+        {
             Ok(p) => p,
             Err(e) => return self.fail_spawn(id, started, e.to_string()),
         };

@@ -100,7 +100,7 @@ pub enum PrepareError {
 }
 
 /// One bind mount: a resolved, checked host object, and where it goes.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Bind {
     /// The resolved host path (no symlinks).
     source: CString,
@@ -120,7 +120,7 @@ struct Bind {
 
 /// Everything the child needs to build the mount tree, prepared before fork
 /// (serializable: a pre-warmed sandbox process receives it at claim time).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MountPlan {
     staging: CString,
     root_opts: CString,
@@ -220,7 +220,18 @@ impl MountPlan {
     /// A path does not exist, resolves under a forbidden prefix, or is not
     /// usable as a target.
     pub fn prepare(spec: &SandboxSpec) -> Result<Self, PrepareError> {
-        let mut plan = Self::prepare_base()?;
+        Self::prepare_on(Self::prepare_base()?, spec)
+    }
+
+    /// [`MountPlan::prepare`] on a base that [`MountPlan::prepare_base`]
+    /// resolved earlier (the launcher reuses one for up to
+    /// [`crate::launcher::BASE_PLAN_TTL`]). Only the spec's own paths are
+    /// resolved here.
+    ///
+    /// # Errors
+    /// As [`MountPlan::prepare`], for the spec's paths.
+    pub(crate) fn prepare_on(base: MountPlan, spec: &SandboxSpec) -> Result<Self, PrepareError> {
+        let mut plan = base;
         plan.tmp_opts = cstring(&format!(
             "mode=1777,size={},nr_inodes={}",
             spec.limits.tmp_size.max(4096),

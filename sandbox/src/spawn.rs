@@ -190,6 +190,16 @@ impl Prepared {
         spec: &SandboxSpec,
         cache: &mut policy::SeccompCache,
     ) -> Result<Self, SpawnError> {
+        Self::on_base(spec, cache, MountPlan::prepare_base()?)
+    }
+
+    /// [`Prepared::with_cache`] on a base mount plan resolved earlier
+    /// ([`MountPlan::prepare_base`]).
+    pub(crate) fn on_base(
+        spec: &SandboxSpec,
+        cache: &mut policy::SeccompCache,
+        base: MountPlan,
+    ) -> Result<Self, SpawnError> {
         if spec.uid == 0 || spec.gid == 0 {
             return Err(SpawnError::Spec {
                 field: "uid",
@@ -222,7 +232,7 @@ impl Prepared {
             gid: spec.gid,
             user_namespace: spec.user_namespace,
             hostname: spec.hostname.clone(),
-            plan: MountPlan::prepare(spec)?,
+            plan: MountPlan::prepare_on(base, spec)?,
             exec,
             argv,
             envp,

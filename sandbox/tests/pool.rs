@@ -6,6 +6,7 @@
 //! pool outlives the launcher, whether it exits or is killed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -974,4 +975,78 @@ fn a_claim_waits_for_its_slots_last_init_to_exit() {
     assert_eq!(c.exit_code, Some(0), "{c:?} {out_c}");
     assert!(pooled(&c), "{:?}", c.spawn_trace);
     parent.exit_leaves_nothing(launcher, 1);
+}
+
+/// Set in the copy of this test binary that
+/// `a_replaced_system_file_reaches_sandboxes_after_the_base_ttl` runs in a
+/// private mount namespace.
+const PRIVATE_MOUNTS: &str = "HUTCH_TEST_PRIVATE_MOUNTS";
+
+#[test]
+fn a_replaced_system_file_reaches_sandboxes_after_the_base_ttl() {
+    const NAME: &str = "a_replaced_system_file_reaches_sandboxes_after_the_base_ttl";
+    if !privileged(NAME) {
+        return;
+    }
+    if std::env::var_os(PRIVATE_MOUNTS).is_none() {
+        // The test replaces /etc/localtime with a bind mount: only in a
+        // private mount namespace of its own (util-linux `unshare`), this
+        // test alone, so the host and the other tests never see it.
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env(PRIVATE_MOUNTS, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+        return;
+    }
+    let parent = Parent::new("pool-base");
+    let dir = plugin_dir();
+    let mut launcher = parent.pool_launcher(1);
+    let lpid = launcher.pid();
+    let spec = sh(
+        "test.pool-base",
+        dir.path(),
+        &parent,
+        "head -c 8 /etc/localtime",
+    );
+    let (a, out_a) = run_warm(&mut launcher, &parent, &spec);
+    assert_eq!(a.exit_code, Some(0), "{a:?} {out_a}");
+    assert!(pooled(&a) && out_a.starts_with("TZif"), "{a:?} {out_a}");
+    // Replace the time zone file (`/etc/localtime` resolves into /usr),
+    // as a tzdata upgrade does, once the pool holds an init again.
+    parent.wait_for_pool(lpid, 1);
+    let tz = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tz.path(), "HUTCH-TZ").unwrap();
+    std::fs::set_permissions(tz.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    nix::mount::mount(
+        Some(tz.path()),
+        "/etc/localtime",
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    // Past the base plan's reuse: the next sandbox sees the new file. The
+    // pooled init was built on the old one: it is replaced (this spawn goes
+    // cold), and the pool refills with an init on the new file.
+    std::thread::sleep(hutch_sandbox::launcher::BASE_PLAN_TTL + Duration::from_millis(100));
+    let (b, out_b) = run(&mut launcher, &spec);
+    assert_eq!(b.exit_code, Some(0), "{b:?} {out_b}");
+    assert_eq!(out_b, "HUTCH-TZ", "{b:?}");
+    assert!(!pooled(&b), "a stale pooled init was claimed: {b:?}");
+    let (c, out_c) = run_warm(&mut launcher, &parent, &spec);
+    assert_eq!(c.exit_code, Some(0), "{c:?} {out_c}");
+    assert_eq!(out_c, "HUTCH-TZ", "{c:?}");
+    assert!(pooled(&c), "the pool did not refill: {:?}", c.spawn_trace);
+    drop(launcher);
+    nix::mount::umount("/etc/localtime").unwrap();
 }
