@@ -129,7 +129,11 @@ pub struct MountPlan {
     files: Vec<CString>,
     symlinks: Vec<(CString, CString)>,
     binds: Vec<Bind>,
+    /// `/etc` files the same in every sandbox (`nsswitch.conf`, `hosts`):
+    /// a pre-warmed init writes them before it is claimed.
     etc_files: Vec<(CString, Vec<u8>)>,
+    /// `/etc` files naming the sandbox's uid and gid (`passwd`, `group`).
+    user_files: Vec<(CString, Vec<u8>)>,
     /// Sockets inside `read_only` trees, relative to the new root, covered
     /// with an empty file so the plugin cannot `connect` to them.
     masks: Vec<CString>,
@@ -270,7 +274,7 @@ impl MountPlan {
                 false,
             )?;
         }
-        plan.etc_files = etc_files(spec.uid, spec.gid);
+        plan.user_files = user_files(spec.uid, spec.gid);
         plan.dirs.sort();
         plan.dirs.dedup();
         Ok(plan)
@@ -296,7 +300,8 @@ impl MountPlan {
             files: Vec::new(),
             symlinks: Vec::new(),
             binds: Vec::new(),
-            etc_files: Vec::new(),
+            etc_files: etc_files(),
+            user_files: Vec::new(),
             masks: Vec::new(),
         };
         for d in ["etc", "proc", "dev", "tmp", "plugin"] {
@@ -539,17 +544,28 @@ fn scan_for_sockets(declared: &Path, resolved: &Path) -> Result<Vec<PathBuf>, Pr
     Ok(sockets)
 }
 
-/// `/etc/passwd`, `/etc/group`, `/etc/nsswitch.conf`, `/etc/hosts` naming the
-/// sandbox user.
-fn etc_files(uid: u32, gid: u32) -> Vec<(CString, Vec<u8>)> {
+/// `/etc/passwd` and `/etc/group` naming the sandbox user.
+fn user_files(uid: u32, gid: u32) -> Vec<(CString, Vec<u8>)> {
     vec![
         (
             cstring("etc/passwd"),
             format!("root:x:0:0:root:/:/usr/sbin/nologin\nhutch:x:{uid}:{gid}:hutch plugin:/tmp:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/:/usr/sbin/nologin\n").into_bytes(),
         ),
         (cstring("etc/group"), format!("root:x:0:\nhutch:x:{gid}:\nnogroup:x:65534:\n").into_bytes()),
-        (cstring("etc/nsswitch.conf"), b"passwd: files\ngroup: files\nhosts: files\n".to_vec()),
-        (cstring("etc/hosts"), b"127.0.0.1 localhost\n::1 localhost\n".to_vec()),
+    ]
+}
+
+/// `/etc/nsswitch.conf` and `/etc/hosts`, the same in every sandbox.
+fn etc_files() -> Vec<(CString, Vec<u8>)> {
+    vec![
+        (
+            cstring("etc/nsswitch.conf"),
+            b"passwd: files\ngroup: files\nhosts: files\n".to_vec(),
+        ),
+        (
+            cstring("etc/hosts"),
+            b"127.0.0.1 localhost\n::1 localhost\n".to_vec(),
+        ),
     ]
 }
 
@@ -821,8 +837,13 @@ pub fn mount_tmp(plan: &MountPlan) -> Result<(), StepError> {
 /// # Errors
 /// A write failed.
 pub fn write_etc(plan: &MountPlan) -> Result<(), StepError> {
+    write_files(&plan.etc_files)?;
+    write_files(&plan.user_files)
+}
+
+fn write_files(files: &[(CString, Vec<u8>)]) -> Result<(), StepError> {
     use std::io::Write;
-    for (name, content) in &plan.etc_files {
+    for (name, content) in files {
         let fd = nix::fcntl::open(
             name.as_c_str(),
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
@@ -834,6 +855,41 @@ pub fn write_etc(plan: &MountPlan) -> Result<(), StepError> {
             .step("write", format!("/{}", name.to_string_lossy()))?;
     }
     Ok(())
+}
+
+/// Pre-warm step: `/tmp` and `/dev/shm` with the base plan's (default)
+/// size, and the `/etc` files every sandbox has; the claim writes the rest
+/// ([`finish_prewarmed_root`]).
+///
+/// # Errors
+/// A mount or write failed.
+pub fn prewarm_tmp_and_etc(base: &MountPlan) -> Result<(), StepError> {
+    mount_tmp(base)?;
+    write_files(&base.etc_files)
+}
+
+/// Claim step: what [`prewarm_tmp_and_etc`] left to the spec. `/tmp` and
+/// `/dev/shm` are mounted again (still empty) when the spec asks for
+/// another size than the pre-warmed one; `passwd` and `group` name the
+/// sandbox's ids.
+///
+/// # Errors
+/// The plan's shared `/etc` files are not the pre-warmed ones, or a mount or
+/// write failed.
+pub fn finish_prewarmed_root(plan: &MountPlan, base: &MountPlan) -> Result<(), StepError> {
+    if plan.etc_files != base.etc_files {
+        return Err(StepError::other(
+            "check pre-warmed /etc",
+            "the claim's shared /etc files differ from the pre-warmed ones",
+        ));
+    }
+    if plan.tmp_opts != base.tmp_opts {
+        for (target, shown) in [(c"tmp", "/tmp"), (c"dev/shm", "/dev/shm")] {
+            umount2(target, MntFlags::empty()).step("umount", shown)?;
+        }
+        mount_tmp(plan)?;
+    }
+    write_files(&plan.user_files)
 }
 
 /// Step: a new `/proc` for the new pid namespace, `hidepid=invisible` so the

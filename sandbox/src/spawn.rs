@@ -458,9 +458,10 @@ fn pool_init_steps(
     mounts::prewarm_root(base)?;
     trace.mark("prewarm: base tree, pivot_root, detach old root");
     mounts::mount_proc()?;
+    mounts::prewarm_tmp_and_etc(base)?;
     mounts::seal_dev()?;
     net::bring_up_loopback()?;
-    trace.mark("prewarm: /proc, seal /dev, lo up");
+    trace.mark("prewarm: /proc, /tmp, /etc, seal /dev, lo up");
     // Its cgroup is final (the zygote's, or none), so the cgroup namespace
     // and the rest of init's own confinement come before the claim too.
     let forwarded = init_seal()?;
@@ -493,9 +494,8 @@ fn pool_init_steps(
     mounts::mask_sockets(&p.plan)?;
     trace.mark("init: spec binds attached (move_mount)");
     drop(trees);
-    mounts::mount_tmp(&p.plan)?;
-    mounts::write_etc(&p.plan)?;
-    trace.mark("init: /tmp, /etc");
+    mounts::finish_prewarmed_root(&p.plan, base)?;
+    trace.mark("init: /tmp size, /etc/passwd and group");
     mounts::make_root_read_only()?;
     nix::unistd::sethostname(&p.hostname).step("sethostname", &p.hostname)?;
     trace.mark("init: root read-only, hostname");

@@ -1050,3 +1050,43 @@ fn a_replaced_system_file_reaches_sandboxes_after_the_base_ttl() {
     drop(launcher);
     nix::mount::umount("/etc/localtime").unwrap();
 }
+
+#[test]
+fn a_pooled_spawn_gets_its_own_tmp_size_and_accounts() {
+    if !privileged("a_pooled_spawn_gets_its_own_tmp_size_and_accounts") {
+        return;
+    }
+    let parent = Parent::new("pool-tmp");
+    let dir = plugin_dir();
+    let mut launcher = parent.pool_launcher(1);
+    // A pre-warmed init mounted /tmp and /dev/shm at the default size and
+    // wrote the shared /etc files; the claim remounts both (empty) for
+    // another size and writes passwd and group for the sandbox's ids.
+    let script = "grep -E ' /(tmp|dev/shm) ' /proc/self/mounts | cut -d' ' -f2,4; \
+                  id -un; id -gn; cat /etc/hosts; ls -A /tmp /dev/shm";
+    let mut small = sh("test.pool-tmp", dir.path(), &parent, script);
+    small.limits.tmp_size = 4 << 20;
+    let default = sh("test.pool-tmp", dir.path(), &parent, script);
+    for (spec, size) in [
+        (&small, "size=4096k"),
+        (&default, "size=65536k"),
+        (&small, "size=4096k"),
+    ] {
+        let (o, out) = run_warm(&mut launcher, &parent, spec);
+        assert_eq!(o.exit_code, Some(0), "{o:?} {out}");
+        assert!(pooled(&o), "not pooled: {:?}", o.spawn_trace);
+        let mounts: Vec<&str> = out.lines().take(2).collect();
+        assert_eq!(mounts.len(), 2, "{out}");
+        for m in mounts {
+            assert!(
+                m.contains(size) && m.contains("nosuid,nodev,noexec"),
+                "{m}: {out}"
+            );
+        }
+        assert!(
+            out.contains("\nhutch\nhutch\n127.0.0.1 localhost\n::1 localhost\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("/dev/shm:\n\n/tmp:\n"), "not empty: {out}");
+    }
+}
