@@ -640,6 +640,11 @@ struct BaseCache {
 }
 
 impl BaseCache {
+    /// Resolve the base plan again at the next [`BaseCache::get`].
+    fn invalidate(&mut self) {
+        self.last = None;
+    }
+
     /// The base plan resolved at most [`BASE_PLAN_TTL`] before `now`,
     /// resolving it again when older.
     fn get(&mut self, now: Instant) -> Result<MountPlan, crate::mounts::PrepareError> {
@@ -1303,6 +1308,14 @@ impl Server {
             Ok(Some((ZygoteReply::Failed(e), _))) => {
                 tracing::warn!(error = %e, "pool slot zygote failed");
                 None
+            }
+            Ok(Some((ZygoteReply::Stale, _))) => {
+                // The next slot is forked from the launcher's current mount
+                // table, with a base plan resolved again after this.
+                tracing::debug!("pool slot's mount namespace is behind the host's; replaced");
+                self.base.invalidate();
+                self.bury_slot(cg, slot);
+                return;
             }
             Ok(None) => {
                 tracing::warn!("pool slot zygote exited");

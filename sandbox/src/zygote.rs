@@ -9,7 +9,9 @@
 //! `CLONE_INTO_CGROUP`, every `cgroup.procs` write takes the cgroup
 //! threadgroup lock for write and waits for an RCU grace period, stalling
 //! every fork and exit on the host; a child forked inside the cgroup
-//! inherits it without any migration). Then it forks a pre-warmed init
+//! inherits it without any migration), and trims its own copy of the host's
+//! mount table to what its inits need before their `pivot_root`
+//! ([`crate::mounts::trim_host_mounts`]). Then it forks a pre-warmed init
 //! ([`spawn::fork_pool_init`]) right away and again on every
 //! [`ZygoteRequest::Fork`], each time handing the launcher, with
 //! [`ZygoteReply::Forked`], the init's pidfd (`pidfd_open` of its own
@@ -61,6 +63,11 @@ pub enum ZygoteReply {
     },
     /// The zygote failed; it exits.
     Failed(StepError),
+    /// The base plan's bind sources are not, in the zygote's mount
+    /// namespace, the objects the launcher checked (a host mount changed
+    /// and did not propagate into it): no init was forked, and the zygote
+    /// exits; the slot is replaced, which is not a failure.
+    Stale,
 }
 
 /// The launcher's end of a zygote's channel.
@@ -206,11 +213,16 @@ fn zygote_main(
     let restore = spawn::set_oom_score_adj(-1000).ok().map(|()| old_adj);
     // (Born in the slot's cgroup with clone3: nothing to join.)
     spawn::join_cgroup(procs)?;
+    crate::mounts::trim_host_mounts(base)?;
     let own_ns = namespaces::own_pid_namespace()?;
     let me = pidfd_open(getpid()).step("pidfd_open", "self")?;
     // The inits not reaped yet: the newest, and the one before while it
     // finishes exiting (the launcher may ask for the next init as soon as
     // the last one reported its sandbox over).
+    if !crate::mounts::base_sources_match(base) {
+        let _ = chan.send(&ZygoteReply::Stale, &[]);
+        return Ok(());
+    }
     let mut inits = vec![fork_init(chan, base, &own_ns, &me, restore)?];
     loop {
         let mut fds = vec![PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
@@ -242,6 +254,11 @@ fn zygote_main(
         }
         match chan.recv() {
             Ok(Some((ZygoteRequest::Fork { base }, _))) => {
+                if !crate::mounts::base_sources_match(&base) {
+                    let _ = chan.send(&ZygoteReply::Stale, &[]);
+                    kill_and_reap(inits);
+                    return Ok(());
+                }
                 match fork_init(chan, &base, &own_ns, &me, restore) {
                     Ok(init) => inits.push(init),
                     Err(e) => {

@@ -977,10 +977,34 @@ fn a_claim_waits_for_its_slots_last_init_to_exit() {
     parent.exit_leaves_nothing(launcher, 1);
 }
 
-/// Set in the copy of this test binary that
-/// `a_replaced_system_file_reaches_sandboxes_after_the_base_ttl` runs in a
-/// private mount namespace.
+/// Set in the copy of this test binary that a test runs in a private mount
+/// namespace ([`in_private_mount_namespace`]).
 const PRIVATE_MOUNTS: &str = "HUTCH_TEST_PRIVATE_MOUNTS";
+
+/// For a test that mounts over host paths: `true` in a copy of this test
+/// binary running test `name` alone in a private mount namespace of its own
+/// (util-linux `unshare`), so the host and the other tests never see its
+/// mounts; `false` in the test itself, after that copy passed.
+fn in_private_mount_namespace(name: &str) -> bool {
+    if std::env::var_os(PRIVATE_MOUNTS).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(PRIVATE_MOUNTS, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+    false
+}
 
 #[test]
 fn a_replaced_system_file_reaches_sandboxes_after_the_base_ttl() {
@@ -988,24 +1012,8 @@ fn a_replaced_system_file_reaches_sandboxes_after_the_base_ttl() {
     if !privileged(NAME) {
         return;
     }
-    if std::env::var_os(PRIVATE_MOUNTS).is_none() {
-        // The test replaces /etc/localtime with a bind mount: only in a
-        // private mount namespace of its own (util-linux `unshare`), this
-        // test alone, so the host and the other tests never see it.
-        let out = std::process::Command::new("unshare")
-            .args(["--mount", "--propagation", "private"])
-            .arg(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-            .env(PRIVATE_MOUNTS, "1")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{text}");
-        assert!(text.contains("1 passed"), "{text}");
+    // The test replaces /etc/localtime with a bind mount.
+    if !in_private_mount_namespace(NAME) {
         return;
     }
     let parent = Parent::new("pool-base");
@@ -1089,4 +1097,99 @@ fn a_pooled_spawn_gets_its_own_tmp_size_and_accounts() {
         );
         assert!(out.ends_with("/dev/shm:\n\n/tmp:\n"), "not empty: {out}");
     }
+}
+
+#[test]
+fn a_slot_zygote_keeps_only_the_host_mounts_its_inits_need() {
+    if !privileged("a_slot_zygote_keeps_only_the_host_mounts_its_inits_need") {
+        return;
+    }
+    let parent = Parent::new("pool-mounts");
+    let dir = plugin_dir();
+    let mut launcher = parent.pool_launcher(1);
+    let lpid = launcher.pid();
+    parent.wait_for_pool(lpid, 1);
+    let (zygotes, _) = parent.pool_processes(lpid);
+    assert!(!zygotes.is_empty(), "no zygote");
+    let points = |pid: &str| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .collect()
+    };
+    let host = points("self");
+    for z in &zygotes {
+        let own = points(&z.to_string());
+        // Its own namespace (a copy), without /sys and its cgroup
+        // hierarchies: nothing an init reaches before pivot_root.
+        assert_ne!(
+            std::fs::read_link(format!("/proc/{z}/ns/mnt")).unwrap(),
+            std::fs::read_link("/proc/self/ns/mnt").unwrap()
+        );
+        assert!(
+            own.iter().any(|m| m == "/") && own.iter().any(|m| m == "/proc"),
+            "{own:?}"
+        );
+        assert!(!own.iter().any(|m| m.starts_with("/sys")), "{own:?}");
+        assert!(own.len() < host.len(), "{own:?} against {host:?}");
+    }
+    // Its inits still build every sandbox.
+    let spec = sh(
+        "test.pool-mounts",
+        dir.path(),
+        &parent,
+        "cat /etc/hosts >/dev/null && ls /usr/bin/env",
+    );
+    for _ in 0..2 {
+        let (o, out) = run_warm(&mut launcher, &parent, &spec);
+        assert_eq!(o.exit_code, Some(0), "{o:?} {out}");
+        assert!(pooled(&o), "not pooled: {:?}", o.spawn_trace);
+    }
+}
+
+#[test]
+fn host_mounts_under_system_trees_stay_visible_to_pooled_sandboxes() {
+    const NAME: &str = "host_mounts_under_system_trees_stay_visible_to_pooled_sandboxes";
+    if !privileged(NAME) || !in_private_mount_namespace(NAME) {
+        return;
+    }
+    // A separate file system under /usr (as /usr/local often is), mounted
+    // before the launcher starts; /sys stays out of the zygote's table.
+    let under = Path::new("/usr/local/src");
+    if !under.is_dir() {
+        eprintln!("SKIP {NAME}: no {under:?}");
+        return;
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        under,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0755,size=1m"),
+    )
+    .unwrap();
+    std::fs::write(under.join("hutch-marker"), "seen").unwrap();
+    std::fs::set_permissions(
+        under.join("hutch-marker"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let parent = Parent::new("pool-submount");
+    let dir = plugin_dir();
+    let mut launcher = parent.pool_launcher(1);
+    let spec = sh(
+        "test.pool-submount",
+        dir.path(),
+        &parent,
+        "cat /usr/local/src/hutch-marker",
+    );
+    for _ in 0..2 {
+        let (o, out) = run_warm(&mut launcher, &parent, &spec);
+        assert_eq!(o.exit_code, Some(0), "{o:?} {out}");
+        assert!(pooled(&o), "not pooled: {:?}", o.spawn_trace);
+        assert_eq!(out, "seen");
+    }
+    drop(launcher);
+    nix::mount::umount(under).unwrap();
 }
