@@ -640,6 +640,11 @@ struct BaseCache {
 }
 
 impl BaseCache {
+    /// When the cached plan was resolved (the `now` of that [`BaseCache::get`]).
+    fn resolved_at(&self) -> Option<Instant> {
+        self.last.as_ref().map(|(at, _)| *at)
+    }
+
     /// Resolve the base plan again at the next [`BaseCache::get`].
     fn invalidate(&mut self) {
         self.last = None;
@@ -1201,6 +1206,7 @@ impl Server {
             Err(e) => {
                 pool.failures += 1;
                 tracing::warn!(error = %e, failures = pool.failures, "pre-warming a sandbox");
+                self.base.invalidate();
             }
         }
     }
@@ -1351,6 +1357,7 @@ impl Server {
             }
         }
         pool.failures += 1;
+        self.base.invalidate();
         self.bury_slot(cg, slot);
     }
 
@@ -1481,6 +1488,9 @@ impl Server {
         let p = pool.stubs.remove(i);
         if failed {
             pool.failures += 1;
+            // Perhaps a base source changed since the cached plan (its
+            // pre-warm re-opens them): the next refill resolves it again.
+            self.base.invalidate();
         }
         self.bury_pooled(p);
     }
@@ -1700,6 +1710,24 @@ impl Server {
                 "no pre-warmed init fits; cold spawn"
             );
         }
+        // A cold sandbox opens the base sources itself and refuses any that
+        // changed since the plan: not on a cached plan up to a second old
+        // (an `ldconfig` meanwhile would fail its setup), on one resolved
+        // now, which also refreshes the cache.
+        let prepared = if self.base.resolved_at() == Some(started) {
+            prepared
+        } else {
+            self.base.invalidate();
+            match self
+                .base
+                .get(Instant::now())
+                .map_err(spawn::SpawnError::from)
+                .and_then(|base| Prepared::on_base(spec, &mut self.seccomp_cache, base))
+            {
+                Ok(p) => p,
+                Err(e) => return self.fail_spawn(id, started, e.to_string()),
+            }
+        };
         self.spawn_cold(id, spec, &prepared, &limits, trace, started);
     }
 

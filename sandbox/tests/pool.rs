@@ -1057,6 +1057,29 @@ fn a_replaced_system_file_reaches_sandboxes_after_the_base_ttl() {
     assert!(pooled(&c), "the pool did not refill: {:?}", c.spawn_trace);
     drop(launcher);
     nix::mount::umount("/etc/localtime").unwrap();
+    // Cold spawns (no pool) open the base sources themselves: one right
+    // after the file is replaced again, within the cached plan's second,
+    // must not fail its setup on the stale plan.
+    let mut cold = Launcher::start_with(LauncherConfig { pool_size: 0 }).unwrap();
+    let (d, out_d) = run(&mut cold, &spec);
+    assert_eq!(
+        (d.exit_code, out_d.get(..4)),
+        (Some(0), Some("TZif")),
+        "{d:?}"
+    );
+    nix::mount::mount(
+        Some(tz.path()),
+        "/etc/localtime",
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let (e, out_e) = run(&mut cold, &spec);
+    assert_eq!(e.exit_code, Some(0), "{e:?} {out_e}");
+    assert_eq!(out_e, "HUTCH-TZ", "{e:?}");
+    drop(cold);
+    nix::mount::umount("/etc/localtime").unwrap();
 }
 
 #[test]
