@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -149,7 +150,7 @@ pub fn parse_mountinfo(text: &str) -> CgroupMounts {
         let (Some(mount_point), Some(fstype)) = (left.get(4), right.first()) else {
             continue;
         };
-        let mount_point = PathBuf::from(unescape_mountinfo(mount_point));
+        let mount_point = unescape_mountinfo(mount_point);
         match *fstype {
             "cgroup2" if mounts.v2.is_none() => mounts.v2 = Some(mount_point),
             "cgroup" => {
@@ -176,24 +177,30 @@ pub fn parse_mountinfo(text: &str) -> CgroupMounts {
     mounts
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space and so on).
-fn unescape_mountinfo(field: &str) -> String {
+/// Undoes mountinfo's octal escapes (`\040` for a space and so on): a
+/// backslash and exactly three octal digits; the bytes as they are, UTF-8 or
+/// not.
+pub(crate) fn unescape_mountinfo(field: &str) -> PathBuf {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let oct = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
-            if let Ok(v) = u8::from_str_radix(oct, 8) {
+    while let Some(&b) = bytes.get(i) {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')));
+        match octal.and_then(|v| u8::try_from(v).ok()) {
+            Some(v) => {
                 out.push(v);
                 i += 4;
-                continue;
+            }
+            None => {
+                out.push(b);
+                i += 1;
             }
         }
-        out.push(bytes[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// The cgroup picture of a host: mounts, layout and where each controller

@@ -19,7 +19,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -605,14 +605,19 @@ fn mount_setattr(target: &CStr, recursive: bool, set: u64) -> Result<(), Errno> 
 /// # Errors
 /// `mount(MS_REC|MS_PRIVATE)` failed.
 pub fn make_root_private() -> Result<(), StepError> {
+    root_propagation(MsFlags::MS_PRIVATE, "make private")
+}
+
+/// `mount(MS_REC | propagation)` on `/`: every mount of this namespace.
+fn root_propagation(propagation: MsFlags, op: &'static str) -> Result<(), StepError> {
     mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | propagation,
         None::<&str>,
     )
-    .step("make private", "/")
+    .step(op, "/")
 }
 
 /// Step: the empty tmpfs that becomes `/`, entered with `chdir`.
@@ -1048,37 +1053,13 @@ pub fn prewarm_root(base: &MountPlan) -> Result<(), StepError> {
     pivot()
 }
 
-/// A mount point from `/proc/self/mountinfo` (field 5), with the kernel's
-/// octal escapes (`\040` for a space, ...) decoded.
-fn decode_mount_point(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')));
-        match octal.and_then(|v| u8::try_from(v).ok()) {
-            Some(v) => {
-                out.push(v);
-                i += 4;
-            }
-            None => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-/// The mount points of `mountinfo`, each as often as it is stacked.
+/// The mount points of `mountinfo` (field 5, unescaped), each as often as
+/// it is stacked.
 fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
     mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(decode_mount_point)
+        .map(crate::host::unescape_mountinfo)
         .collect()
 }
 
@@ -1141,14 +1122,7 @@ fn mounts_to_detach(
 /// mount that cannot be detached is left).
 pub fn trim_host_mounts(base: &MountPlan) -> Result<usize, StepError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).step("unshare", "CLONE_NEWNS")?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .step("make slave", "/")?;
+    root_propagation(MsFlags::MS_SLAVE, "make slave")?;
     let info =
         std::fs::read_to_string("/proc/self/mountinfo").step("read", "/proc/self/mountinfo")?;
     let mut detached = 0;
@@ -1257,7 +1231,10 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         // Not an escape: a backslash without three octal digits stays.
-        assert_eq!(decode_mount_point("/x\\09y"), PathBuf::from("/x\\09y"));
+        assert_eq!(
+            crate::host::unescape_mountinfo("/x\\09y"),
+            PathBuf::from("/x\\09y")
+        );
     }
 
     #[test]

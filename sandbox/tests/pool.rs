@@ -1006,6 +1006,20 @@ fn in_private_mount_namespace(name: &str) -> bool {
     false
 }
 
+/// Replace `/etc/localtime` (which resolves into /usr) with `file`, as a
+/// tzdata upgrade does, by a bind mount (in a private mount namespace only:
+/// [`in_private_mount_namespace`]).
+fn bind_over_localtime(file: &Path) {
+    nix::mount::mount(
+        Some(file),
+        "/etc/localtime",
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_replaced_system_file_reaches_sandboxes_after_the_base_ttl() {
     const NAME: &str = "a_replaced_system_file_reaches_sandboxes_after_the_base_ttl";
@@ -1029,20 +1043,12 @@ fn a_replaced_system_file_reaches_sandboxes_after_the_base_ttl() {
     let (a, out_a) = run_warm(&mut launcher, &parent, &spec);
     assert_eq!(a.exit_code, Some(0), "{a:?} {out_a}");
     assert!(pooled(&a) && out_a.starts_with("TZif"), "{a:?} {out_a}");
-    // Replace the time zone file (`/etc/localtime` resolves into /usr),
-    // as a tzdata upgrade does, once the pool holds an init again.
+    // Replace the time zone file once the pool holds an init again.
     parent.wait_for_pool(lpid, 1);
     let tz = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tz.path(), "HUTCH-TZ").unwrap();
     std::fs::set_permissions(tz.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
-    nix::mount::mount(
-        Some(tz.path()),
-        "/etc/localtime",
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .unwrap();
+    bind_over_localtime(tz.path());
     // Past the base plan's reuse: the next sandbox sees the new file. The
     // pooled init was built on the old one: it is replaced (this spawn goes
     // cold), and the pool refills with an init on the new file.
@@ -1067,14 +1073,7 @@ fn a_replaced_system_file_reaches_sandboxes_after_the_base_ttl() {
         (Some(0), Some("TZif")),
         "{d:?}"
     );
-    nix::mount::mount(
-        Some(tz.path()),
-        "/etc/localtime",
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .unwrap();
+    bind_over_localtime(tz.path());
     let (e, out_e) = run(&mut cold, &spec);
     assert_eq!(e.exit_code, Some(0), "{e:?} {out_e}");
     assert_eq!(out_e, "HUTCH-TZ", "{e:?}");
