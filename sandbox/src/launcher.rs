@@ -1653,15 +1653,17 @@ impl Server {
         Some(pool.stubs.remove(i))
     }
 
+    /// `spec` prepared on the base plan [`BaseCache::get`] gives at `now`,
+    /// with the launcher's compiled seccomp filters.
+    fn prepare(&mut self, spec: &SandboxSpec, now: Instant) -> Result<Prepared, spawn::SpawnError> {
+        let base = self.base.get(now)?;
+        Prepared::on_base(spec, &mut self.seccomp_cache, base)
+    }
+
     fn spawn(&mut self, id: u64, spec: &SandboxSpec) {
         let started = Instant::now();
         let mut trace = vec![point("launcher: request received")];
-        let prepared = match self
-            .base
-            .get(started)
-            .map_err(spawn::SpawnError::from)
-            .and_then(|base| Prepared::on_base(spec, &mut self.seccomp_cache, base))
-        {
+        let prepared = match self.prepare(spec, started) {
             Ok(p) => p,
             Err(e) => return self.fail_spawn(id, started, e.to_string()),
         };
@@ -1718,12 +1720,7 @@ impl Server {
             prepared
         } else {
             self.base.invalidate();
-            match self
-                .base
-                .get(Instant::now())
-                .map_err(spawn::SpawnError::from)
-                .and_then(|base| Prepared::on_base(spec, &mut self.seccomp_cache, base))
-            {
+            match self.prepare(spec, Instant::now()) {
                 Ok(p) => p,
                 Err(e) => return self.fail_spawn(id, started, e.to_string()),
             }

@@ -219,11 +219,10 @@ fn zygote_main(
     // The inits not reaped yet: the newest, and the one before while it
     // finishes exiting (the launcher may ask for the next init as soon as
     // the last one reported its sandbox over).
-    if !crate::mounts::base_sources_match(base) {
-        let _ = chan.send(&ZygoteReply::Stale, &[]);
+    let Some(first) = fork_init(chan, base, &own_ns, &me, restore)? else {
         return Ok(());
-    }
-    let mut inits = vec![fork_init(chan, base, &own_ns, &me, restore)?];
+    };
+    let mut inits = vec![first];
     loop {
         let mut fds = vec![PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
         fds.extend(
@@ -254,13 +253,12 @@ fn zygote_main(
         }
         match chan.recv() {
             Ok(Some((ZygoteRequest::Fork { base }, _))) => {
-                if !crate::mounts::base_sources_match(&base) {
-                    let _ = chan.send(&ZygoteReply::Stale, &[]);
-                    kill_and_reap(inits);
-                    return Ok(());
-                }
                 match fork_init(chan, &base, &own_ns, &me, restore) {
-                    Ok(init) => inits.push(init),
+                    Ok(Some(init)) => inits.push(init),
+                    Ok(None) => {
+                        kill_and_reap(inits);
+                        return Ok(());
+                    }
                     Err(e) => {
                         kill_and_reap(inits);
                         return Err(e);
@@ -301,14 +299,20 @@ fn reap(pid: Pid) {
 }
 
 /// Fork one pre-warmed init and hand it to the launcher; keep its pid and a
-/// pidfd of it (to reap it when it exits).
+/// pidfd of it (to reap it when it exits). `None` when the base plan's
+/// sources are not what the launcher checked, in this zygote's mount
+/// namespace: it answered [`ZygoteReply::Stale`] instead, and exits.
 fn fork_init(
     chan: &OwnEnd,
     base: &MountPlan,
     own_ns: &OwnedFd,
     me: &OwnedFd,
     oom_score_adj: Option<i32>,
-) -> Result<(Pid, OwnedFd), StepError> {
+) -> Result<Option<(Pid, OwnedFd)>, StepError> {
+    if !crate::mounts::base_sources_match(base) {
+        let _ = chan.send(&ZygoteReply::Stale, &[]);
+        return Ok(None);
+    }
     let forked = spawn::fork_pool_init(&[], base, own_ns, me, oom_score_adj)
         .map_err(|e| StepError::other("fork pre-warmed init", e.to_string()))?;
     let pidfd = match pidfd_open(forked.pid) {
@@ -335,7 +339,7 @@ fn fork_init(
         kill_and_reap(vec![(forked.pid, pidfd)]);
         return Err(StepError::other("hand over pre-warmed init", e.to_string()));
     }
-    Ok((forked.pid, pidfd))
+    Ok(Some((forked.pid, pidfd)))
 }
 
 /// SIGKILL through a pidfd.
