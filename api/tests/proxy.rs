@@ -888,6 +888,15 @@ async fn malformed_and_oversized_messages_are_errors_not_crashes() -> Result {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // So is one with control characters, NUL among them: its refusal
+    // records what was sent, and verify must not mistake that for tampering.
+    let e = data(&ch)
+        .get_dataset(pb::GetDatasetRequest {
+            dataset_id: "a\0b/\u{1}/c".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
 
     // Calls tonic rejected before any handler ran are audited too.
     let evs = env
@@ -922,6 +931,17 @@ async fn malformed_and_oversized_messages_are_errors_not_crashes() -> Result {
             .any(|e| !e.event.outcome.is_ok()),
         "the cut put is audited with its error"
     );
+    let nul = env
+        .audit
+        .query(&plugin_filter("org.example.fuzz"))
+        .await?
+        .into_iter()
+        .find(|e| e.event.resource.contains('\0'))
+        .ok_or("the refusal of the NUL dataset id is not audited")?;
+    assert_eq!(nul.event.resource, "dataset/a\0b/\u{1}/c");
+    assert_eq!(nul.event.decision, Decision::Denied);
+    let report = env.audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
     h.stop().await;
     Ok(())
 }

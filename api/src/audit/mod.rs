@@ -989,11 +989,19 @@ pub(crate) fn resource_root(resource: &str) -> &str {
     }
 }
 
-/// [`resource_root`] of the column `resource`, in SQL (as in migration 0009).
-const ROOT_SQL: &str = "CASE WHEN instr(resource, '/') = 0 THEN resource \
-     WHEN instr(substr(resource, instr(resource, '/') + 1), '/') = 0 THEN resource \
-     ELSE substr(resource, 1, instr(resource, '/') + \
-     instr(substr(resource, instr(resource, '/') + 1), '/') - 1) END";
+/// [`resource_root`] of the column `resource`, in SQL. It works on the
+/// bytes (a BLOB cast): SQLite's `substr` of a TEXT stops at a NUL
+/// character, which a resource built from what a plugin sent may hold (the
+/// resource of a refused call), and would make verify report the event
+/// unlisted. Migration 0009 computed the same for the events before it,
+/// with `substr` on the text (equal unless a NUL comes before the second
+/// '/').
+const ROOT_SQL: &str = "CASE WHEN instr(CAST(resource AS BLOB), X'2F') = 0 \
+     OR instr(substr(CAST(resource AS BLOB), instr(CAST(resource AS BLOB), X'2F') + 1), X'2F') = 0 \
+     THEN resource \
+     ELSE CAST(substr(CAST(resource AS BLOB), 1, instr(CAST(resource AS BLOB), X'2F') + \
+     instr(substr(CAST(resource AS BLOB), instr(CAST(resource AS BLOB), X'2F') + 1), X'2F') - 1) \
+     AS TEXT) END";
 
 const SELECT_COLUMNS: &str = "SELECT id, ts_us, actor_kind, actor_plugin_id, actor_plugin_version, \
      actor_instance, actor_user, task_id, operation, resource, decision, reason, outcome, \

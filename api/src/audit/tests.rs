@@ -335,6 +335,11 @@ async fn resource_root_in_rust_and_sql_agree() -> Result {
         "a//b",
         "dätä/ßet/ö/ü",
         "plugin/org.example.p/",
+        // NUL characters (a refused call's resource holds what the plugin sent).
+        "dataset/a\0b/object/k",
+        "\0/x/y",
+        "a\0/b",
+        "dataset/\0",
     ] {
         let sql: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM (SELECT ? AS resource)",
