@@ -33,6 +33,7 @@
 //! writing the same file cannot fork the chain either.
 
 mod event;
+mod rows;
 mod writer;
 
 #[cfg(test)]
@@ -58,6 +59,7 @@ pub use writer::Mutated;
 
 use crate::db::Db;
 use event::HashInput;
+pub(crate) use rows::{Deferred, DeferredArg, JsonRows};
 pub(crate) use writer::AfterBatch;
 
 use writer::{ErasedMutation, Job, Writer};
@@ -261,15 +263,12 @@ impl VerifyReport {
 /// Verify stops collecting problems after this many.
 pub const MAX_VERIFY_PROBLEMS: usize = 100;
 
-/// Writes a deferring change left for later (see
-/// [`AuditStore::writer_state`]); the writer runs it before any SQL that may
-/// read those rows and before the batch's events are inserted.
-/// It is given the writer's current epoch (see [`WriterShared::epoch`]).
-pub(crate) type FlushHook = Arc<
-    dyn for<'c> Fn(&'c mut SqliteConnection, u64) -> BoxFuture<'c, Result<(), AuditError>>
-        + Send
-        + Sync,
->;
+/// Takes the rows deferring changes left for later (see
+/// [`AuditStore::writer_state`]) as one statement, `None` if there are none;
+/// the writer runs it before any SQL that may read those rows, else with the
+/// batch's events in its last round trip. It is given the writer's current
+/// epoch (see [`WriterShared::epoch`]).
+pub(crate) type FlushHook = Arc<dyn Fn(u64) -> Option<Deferred> + Send + Sync>;
 
 /// What the writer task and the store handles share.
 pub(crate) struct WriterShared {

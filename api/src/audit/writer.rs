@@ -14,9 +14,12 @@
 //! 3. for each job carrying a data change: `SAVEPOINT`, run it, and `ROLLBACK TO`
 //!    it when it reports failure (its event then records the error), so one
 //!    failed change does not sink the batch;
-//! 4. assign consecutive ids, hash-chain the events, insert them with
-//!    multi-row `INSERT`s (the actor and operation texts as ids into the
-//!    `audit_texts` dictionary, new texts inserted first), update the head;
+//! 4. assign consecutive ids, hash-chain the events and write them, their
+//!    key ranges and the new head as JSON rows (the actor and operation
+//!    texts as ids into the `audit_texts` dictionary, new texts inserted
+//!    first), sent with the deferred rows and the `COMMIT` in one
+//!    statement text, one round trip for any number of events (see
+//!    [`super::rows`]);
 //! 5. `COMMIT` with `synchronous=NORMAL` (the WAL frames are written, not
 //!    synced), run the jobs' after-hooks, and hand the answers to the syncer
 //!    task, which fdatasyncs the WAL (one sync for every batch committed
@@ -27,8 +30,9 @@
 //!    changed.
 //!
 //! Changes the built-in store hands in with `defers` only plan their rows
-//! in memory; the flush hooks insert them (multi-row) before any other
-//! change of the batch runs and before the events are inserted.
+//! in memory; the flush hooks hand them over as one statement, which the
+//! writer runs in the batch's last round trip, or on its own before a
+//! change that may read those rows.
 
 use std::any::Any;
 use std::os::unix::fs::MetadataExt;
@@ -39,14 +43,15 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{SqliteArguments, SqliteConnection};
-use sqlx::{Execute, Row, Sqlite, SqlitePool};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Row, Sqlite, SqlitePool};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::event::{
-    ActorKind, AuditEvent, Decision, EventId, GENESIS_BYTES, HashInput, Outcome, hash_hex,
+use super::event::{AuditEvent, EventId, GENESIS_BYTES, HashInput, Outcome, hash_hex};
+use super::{
+    AuditError, Deferred, JsonRows, KEY_PLUGIN, KEY_ROOT, KEY_TASK, KEY_USER, WriterShared,
+    resource_root,
 };
-use super::{AuditError, KEY_PLUGIN, KEY_ROOT, KEY_TASK, KEY_USER, WriterShared, resource_root};
 
 /// What a data change reports back to the writer.
 pub struct Mutated<T> {
@@ -100,12 +105,6 @@ const GATHER_TURNS: usize = 8;
 /// it back to the pool. A connection that comes back after another one
 /// wrote must drop its whole page cache; the writer's own stays valid.
 const HOLD_IDLE: Duration = Duration::from_millis(50);
-
-/// Rows per INSERT statement, largest first: a batch is cut greedily into
-/// these sizes, so the writer's connection prepares (and caches) at most
-/// this many distinct statements (18 parameters per row; 256 rows stay well
-/// under SQLite's limit of 32766).
-const ROWS_PER_INSERT: [usize; 5] = [256, 64, 16, 4, 1];
 
 pub(crate) struct Writer {
     pub pool: SqlitePool,
@@ -272,67 +271,25 @@ async fn syncer(mut rx: mpsc::UnboundedReceiver<Synced>) {
     }
 }
 
-/// The INSERT of `n` events, for each size of [`ROWS_PER_INSERT`] (built
-/// once: the same text each time, so the connection's statement cache
-/// finds the prepared statement).
-///
-/// The fixed texts are SQL literals chosen by an integer (`actor_kind`,
-/// `decision`) or standing for NULL (`outcome` `ok`, `details` `null`):
-/// binding a text copies it into SQLite (`SQLITE_TRANSIENT`, a malloc and a
-/// free per argument), binding an integer or NULL does not. (Numbered
-/// parameters, which would let a row's `prev_hash` reuse the previous row's
-/// `hash` argument, are no option: sqlx looks each one up by name, and
-/// `sqlite3_bind_parameter_name` scans a list, quadratic in a 256-row
-/// statement: ten times slower, measured.)
-static INSERT_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
-    let kinds = [
-        ActorKind::Plugin,
-        ActorKind::User,
-        ActorKind::Admin,
-        ActorKind::Daemon,
-    ]
-    .iter()
-    .map(|k| format!(" WHEN {} THEN '{}'", kind_code(*k), k.as_str()))
-    .collect::<String>();
-    let decisions = [Decision::Allowed, Decision::Denied]
-        .iter()
-        .map(|d| format!(" WHEN {} THEN '{}'", decision_code(*d), d.as_str()))
-        .collect::<String>();
-    ROWS_PER_INSERT
-        .iter()
-        .map(|&n| {
-            let row = format!(
-                "(?, ?, CASE ?{kinds} END, ?, ?, ?, ?, ?, ?, ?, CASE ?{decisions} END, ?, \
-                 COALESCE(?, 'ok'), ?, ?, COALESCE(?, 'null'), ?, ?)"
-            );
-            let sql = format!(
-                "INSERT INTO audit_events (id, ts_us, actor_kind, plugin_ref, version_ref, \
-                 instance_ref, user_ref, task_ref, operation_ref, resource, decision, reason, outcome, \
-                 before_version, after_version, details, prev_hash, hash) VALUES {}",
-                vec![row; n].join(", ")
-            );
-            (n, sql)
-        })
-        .collect()
-});
-
-/// The integer [`INSERT_SQL`] turns into the actor kind's text.
-fn kind_code(k: ActorKind) -> i64 {
-    match k {
-        ActorKind::Plugin => 0,
-        ActorKind::User => 1,
-        ActorKind::Admin => 2,
-        ActorKind::Daemon => 3,
-    }
-}
-
-/// The integer [`INSERT_SQL`] turns into the decision's text.
-fn decision_code(d: Decision) -> i64 {
-    match d {
-        Decision::Allowed => 0,
-        Decision::Denied => 1,
-    }
-}
+/// The batch's last statements after any [`Deferred`] ones: its events
+/// (parameter 1: [`event_rows`]), their key ranges (2: [`key_rows`];
+/// a range continuing the previous batch's extends its row, same primary
+/// key), the new chain head (3, 4) and `COMMIT`. One constant text for any
+/// number of rows (see [`super::rows`]).
+const FINAL_SQL: &str = "INSERT INTO audit_events (id, ts_us, actor_kind, plugin_ref, \
+     version_ref, instance_ref, user_ref, task_ref, operation_ref, resource, decision, reason, \
+     outcome, before_version, after_version, details, prev_hash, hash) \
+     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, \
+     value->>7, value->>8, value->>9, value->>10, value->>11, value->>12, value->>13, \
+     value->>14, value->>15, unhex(value->>16), unhex(value->>17) \
+     FROM jsonb_each(?) WHERE true; \
+     INSERT INTO audit_keys (field, value, first_id, last_id) \
+     SELECT value->>0, value->>1, value->>2, value->>3 FROM jsonb_each(?) WHERE true \
+     ON CONFLICT (field, value, first_id) DO UPDATE SET last_id = excluded.last_id; \
+     INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, ?, ?) \
+     ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, \
+     last_hash = excluded.last_hash; \
+     COMMIT";
 
 /// Calls `f` with the lowercase hex text of a stored hash (the form the
 /// encoding hashes), without allocating for a 32-byte one.
@@ -347,91 +304,56 @@ fn with_hex<R>(bytes: &[u8], f: impl FnOnce(&str) -> R) -> R {
     f(&hash_hex(bytes))
 }
 
-/// Hash-chains the next `n` events of `events` (ids after `*last_id`,
-/// chained to `*last_hash`) and binds them to the INSERT of `n` rows.
-fn bind_rows<'q>(
-    events: &mut impl Iterator<Item = AuditEvent>,
-    n: usize,
+/// Hash-chains `events` (ids after `*last_id`, chained to `*last_hash`,
+/// both advanced to the last event) into the rows of [`FINAL_SQL`]'s
+/// events: the stored texts (actor and operation texts as their
+/// `audit_texts` ids) and the hashes in hex.
+fn event_rows(
+    events: Vec<AuditEvent>,
     last_id: &mut i64,
     last_hash: &mut Vec<u8>,
     texts: &TextIds,
-) -> Result<
-    (
-        sqlx::query::Query<'q, Sqlite, SqliteArguments>,
-        SqliteArguments,
-    ),
-    sqlx::Error,
-> {
+) -> Result<String, sqlx::Error> {
     // Every text is in the dictionary (`resolve_texts`); should one be
     // missing, the batch fails (a NULL would lose the text from the row).
     let mut recent = RecentTexts::new(texts);
-    let sql = INSERT_SQL
-        .iter()
-        .find(|(k, _)| *k == n)
-        .map_or("", |(_, s)| s.as_str());
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for e in events.take(n) {
+    let mut rows = JsonRows::with_capacity(events.len(), 320);
+    for e in events {
         *last_id += 1;
         let details = (!e.details.is_null()).then(|| e.details.to_string());
+        let details = details.as_deref().unwrap_or("null");
         let outcome = match &e.outcome {
             Outcome::Ok => None,
             o => Some(o.to_stored()),
         };
+        let outcome = outcome.as_deref().unwrap_or("ok");
         let hash = with_hex(last_hash, |prev| {
-            hash_input(
-                *last_id,
-                &e,
-                details.as_deref().unwrap_or("null"),
-                outcome.as_deref().unwrap_or("ok"),
-                prev,
-            )
-            .hash()
+            hash_input(*last_id, &e, details, outcome, prev).hash()
         });
         let prev = std::mem::replace(last_hash, hash.to_vec());
-        let mut ids = [None; 6];
-        for (field, (id, text)) in ids.iter_mut().zip(event_texts(&e)).enumerate() {
-            *id = match text {
-                None => None,
-                Some(t) => Some(recent.id(field, Some(t)).ok_or_else(|| {
+        rows.row();
+        rows.int(*last_id);
+        rows.int(e.ts_us);
+        rows.text(e.actor.kind.as_str());
+        for (field, text) in event_texts(&e).into_iter().enumerate() {
+            match text {
+                None => rows.null(),
+                Some(t) => rows.int(recent.id(field, Some(t)).ok_or_else(|| {
                     sqlx::Error::Protocol(format!("audit text {t:?} has no dictionary id"))
                 })?),
-            };
+            }
         }
-        let [plugin, version, instance, user, task, operation] = ids;
-        q = q
-            .bind(*last_id)
-            .bind(e.ts_us)
-            .bind(kind_code(e.actor.kind))
-            .bind(plugin)
-            .bind(version)
-            .bind(instance)
-            .bind(user)
-            .bind(task)
-            .bind(operation)
-            .bind(e.resource)
-            .bind(decision_code(e.decision))
-            .bind(e.reason)
-            .bind(outcome)
-            .bind(e.before_version)
-            .bind(e.after_version)
-            .bind(details)
-            .bind(prev)
-            .bind(hash.to_vec());
+        rows.text(&e.resource);
+        rows.text(e.decision.as_str());
+        rows.opt_text(e.reason.as_deref());
+        rows.text(outcome);
+        rows.opt_int(e.before_version);
+        rows.opt_int(e.after_version);
+        rows.text(details);
+        rows.hex(&prev);
+        rows.hex(&hash);
     }
-    // sqlx drops a statement's arguments on the connection's worker thread
-    // once it ran, freeing every text there: the caller keeps a clone
-    // (reference counts) and drops it after the statement, so those frees
-    // happen on this side instead of on the one SQLite thread.
-    match q.take_arguments() {
-        Ok(Some(args)) => Ok((
-            sqlx::query_with(sqlx::AssertSqlSafe(sql), args.clone()),
-            args,
-        )),
-        Ok(None) => Err(sqlx::Error::Protocol(
-            "audit event arguments missing".into(),
-        )),
-        Err(e) => Err(sqlx::Error::Encode(e)),
-    }
+    Ok(rows.finish())
 }
 
 impl Writer {
@@ -695,9 +617,12 @@ async fn commit_batch(
         events.append(&mut job.events);
         results.push((ids, value));
     }
-    if deferred {
-        flush(conn, shared).await?;
-    }
+    // The rows deferring changes left go in the last round trip too.
+    let deferred = if deferred {
+        take_deferred(shared)
+    } else {
+        Vec::new()
+    };
     resolve_texts(conn, &events, texts).await?;
 
     let mut keys = batch_keys(&events, last_id);
@@ -712,66 +637,40 @@ async fn commit_batch(
             k.2 = *first;
         }
     }
-    // Multi-row INSERTs; each chunk's rows are hashed and bound while the
-    // previous chunk executes on the connection's worker thread.
     let count = events.len();
-    let size_for = |left: usize| {
-        ROWS_PER_INSERT
-            .into_iter()
-            .find(|&n| n <= left)
-            .unwrap_or(1)
-    };
-    let mut rows = events.into_iter();
-    let mut left = count;
-    let mut next = (left > 0)
-        .then(|| {
-            let n = size_for(left);
-            left -= n;
-            bind_rows(&mut rows, n, &mut last_id, &mut last_hash, texts)
-        })
-        .transpose()
-        .map_err(db("bind audit events"))?;
-    while let Some((q, args)) = next.take() {
-        let exec = q.execute(&mut *conn);
-        let build = async {
-            (left > 0).then(|| {
-                let n = size_for(left);
-                left -= n;
-                bind_rows(&mut rows, n, &mut last_id, &mut last_hash, texts)
-            })
-        };
-        let (r, built) = futures::join!(exec, build);
-        drop(args);
-        r.map_err(db("insert audit events"))?;
-        next = built.transpose().map_err(db("bind audit events"))?;
-    }
+    let rows =
+        event_rows(events, &mut last_id, &mut last_hash, texts).map_err(|e| AuditError::Db {
+            op: "bind audit events",
+            source: e,
+        })?;
     // The ranges ending at the batch's last event, for the next batch.
     let new_tail: TailKeys = keys
         .iter()
         .filter(|k| k.3 == last_id)
         .map(|k| (k.0, k.1.clone(), k.2))
         .collect();
-    // The last (up to four) key ranges, the head update and the COMMIT in
-    // one round trip; any other ranges before.
-    let final_keys = keys.split_off(keys.len().saturating_sub(FINAL_KEYS));
-    insert_keys(conn, keys).await?;
-    if count > 0 {
-        let sql = FINAL_SQL.get(final_keys.len()).map_or("", String::as_str);
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (field, value, first, last) in final_keys {
-            q = q.bind(field).bind(value).bind(first).bind(last);
-        }
-        q.bind(last_id)
-            .bind(last_hash)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("update audit head and commit"))?;
-    } else {
-        sqlx::query("COMMIT")
-            .execute(&mut *conn)
-            .await
-            .map_err(db("commit audit batch"))?;
+    // One round trip: the deferred statements, the events, their key
+    // ranges, the head and COMMIT.
+    let mut sql = String::new();
+    for d in &deferred {
+        sql.push_str(d.sql);
+        sql.push_str("; ");
     }
+    sql.push_str(if count > 0 { FINAL_SQL } else { "COMMIT" });
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for d in deferred {
+        q = d.bind_to(q);
+    }
+    if count > 0 {
+        q = q
+            .bind(rows)
+            .bind(key_rows(keys))
+            .bind(last_id)
+            .bind(last_hash);
+    }
+    q.execute(&mut *conn)
+        .await
+        .map_err(db("insert audit events and commit"))?;
     *head = Some(last_id);
     *tail = new_tail;
     Ok(results)
@@ -920,24 +819,6 @@ async fn resolve_texts(
     Ok(())
 }
 
-/// Rows per INSERT into `audit_keys` (4 binds per row): the up to four
-/// ranges of a one-event batch take a single statement.
-const KEYS_PER_INSERT: [usize; 6] = [64, 16, 4, 3, 2, 1];
-
-/// The INSERT of `n` key ranges, for each size of [`KEYS_PER_INSERT`].
-static KEYS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
-    KEYS_PER_INSERT
-        .iter()
-        .map(|&n| {
-            let sql = format!(
-                "INSERT INTO audit_keys (field, value, first_id, last_id) VALUES {} {KEYS_UPSERT}",
-                vec!["(?, ?, ?, ?)"; n].join(", ")
-            );
-            (n, sql)
-        })
-        .collect()
-});
-
 /// One `audit_keys` row: field, value, first and last id of the batch's
 /// events carrying it.
 type KeyRange = (&'static str, String, i64, i64);
@@ -947,11 +828,6 @@ type KeyRange = (&'static str, String, i64, i64);
 /// Valid only while that head is the database's (cleared when it moved or
 /// a batch failed).
 type TailKeys = Vec<(&'static str, String, i64)>;
-
-/// Inserts a key range, or extends the range with the same first id
-/// (a batch continuing the previous batch's last range).
-const KEYS_UPSERT: &str =
-    "ON CONFLICT (field, value, first_id) DO UPDATE SET last_id = excluded.last_id";
 
 /// The key ranges of a batch whose events get ids `last_id + 1, ...`: for
 /// each field (see `api/migrations/0005_audit_keys.sql`) and distinct value,
@@ -982,66 +858,41 @@ fn batch_keys(events: &[AuditEvent], last_id: i64) -> Vec<KeyRange> {
         .collect()
 }
 
-/// Key ranges inserted in the batch's last statement (with the head update
-/// and the COMMIT): a one-event batch has at most four.
-const FINAL_KEYS: usize = 4;
-
-/// The batch's last statement with 0..=[`FINAL_KEYS`] key ranges: their
-/// INSERT, the head update, COMMIT.
-static FINAL_SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
-    (0..=FINAL_KEYS)
-        .map(|n| {
-            let keys = if n == 0 {
-                String::new()
-            } else {
-                format!(
-                    "INSERT INTO audit_keys (field, value, first_id, last_id) VALUES {} \
-                     {KEYS_UPSERT}; ",
-                    vec!["(?, ?, ?, ?)"; n].join(", ")
-                )
-            };
-            format!(
-                "{keys}INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, ?, ?) \
-                 ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, \
-                 last_hash = excluded.last_hash; COMMIT"
-            )
-        })
-        .collect()
-});
-
-/// Inserts a batch's key ranges (multi-row, at most six statement texts).
-async fn insert_keys(conn: &mut SqliteConnection, keys: Vec<KeyRange>) -> Result<(), AuditError> {
-    let mut keys = keys.into_iter();
-    let mut left = keys.len();
-    while left > 0 {
-        let n = KEYS_PER_INSERT
-            .into_iter()
-            .find(|&n| n <= left)
-            .unwrap_or(1);
-        left -= n;
-        let sql = KEYS_SQL
-            .iter()
-            .find(|(k, _)| *k == n)
-            .map_or("", |(_, s)| s.as_str());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (field, value, first, last) in keys.by_ref().take(n) {
-            q = q.bind(field).bind(value).bind(first).bind(last);
-        }
-        q.execute(&mut *conn)
-            .await
-            .map_err(|source| AuditError::Db {
-                op: "insert audit keys",
-                source,
-            })?;
+/// The key ranges as the rows of [`FINAL_SQL`]'s second statement.
+fn key_rows(keys: Vec<KeyRange>) -> String {
+    let mut rows = JsonRows::with_capacity(keys.len(), 64);
+    for (field, value, first, last) in keys {
+        rows.row();
+        rows.text(field);
+        rows.text(&value);
+        rows.int(first);
+        rows.int(last);
     }
-    Ok(())
+    rows.finish()
 }
 
-/// Runs the flush hooks (rows deferring changes left for later).
-async fn flush(conn: &mut SqliteConnection, shared: &WriterShared) -> Result<(), AuditError> {
+/// The statements deferring changes left (see [`super::FlushHook`]).
+fn take_deferred(shared: &WriterShared) -> Vec<Deferred> {
     let epoch = shared.epoch.load(Ordering::Acquire);
-    for hook in shared.hooks() {
-        hook(&mut *conn, epoch).await?;
+    shared
+        .hooks()
+        .iter()
+        .filter_map(|hook| hook(epoch))
+        .collect()
+}
+
+/// Runs the statements deferring changes left, now (before a change that
+/// may read their rows).
+async fn flush(conn: &mut SqliteConnection, shared: &WriterShared) -> Result<(), AuditError> {
+    for d in take_deferred(shared) {
+        let sql = d.sql;
+        d.bind_to(sqlx::query(sql))
+            .execute(&mut *conn)
+            .await
+            .map_err(|source| AuditError::Db {
+                op: "write deferred rows",
+                source,
+            })?;
     }
     Ok(())
 }

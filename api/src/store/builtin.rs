@@ -41,7 +41,8 @@ use super::{
     NewDataset, ObjectInfo, ObjectKey, StoreError, Version, dataset_resource, object_resource,
 };
 use crate::audit::{
-    Actor, AuditError, AuditEvent, AuditStore, FlushHook, Mutated, Outcome, now_us, ops,
+    Actor, AuditError, AuditEvent, AuditStore, Deferred, DeferredArg, FlushHook, JsonRows, Mutated,
+    Outcome, now_us, ops,
 };
 use crate::db::Db;
 
@@ -123,9 +124,10 @@ pub struct BuiltinStore {
 ///   a batch of writes to new (or not recently written) objects costs one
 ///   round trip to SQLite instead of one per write;
 /// - the version rows planned by the current batch and not yet inserted:
-///   the writer's flush hook inserts them with multi-row INSERTs before any
-///   other change of the batch runs and before the batch's events, so a
-///   batch of puts costs two statements instead of two queries per put.
+///   the writer's flush hook hands them over as one statement
+///   ([`FLUSH_SQL`]), which the writer sends with the batch's events and
+///   `COMMIT`, or on its own before a change that may read them, so a
+///   batch of puts costs no statement of its own.
 #[derive(Debug, Default)]
 struct WriterHeads {
     inner: Mutex<WriterHeadsInner>,
@@ -147,38 +149,33 @@ struct WriterHeadsInner {
 /// The most objects [`WriterHeads::upcoming`] remembers.
 const UPCOMING_MAX: usize = 4096;
 
-/// Current version rows of `n` objects (`?` pairs of dataset and key), for
-/// each chunk size (largest first; the same texts every time, so the
-/// statement cache finds them). An object without versions has no row.
-static HEADS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
-    [64usize, 16, 4, 1]
-        .into_iter()
-        .map(|n| {
-            let sql = format!(
-                "WITH k (ds, key) AS (VALUES {}) {SELECT_VERSION} JOIN k ON v.dataset_id = k.ds AND v.key = k.key \
-                 WHERE v.version = (SELECT MAX(n.version) FROM object_versions n WHERE n.dataset_id = k.ds AND n.key = k.key)",
-                vec!["(?, ?)"; n].join(", ")
-            );
-            (n, sql)
-        })
-        .collect()
+/// Current version rows of the objects whose dataset and key parameter 1
+/// lists as JSON rows ([`JsonRows`]); an object without versions has no
+/// row. One text for any number of objects (one round trip); the listed
+/// objects drive the join (`CROSS JOIN` keeps SQLite from scanning
+/// `object_versions`), each found by two primary-key seeks.
+static HEADS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{SELECT_VERSION_COLUMNS} FROM (SELECT value->>0 AS ds, value->>1 AS key FROM jsonb_each(?)) k \
+         CROSS JOIN object_versions v ON v.dataset_id = k.ds AND v.key = k.key \
+         WHERE v.version = (SELECT MAX(n.version) FROM object_versions n \
+         WHERE n.dataset_id = k.ds AND n.key = k.key)"
+    )
 });
 
-/// The flush of `n` version rows, for each chunk size (largest first; the
-/// same texts every time, so the statement cache finds them).
-static FLUSH_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
-    [64usize, 16, 4, 1]
-        .into_iter()
-        .map(|n| {
-            let sql = format!(
-                "INSERT INTO object_versions (dataset_id, key, version, deleted, blob, size, metadata, created_us, content) \
-                 VALUES {}",
-                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", "),
-            );
-            (n, sql)
-        })
-        .collect()
-});
+/// The insert of the pending version rows ([`WriterHeads::deferred`]):
+/// parameter 1 is the inline contents end to end, 2 the rows as JSON
+/// ([`crate::audit::JsonRows`]: dataset, key, version, deleted, blob, size,
+/// metadata, created_us, then the content's offset and length in
+/// parameter 1, both null for a version without inline content). One text
+/// for any number of rows, so the writer sends it in its batch's last round
+/// trip.
+const FLUSH_SQL: &str = "INSERT INTO object_versions (dataset_id, key, version, deleted, blob, \
+     size, metadata, created_us, content) \
+     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, \
+     value->>7, CASE WHEN value->>9 IS NULL THEN NULL WHEN value->>9 = 0 THEN X'' \
+     ELSE substr(?, value->>8 + 1, value->>9) END \
+     FROM jsonb_each(?) WHERE true";
 
 impl WriterHeads {
     /// The state, emptied first if the writer's epoch moved.
@@ -206,7 +203,7 @@ impl WriterHeads {
     }
 
     /// Looks up the current version of `ds`/`key` and of every upcoming
-    /// object the writer does not know, in one query per 64 objects, and
+    /// object the writer does not know, in one query ([`HEADS_SQL`]), and
     /// remembers them (inside the writer's transaction, after the pending
     /// rows were inserted, so the answer is current).
     async fn load(
@@ -224,26 +221,20 @@ impl WriterHeads {
             wanted.retain(|(_, _, hk)| !g.rows.contains_key(hk) && seen.insert(hk.clone()));
         }
         let mut found: HashMap<String, Arc<VersionRow>> = HashMap::with_capacity(wanted.len());
-        let mut left = wanted.as_slice();
-        while !left.is_empty() {
-            let (n, sql) = HEADS_SQL
-                .iter()
-                .find(|(n, _)| *n <= left.len())
-                .map_or((1, ""), |(n, s)| (*n, s.as_str()));
-            let (chunk, rest) = left.split_at(n.min(left.len()));
-            left = rest;
-            let mut q = sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(sql));
-            for (d, k, _) in chunk {
-                q = q.bind(d.as_str()).bind(k.as_str());
-            }
-            for row in q
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db("read object heads"))?
-            {
-                let hk = head_key_of(&row.dataset_id, &row.key);
-                found.insert(hk, Arc::new(row));
-            }
+        let mut objects = JsonRows::with_capacity(wanted.len(), 48);
+        for (d, k, _) in &wanted {
+            objects.row();
+            objects.text(d.as_str());
+            objects.text(k.as_str());
+        }
+        for row in sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(HEADS_SQL.as_str()))
+            .bind(objects.finish())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("read object heads"))?
+        {
+            let hk = head_key_of(&row.dataset_id, &row.key);
+            found.insert(hk, Arc::new(row));
         }
         let mut g = self.lock(epoch);
         if g.pending.is_empty() && g.rows.len() + wanted.len() >= HEAD_CACHE_MAX {
@@ -256,36 +247,58 @@ impl WriterHeads {
         Ok(g.rows.get(&head_key(ds, key)).cloned().flatten())
     }
 
-    /// Inserts the pending version rows and moves their objects' heads.
-    async fn flush(&self, conn: &mut SqliteConnection, epoch: u64) -> Result<(), AuditError> {
+    /// The pending version rows as one statement ([`FLUSH_SQL`]), taken
+    /// out of the state; `None` if there are none.
+    fn deferred(&self, epoch: u64) -> Option<Deferred> {
         let pending = std::mem::take(&mut self.lock(epoch).pending);
-        let fail = |source| AuditError::Db {
-            op: "write object versions",
-            source,
-        };
-        let mut rows = pending.into_iter();
-        let mut left = rows.len();
-        while left > 0 {
-            let (n, sql) = FLUSH_SQL
-                .iter()
-                .find(|(n, _)| *n <= left)
-                .map_or((1, ""), |(n, s)| (*n, s.as_str()));
-            left -= n;
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (row, content) in rows.by_ref().take(n) {
-                q = q
-                    .bind(row.dataset_id)
-                    .bind(row.key)
-                    .bind(row.version)
-                    .bind(row.deleted)
-                    .bind(row.blob)
-                    .bind(row.size)
-                    .bind(row.metadata)
-                    .bind(row.created_us)
-                    .bind(content);
-            }
-            q.execute(&mut *conn).await.map_err(fail)?;
+        if pending.is_empty() {
+            return None;
         }
+        let mut contents = Vec::new();
+        let mut rows = JsonRows::with_capacity(pending.len(), 200);
+        for (row, content) in pending {
+            rows.row();
+            rows.text(&row.dataset_id);
+            rows.text(&row.key);
+            rows.int(row.version);
+            rows.int(row.deleted);
+            rows.opt_text(row.blob.as_deref());
+            rows.int(row.size);
+            rows.text(&row.metadata);
+            rows.int(row.created_us);
+            match content {
+                Some(c) => {
+                    rows.int(i64::try_from(contents.len()).unwrap_or(i64::MAX));
+                    rows.int(i64::try_from(c.len()).unwrap_or(i64::MAX));
+                    contents.extend_from_slice(&c);
+                }
+                None => {
+                    rows.null();
+                    rows.null();
+                }
+            }
+        }
+        Some(Deferred {
+            sql: FLUSH_SQL,
+            args: vec![
+                DeferredArg::Blob(contents),
+                DeferredArg::Text(rows.finish()),
+            ],
+        })
+    }
+
+    /// Inserts the pending version rows now.
+    async fn flush(&self, conn: &mut SqliteConnection, epoch: u64) -> Result<(), AuditError> {
+        let Some(d) = self.deferred(epoch) else {
+            return Ok(());
+        };
+        d.bind_to(sqlx::query(FLUSH_SQL))
+            .execute(&mut *conn)
+            .await
+            .map_err(|source| AuditError::Db {
+                op: "write object versions",
+                source,
+            })?;
         Ok(())
     }
 }
@@ -392,7 +405,14 @@ impl VersionRow {
 const BLOB_REFERENCED: &str =
     "SELECT 1 FROM object_versions WHERE blob = ? AND content IS NULL LIMIT 1";
 
-const SELECT_VERSION: &str = "SELECT v.dataset_id, v.key, v.version, v.deleted, v.blob, v.size, v.metadata, v.created_us, (v.content IS NOT NULL) AS inline FROM object_versions v";
+/// The columns of a [`VersionRow`] of `object_versions v`.
+macro_rules! version_columns {
+    () => {
+        "SELECT v.dataset_id, v.key, v.version, v.deleted, v.blob, v.size, v.metadata, v.created_us, (v.content IS NOT NULL) AS inline"
+    };
+}
+const SELECT_VERSION_COLUMNS: &str = version_columns!();
+const SELECT_VERSION: &str = concat!(version_columns!(), " FROM object_versions v");
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
@@ -704,10 +724,7 @@ impl BuiltinStore {
             .writer_state(|| {
                 let heads = Arc::new(WriterHeads::default());
                 let h = heads.clone();
-                let hook: FlushHook = Arc::new(move |conn, epoch| {
-                    let h = h.clone();
-                    Box::pin(async move { h.flush(conn, epoch).await })
-                });
+                let hook: FlushHook = Arc::new(move |epoch| h.deferred(epoch));
                 (heads, hook)
             })
             .ok_or_else(|| StoreError::Corrupt("audit writer state of another type".into()))?;
@@ -1421,4 +1438,34 @@ fn dataset_info(
         owner,
         created_us,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The batched head lookup seeks each listed object by the primary key
+    /// and never scans `object_versions` (which grows with every write).
+    #[tokio::test]
+    async fn the_head_lookup_seeks_and_never_scans_the_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("hutch.db")).await.unwrap();
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            HEADS_SQL.as_str()
+        )))
+        .bind("[]")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| sqlx::Row::get::<String, _>(r, "detail"))
+        .collect();
+        let text = plan.join("\n");
+        assert!(!text.contains("SCAN v"), "{text}");
+        assert!(!text.contains("SCAN n"), "{text}");
+        assert!(text.contains("SEARCH v USING"), "{text}");
+        db.close().await;
+    }
 }
