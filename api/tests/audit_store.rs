@@ -302,6 +302,20 @@ async fn record_batch_gets_consecutive_ids() -> Result {
     assert_eq!(ids, (2..=6).map(EventId).collect::<Vec<_>>());
     assert!(e.audit.record_batch(Vec::new()).await?.is_empty());
     assert!(e.audit.verify().await?.is_ok());
+    // A batch longer than one insert statement (the writer sends 256
+    // events per statement, the last ones with the COMMIT): the chain runs
+    // on across the statements' borders.
+    let ids = e.audit.record_batch((7..=606).map(event).collect()).await?;
+    assert_eq!(ids, (7..=606).map(EventId).collect::<Vec<_>>());
+    for id in [7, 262, 263, 518, 519, 606] {
+        let prev = e.audit.get(EventId(id - 1)).await?.ok_or("missing")?;
+        let this = e.audit.get(EventId(id)).await?.ok_or("missing")?;
+        assert_eq!(this.prev_hash, prev.hash, "event {id}");
+        assert_eq!(this.event.resource, format!("dataset/ds1/object/k{id}"));
+    }
+    let report = e.audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked, 606);
     Ok(())
 }
 

@@ -271,25 +271,42 @@ async fn syncer(mut rx: mpsc::UnboundedReceiver<Synced>) {
     }
 }
 
-/// The batch's last statements after any [`Deferred`] ones: its events
-/// (parameter 1: [`event_rows`]), their key ranges (2: [`key_rows`];
+/// The INSERT of events given as JSON rows ([`event_rows`]).
+macro_rules! events_sql {
+    () => {
+        "INSERT INTO audit_events (id, ts_us, actor_kind, plugin_ref, \
+         version_ref, instance_ref, user_ref, task_ref, operation_ref, resource, decision, reason, \
+         outcome, before_version, after_version, details, prev_hash, hash) \
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, \
+         value->>7, value->>8, value->>9, value->>10, value->>11, value->>12, value->>13, \
+         value->>14, value->>15, \
+         CASE WHEN key = 0 THEN ? ELSE substr(?, key * 32 - 31, 32) END, \
+         substr(?, key * 32 + 1, 32) \
+         FROM jsonb_each(?) WHERE true"
+    };
+}
+
+/// Events per statement: a batch's events but its last [`EVENTS_PER_STATEMENT`]
+/// go in statements of their own (alone in their round trip, each one's
+/// rows built while the one before runs on the connection's thread), the
+/// rest with the last statements ([`FINAL_SQL`]).
+const EVENTS_PER_STATEMENT: usize = 256;
+
+/// The batch's last statements after any [`Deferred`] ones: its (last)
+/// events (parameter 1: [`event_rows`]), their key ranges (2: [`key_rows`];
 /// a range continuing the previous batch's extends its row, same primary
 /// key), the new chain head (3, 4) and `COMMIT`. One constant text for any
 /// number of rows (see [`super::rows`]).
-const FINAL_SQL: &str = "INSERT INTO audit_events (id, ts_us, actor_kind, plugin_ref, \
-     version_ref, instance_ref, user_ref, task_ref, operation_ref, resource, decision, reason, \
-     outcome, before_version, after_version, details, prev_hash, hash) \
-     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, \
-     value->>7, value->>8, value->>9, value->>10, value->>11, value->>12, value->>13, \
-     value->>14, value->>15, unhex(value->>16), unhex(value->>17) \
-     FROM jsonb_each(?) WHERE true; \
-     INSERT INTO audit_keys (field, value, first_id, last_id) \
+const FINAL_SQL: &str = concat!(
+    events_sql!(),
+    "; INSERT INTO audit_keys (field, value, first_id, last_id) \
      SELECT value->>0, value->>1, value->>2, value->>3 FROM jsonb_each(?) WHERE true \
      ON CONFLICT (field, value, first_id) DO UPDATE SET last_id = excluded.last_id; \
      INSERT INTO audit_head (singleton, last_id, last_hash) VALUES (1, ?, ?) \
      ON CONFLICT (singleton) DO UPDATE SET last_id = excluded.last_id, \
      last_hash = excluded.last_hash; \
-     COMMIT";
+     COMMIT"
+);
 
 /// Calls `f` with the lowercase hex text of a stored hash (the form the
 /// encoding hashes), without allocating for a 32-byte one.
@@ -304,20 +321,44 @@ fn with_hex<R>(bytes: &[u8], f: impl FnOnce(&str) -> R) -> R {
     f(&hash_hex(bytes))
 }
 
+/// The parameters of `events_sql!`: the hash before the first event, the
+/// events' hashes end to end (32 bytes each: row `i`'s `prev_hash` is hash
+/// `i - 1`, its `hash` hash `i`; bound twice) and the rows.
+struct EventRows {
+    first_prev: Vec<u8>,
+    hashes: Vec<u8>,
+    rows: String,
+}
+
+impl EventRows {
+    fn bind_to<'q>(
+        self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+        query
+            .bind(self.first_prev)
+            .bind(self.hashes.clone())
+            .bind(self.hashes)
+            .bind(self.rows)
+    }
+}
+
 /// Hash-chains `events` (ids after `*last_id`, chained to `*last_hash`,
-/// both advanced to the last event) into the rows of [`FINAL_SQL`]'s
-/// events: the stored texts (actor and operation texts as their
-/// `audit_texts` ids) and the hashes in hex.
+/// both advanced to the last event) into the parameters of
+/// `events_sql!`: the stored texts (actor and operation texts as their
+/// `audit_texts` ids) as JSON rows, the hashes as bytes.
 fn event_rows(
-    events: Vec<AuditEvent>,
+    events: impl ExactSizeIterator<Item = AuditEvent>,
     last_id: &mut i64,
     last_hash: &mut Vec<u8>,
     texts: &TextIds,
-) -> Result<String, sqlx::Error> {
+) -> Result<EventRows, sqlx::Error> {
     // Every text is in the dictionary (`resolve_texts`); should one be
     // missing, the batch fails (a NULL would lose the text from the row).
     let mut recent = RecentTexts::new(texts);
-    let mut rows = JsonRows::with_capacity(events.len(), 320);
+    let first_prev = last_hash.clone();
+    let mut hashes = Vec::with_capacity(events.len() * 32);
+    let mut rows = JsonRows::with_capacity(events.len(), 200);
     for e in events {
         *last_id += 1;
         let details = (!e.details.is_null()).then(|| e.details.to_string());
@@ -330,7 +371,9 @@ fn event_rows(
         let hash = with_hex(last_hash, |prev| {
             hash_input(*last_id, &e, details, outcome, prev).hash()
         });
-        let prev = std::mem::replace(last_hash, hash.to_vec());
+        last_hash.clear();
+        last_hash.extend_from_slice(&hash);
+        hashes.extend_from_slice(&hash);
         rows.row();
         rows.int(*last_id);
         rows.int(e.ts_us);
@@ -350,10 +393,12 @@ fn event_rows(
         rows.opt_int(e.before_version);
         rows.opt_int(e.after_version);
         rows.text(details);
-        rows.hex(&prev);
-        rows.hex(&hash);
     }
-    Ok(rows.finish())
+    Ok(EventRows {
+        first_prev,
+        hashes,
+        rows: rows.finish(),
+    })
 }
 
 impl Writer {
@@ -638,11 +683,35 @@ async fn commit_batch(
         }
     }
     let count = events.len();
-    let rows =
-        event_rows(events, &mut last_id, &mut last_hash, texts).map_err(|e| AuditError::Db {
-            op: "bind audit events",
-            source: e,
-        })?;
+    let bind_err = |source| AuditError::Db {
+        op: "bind audit events",
+        source,
+    };
+    // Every chunk of EVENTS_PER_STATEMENT but the last in a statement of
+    // its own, the next chunk's rows hashed and built while it runs.
+    let mut events = events.into_iter();
+    let mut ahead = count.saturating_sub(1) / EVENTS_PER_STATEMENT;
+    let last_chunk = count - ahead * EVENTS_PER_STATEMENT;
+    let mut build =
+        |n: usize| event_rows(events.by_ref().take(n), &mut last_id, &mut last_hash, texts);
+    let mut rows = build(if ahead > 0 {
+        EVENTS_PER_STATEMENT
+    } else {
+        last_chunk
+    })
+    .map_err(bind_err)?;
+    while ahead > 0 {
+        ahead -= 1;
+        let exec = rows.bind_to(sqlx::query(events_sql!())).execute(&mut *conn);
+        let n = if ahead > 0 {
+            EVENTS_PER_STATEMENT
+        } else {
+            last_chunk
+        };
+        let (r, built) = futures::join!(exec, async { build(n) });
+        r.map_err(db("insert audit events"))?;
+        rows = built.map_err(bind_err)?;
+    }
     // The ranges ending at the batch's last event, for the next batch.
     let new_tail: TailKeys = keys
         .iter()
@@ -662,8 +731,8 @@ async fn commit_batch(
         q = d.bind_to(q);
     }
     if count > 0 {
-        q = q
-            .bind(rows)
+        q = rows
+            .bind_to(q)
             .bind(key_rows(keys))
             .bind(last_id)
             .bind(last_hash);
