@@ -404,7 +404,7 @@ fn event_rows(
 impl Writer {
     pub async fn run(mut self) {
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
-        tokio::spawn(syncer(sync_rx));
+        let synced = tokio::spawn(syncer(sync_rx));
         let wake = Arc::new(Notify::new());
         let shm = self.shm_path.clone();
         let checkpoints = tokio::spawn(checkpointer(self.pool.clone(), shm.clone(), wake.clone()));
@@ -532,6 +532,9 @@ impl Writer {
             }
         }
         checkpoints.abort();
+        // Answer the batches still being synced before the runtime goes.
+        drop(sync_tx);
+        let _ = synced.await;
     }
 }
 
