@@ -286,17 +286,18 @@ macro_rules! events_sql {
     };
 }
 
-/// Events per statement: a batch's events but its last [`EVENTS_PER_STATEMENT`]
-/// go in statements of their own (alone in their round trip, each one's
-/// rows built while the one before runs on the connection's thread), the
-/// rest with the last statements ([`FINAL_SQL`]).
+/// Events per statement. The last (up to) this many events of a batch go
+/// with its last statements ([`FINAL_SQL`]); any before them in statements
+/// of this many, each alone in its round trip and the next one's rows
+/// built while it runs on the connection's thread.
 const EVENTS_PER_STATEMENT: usize = 256;
 
-/// The batch's last statements after any [`Deferred`] ones: its (last)
-/// events (parameter 1: [`event_rows`]), their key ranges (2: [`key_rows`];
-/// a range continuing the previous batch's extends its row, same primary
-/// key), the new chain head (3, 4) and `COMMIT`. One constant text for any
-/// number of rows (see [`super::rows`]).
+/// The batch's last statements after any [`Deferred`] ones: its last
+/// events (the four parameters of [`EventRows`]), their key ranges (the
+/// fifth: [`key_rows`]; a range continuing the previous batch's extends
+/// its row, same primary key), the new chain head (sixth and seventh) and
+/// `COMMIT`. One constant text for any number of rows (see
+/// [`super::rows`]).
 const FINAL_SQL: &str = concat!(
     events_sql!(),
     "; INSERT INTO audit_keys (field, value, first_id, last_id) \
