@@ -16,10 +16,11 @@
 //! including `\u0000`, decoded), a JSON integer as an INTEGER (64-bit) and
 //! `null` as NULL, so a row stores what binding its values stored before.
 
-/// A JSON array of arrays, one inner array per row, built field by field.
+/// A JSON array of arrays, one inner array per row, built field by field
+/// (texts escaped by `serde_json`).
 #[derive(Debug, Default)]
 pub(crate) struct JsonRows {
-    buf: String,
+    buf: Vec<u8>,
     rows: usize,
     /// Fields in the current row so far.
     fields: usize,
@@ -29,7 +30,7 @@ impl JsonRows {
     /// An empty array with room for `rows` rows of about `row_bytes` each.
     pub(crate) fn with_capacity(rows: usize, row_bytes: usize) -> JsonRows {
         JsonRows {
-            buf: String::with_capacity(2 + rows.saturating_mul(row_bytes)),
+            buf: Vec::with_capacity(2 + rows.saturating_mul(row_bytes)),
             rows: 0,
             fields: 0,
         }
@@ -37,26 +38,24 @@ impl JsonRows {
 
     /// Starts the next row (ending the previous one).
     pub(crate) fn row(&mut self) {
-        self.buf.push_str(match (self.rows, self.fields) {
-            (0, _) => "[[",
-            _ => "],[",
-        });
+        self.buf
+            .extend_from_slice(if self.rows == 0 { b"[[" } else { b"],[" });
         self.rows += 1;
         self.fields = 0;
     }
 
     fn sep(&mut self) {
         if self.fields > 0 {
-            self.buf.push(',');
+            self.buf.push(b',');
         }
         self.fields += 1;
     }
 
     /// An integer field.
     pub(crate) fn int(&mut self, v: i64) {
-        use std::fmt::Write as _;
+        use std::io::Write as _;
         self.sep();
-        // Writing to a String cannot fail.
+        // Writing to a Vec cannot fail.
         let _ = write!(self.buf, "{v}");
     }
 
@@ -71,36 +70,14 @@ impl JsonRows {
     /// A `null` field.
     pub(crate) fn null(&mut self) {
         self.sep();
-        self.buf.push_str("null");
+        self.buf.extend_from_slice(b"null");
     }
 
-    /// A text field (escaped as JSON requires: `"`, `\` and the control
-    /// characters; everything else as it is).
+    /// A text field.
     pub(crate) fn text(&mut self, s: &str) {
         self.sep();
-        self.buf.push('"');
-        let mut rest = s;
-        while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
-            let (plain, tail) = rest.split_at(i);
-            self.buf.push_str(plain);
-            let mut chars = tail.chars();
-            if let Some(c) = chars.next() {
-                match c {
-                    '"' => self.buf.push_str("\\\""),
-                    '\\' => self.buf.push_str("\\\\"),
-                    '\n' => self.buf.push_str("\\n"),
-                    '\t' => self.buf.push_str("\\t"),
-                    '\r' => self.buf.push_str("\\r"),
-                    c => {
-                        use std::fmt::Write as _;
-                        let _ = write!(self.buf, "\\u{:04x}", u32::from(c));
-                    }
-                }
-            }
-            rest = chars.as_str();
-        }
-        self.buf.push_str(rest);
-        self.buf.push('"');
+        // Serializing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.buf, s);
     }
 
     /// A text field or `null`.
@@ -116,8 +93,10 @@ impl JsonRows {
         if self.rows == 0 {
             return "[]".to_owned();
         }
-        self.buf.push_str("]]");
-        self.buf
+        self.buf.extend_from_slice(b"]]");
+        // Only `&str` texts, integers and ASCII went in: valid UTF-8.
+        String::from_utf8(self.buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
@@ -141,6 +120,20 @@ pub(crate) struct Deferred {
 }
 
 impl Deferred {
+    /// Runs this statement alone on `conn`; `op` names it in the error.
+    pub(crate) async fn execute(
+        self,
+        conn: &mut sqlx::sqlite::SqliteConnection,
+        op: &'static str,
+    ) -> Result<(), super::AuditError> {
+        let sql = self.sql;
+        self.bind_to(sqlx::query(sql))
+            .execute(conn)
+            .await
+            .map_err(|source| super::AuditError::Db { op, source })?;
+        Ok(())
+    }
+
     /// Binds this statement's arguments to `query` (after those it has).
     pub(crate) fn bind_to<'q>(
         self,

@@ -958,14 +958,7 @@ fn take_deferred(shared: &WriterShared) -> Vec<Deferred> {
 /// may read their rows).
 async fn flush(conn: &mut SqliteConnection, shared: &WriterShared) -> Result<(), AuditError> {
     for d in take_deferred(shared) {
-        let sql = d.sql;
-        d.bind_to(sqlx::query(sql))
-            .execute(&mut *conn)
-            .await
-            .map_err(|source| AuditError::Db {
-                op: "write deferred rows",
-                source,
-            })?;
+        d.execute(&mut *conn, "write deferred rows").await?;
     }
     Ok(())
 }

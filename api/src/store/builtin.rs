@@ -289,17 +289,10 @@ impl WriterHeads {
 
     /// Inserts the pending version rows now.
     async fn flush(&self, conn: &mut SqliteConnection, epoch: u64) -> Result<(), AuditError> {
-        let Some(d) = self.deferred(epoch) else {
-            return Ok(());
-        };
-        d.bind_to(sqlx::query(FLUSH_SQL))
-            .execute(&mut *conn)
-            .await
-            .map_err(|source| AuditError::Db {
-                op: "write object versions",
-                source,
-            })?;
-        Ok(())
+        match self.deferred(epoch) {
+            Some(d) => d.execute(conn, "write object versions").await,
+            None => Ok(()),
+        }
     }
 }
 
