@@ -11,11 +11,14 @@
 //! and a call the gate denies (limits + authz + aggregated audit, no backend);
 //! a third times the store's `head_object` called in-process, and a last
 //! one `put_object` of 1 KiB in-process (row (c) without gRPC, gate and
-//! handler: the store, the audit writer and SQLite).
+//! handler: the store, the audit writer and SQLite). A last row, (r), is
+//! row (c)'s work without Hutch, a reference for it: a tonic unary call
+//! carrying 1 KiB that is appended to a file and answered after an
+//! `fdatasync` shared by the calls queued meanwhile (`DurableAppend`).
 //!
 //! Run: `cargo bench -p hutch-api --bench proxy` (BENCH_SECS=N per cell, default 2;
 //! BENCH_ROWS=ac measures only rows (a) and (c), for profiling: the letters
-//! a h g s b c p name the rows in table order; BENCH_CONC=64 only that many
+//! a h g s b c p r name the rows in table order; BENCH_CONC=64 only that many
 //! concurrent callers, comma-separated).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -129,7 +132,7 @@ async fn bench() -> Result {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let rows = std::env::var("BENCH_ROWS").unwrap_or_else(|_| "ahgsbcp".into());
+    let rows = std::env::var("BENCH_ROWS").unwrap_or_else(|_| "ahgsbcpr".into());
     let concs: Vec<usize> = std::env::var("BENCH_CONC")
         .ok()
         .map(|s| s.split(',').filter_map(|c| c.trim().parse().ok()).collect())
@@ -147,6 +150,21 @@ async fn bench() -> Result {
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
     let bare = client::connect(&bare_sock).await?;
+
+    // (r) The same work without Hutch: tonic, a 1 KiB payload, durable.
+    let ref_sock = dir.path().join("ref.sock");
+    let ref_listener = tokio::net::UnixListener::bind(&ref_sock)?;
+    let journal = std::fs::File::create(dir.path().join("ref.journal"))?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(tonic_health::pb::health_server::HealthServer::new(
+                DurableAppend::start(journal),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(
+                ref_listener,
+            )),
+    );
+    let reference = client::connect(&ref_sock).await?;
 
     // (b), (c): Hutch.
     let db = Db::open(dir.path().join("hutch.db")).await?;
@@ -200,6 +218,16 @@ async fn bench() -> Result {
                 service: String::new(),
             })
             .await?;
+            Ok(())
+        })
+    });
+    let ref_payload = "x".repeat(1024);
+    let durable: CallFn = Arc::new(move |ch, _, _| {
+        let service = ref_payload.clone();
+        Box::pin(async move {
+            let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+            c.check(tonic_health::pb::HealthCheckRequest { service })
+                .await?;
             Ok(())
         })
     });
@@ -310,13 +338,14 @@ async fn bench() -> Result {
             (&hutch, read.clone()),
             (&hutch, put.clone()),
             (&hutch, direct_put.clone()),
+            (&reference, durable.clone()),
         ];
         let mut samples: Vec<Samples> = runners.iter().map(|_| Samples::default()).collect();
         for _ in 0..ROUNDS {
             for (((ch, f), acc), tag) in runners
                 .iter()
                 .zip(samples.iter_mut())
-                .zip("ahgsbcp".chars())
+                .zip("ahgsbcpr".chars())
             {
                 // Rows left out of BENCH_ROWS only run their warm-up calls.
                 let t = if rows.contains(tag) { slice } else { 0.0 };
@@ -326,7 +355,7 @@ async fn bench() -> Result {
         let mut cells = samples.into_iter().map(Samples::cell);
         let mut next = || cells.next().ok_or("missing cell");
         let (a, h, g, s, b, c) = (next()?, next()?, next()?, next()?, next()?, next()?);
-        let p = next()?;
+        let (p, r) = (next()?, next()?);
         for (name, cell) in [
             ("(a) bare tonic unary (health Check)", &a),
             ("    Hutch socket, health Check (no gate)", &h),
@@ -335,6 +364,7 @@ async fn bench() -> Result {
             ("(b) Hutch GetMetadata: authz + audit", &b),
             ("(c) Hutch PutObject 1 KiB: authz+store+audit", &c),
             ("    store put_object 1 KiB in-process", &p),
+            ("(r) ref: tonic + 1 KiB append, group fsync", &r),
         ] {
             println!(
                 "{:<44} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>8.2}x {:>8.2}x",
@@ -351,4 +381,88 @@ async fn bench() -> Result {
     }
     handle.stop().await;
     Ok(())
+}
+
+/// Row (r)'s service: the work of a durable 1 KiB put without Hutch. Each
+/// `Check` carries 1 KiB (its `service` text), which is appended to a
+/// journal file and answered once an `fdatasync` covering it returned; the
+/// calls queued while a sync runs share the next one (group commit, like
+/// the audit writer's, on a blocking thread). No authorization, no
+/// SQLite, no hash chain, no object versions.
+struct DurableAppend {
+    tx: tokio::sync::mpsc::UnboundedSender<(String, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl DurableAppend {
+    fn start(journal: std::fs::File) -> DurableAppend {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(String, tokio::sync::oneshot::Sender<()>)>();
+        tokio::spawn(async move {
+            let journal = Arc::new(journal);
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                while let Ok(next) = rx.try_recv() {
+                    group.push(next);
+                }
+                let file = journal.clone();
+                let (payloads, replies): (Vec<String>, Vec<_>) = group.into_iter().unzip();
+                let synced = tokio::task::spawn_blocking(move || {
+                    use std::io::Write as _;
+                    let mut f = &*file;
+                    for p in &payloads {
+                        f.write_all(p.as_bytes())?;
+                    }
+                    f.sync_data()
+                })
+                .await;
+                if !matches!(synced, Ok(Ok(()))) {
+                    return;
+                }
+                for reply in replies {
+                    let _ = reply.send(());
+                }
+            }
+        });
+        DurableAppend { tx }
+    }
+}
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for DurableAppend {
+    async fn check(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> std::result::Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>
+    {
+        let (done, synced) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((request.into_inner().service, done))
+            .map_err(|_| tonic::Status::unavailable("journal stopped"))?;
+        synced
+            .await
+            .map_err(|_| tonic::Status::internal("journal write failed"))?;
+        Ok(tonic::Response::new(
+            tonic_health::pb::HealthCheckResponse {
+                status: tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            },
+        ))
+    }
+
+    type WatchStream = std::pin::Pin<
+        Box<
+            dyn futures::Stream<
+                    Item = std::result::Result<
+                        tonic_health::pb::HealthCheckResponse,
+                        tonic::Status,
+                    >,
+                > + Send,
+        >,
+    >;
+
+    async fn watch(
+        &self,
+        _request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not part of the bench"))
+    }
 }
