@@ -316,6 +316,18 @@ async fn record_batch_gets_consecutive_ids() -> Result {
     let report = e.audit.verify().await?;
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.checked, 606);
+    // A batch bringing 150 texts the dictionary lacks (one task id each).
+    let fresh: Vec<AuditEvent> = (0..150)
+        .map(|n| event(n).with_task(format!("fresh-task-{n}")))
+        .collect();
+    let ids = e.audit.record_batch(fresh).await?;
+    for (n, id) in ids.iter().enumerate() {
+        let got = e.audit.get(*id).await?.ok_or("missing")?;
+        assert_eq!(got.event.task_id, Some(format!("fresh-task-{n}")));
+    }
+    let report = e.audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checked, 756);
     Ok(())
 }
 

@@ -190,6 +190,14 @@ fn run_warm(launcher: &mut Launcher, parent: &Parent, spec: &SandboxSpec) -> (Ou
     run(launcher, spec)
 }
 
+/// [`run_warm`], asserting the spawn ran pooled and exited 0; its output.
+fn run_warm_pooled_ok(launcher: &mut Launcher, parent: &Parent, spec: &SandboxSpec) -> String {
+    let (o, out) = run_warm(launcher, parent, spec);
+    assert_eq!(o.exit_code, Some(0), "{o:?} {out}");
+    assert!(pooled(&o), "not pooled: {:?}", o.spawn_trace);
+    out
+}
+
 /// Run `spec` in pool slot `slot` (pool size 1): short spawns of `filler`
 /// first until that slot holds the pre-warmed init (slots take turns).
 fn run_in(
@@ -1102,9 +1110,7 @@ fn a_pooled_spawn_gets_its_own_tmp_size_and_accounts() {
         (&default, "size=65536k"),
         (&small, "size=4096k"),
     ] {
-        let (o, out) = run_warm(&mut launcher, &parent, spec);
-        assert_eq!(o.exit_code, Some(0), "{o:?} {out}");
-        assert!(pooled(&o), "not pooled: {:?}", o.spawn_trace);
+        let out = run_warm_pooled_ok(&mut launcher, &parent, spec);
         let mounts: Vec<&str> = out.lines().take(2).collect();
         assert_eq!(mounts.len(), 2, "{out}");
         for m in mounts {
@@ -1164,9 +1170,7 @@ fn a_slot_zygote_keeps_only_the_host_mounts_its_inits_need() {
         "cat /etc/hosts >/dev/null && ls /usr/bin/env",
     );
     for _ in 0..2 {
-        let (o, out) = run_warm(&mut launcher, &parent, &spec);
-        assert_eq!(o.exit_code, Some(0), "{o:?} {out}");
-        assert!(pooled(&o), "not pooled: {:?}", o.spawn_trace);
+        run_warm_pooled_ok(&mut launcher, &parent, &spec);
     }
 }
 
@@ -1207,9 +1211,7 @@ fn host_mounts_under_system_trees_stay_visible_to_pooled_sandboxes() {
         "cat /usr/local/src/hutch-marker",
     );
     for _ in 0..2 {
-        let (o, out) = run_warm(&mut launcher, &parent, &spec);
-        assert_eq!(o.exit_code, Some(0), "{o:?} {out}");
-        assert!(pooled(&o), "not pooled: {:?}", o.spawn_trace);
+        let out = run_warm_pooled_ok(&mut launcher, &parent, &spec);
         assert_eq!(out, "seen");
     }
     drop(launcher);

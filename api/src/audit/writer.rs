@@ -37,8 +37,8 @@
 use std::any::Any;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -799,26 +799,12 @@ impl<'t> RecentTexts<'t> {
 /// The most dictionary ids the writer remembers.
 const MAX_TEXT_IDS: usize = 65_536;
 
-/// Texts per dictionary statement, largest first (at most four statement
-/// texts in the connection's cache).
-const TEXTS_PER_LOOKUP: [usize; 4] = [64, 16, 4, 1];
-
-/// For each size of [`TEXTS_PER_LOOKUP`]: insert the texts the dictionary
-/// lacks, then read every one's id (one round trip).
-static TEXTS_SQL: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
-    TEXTS_PER_LOOKUP
-        .iter()
-        .map(|&n| {
-            let sql = format!(
-                "INSERT INTO audit_texts (text) VALUES {} ON CONFLICT (text) DO NOTHING; \
-                 SELECT id, text FROM audit_texts WHERE text IN ({})",
-                vec!["(?)"; n].join(", "),
-                vec!["?"; n].join(", ")
-            );
-            (n, sql)
-        })
-        .collect()
-});
+/// Inserts the texts (JSON rows of one text each, bound twice) the
+/// dictionary lacks, then reads every one's id: one round trip for any
+/// number of texts.
+const TEXTS_SQL: &str = "INSERT INTO audit_texts (text) \
+     SELECT value->>0 FROM jsonb_each(?) WHERE true ON CONFLICT (text) DO NOTHING; \
+     SELECT id, text FROM audit_texts WHERE text IN (SELECT value->>0 FROM jsonb_each(?))";
 
 /// The dictionary texts of an event: plugin id, plugin version, instance,
 /// user, task, operation.
@@ -863,31 +849,25 @@ async fn resolve_texts(
         }
         prev = cur;
     }
-    let mut left = missing.as_slice();
-    while !left.is_empty() {
-        let n = TEXTS_PER_LOOKUP
-            .into_iter()
-            .find(|&n| n <= left.len())
-            .unwrap_or(1);
-        let (chunk, rest) = left.split_at(n.min(left.len()));
-        left = rest;
-        let sql = TEXTS_SQL
-            .iter()
-            .find(|(k, _)| *k == n)
-            .map_or("", |(_, s)| s.as_str());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for v in chunk.iter().chain(chunk) {
-            q = q.bind(*v);
-        }
-        for row in q
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db("insert audit texts"))?
-        {
-            let id: i64 = row.try_get(0).map_err(db("read audit text id"))?;
-            let text: String = row.try_get(1).map_err(db("read audit text"))?;
-            texts.insert(text, id);
-        }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut rows = JsonRows::with_capacity(missing.len(), 40);
+    for v in &missing {
+        rows.row();
+        rows.text(v);
+    }
+    let rows = rows.finish();
+    for row in sqlx::query(TEXTS_SQL)
+        .bind(rows.clone())
+        .bind(rows)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("insert audit texts"))?
+    {
+        let id: i64 = row.try_get(0).map_err(db("read audit text id"))?;
+        let text: String = row.try_get(1).map_err(db("read audit text"))?;
+        texts.insert(text, id);
     }
     Ok(())
 }

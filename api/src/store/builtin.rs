@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -149,19 +149,25 @@ struct WriterHeadsInner {
 /// The most objects [`WriterHeads::upcoming`] remembers.
 const UPCOMING_MAX: usize = 4096;
 
+/// The columns of a [`VersionRow`] of `object_versions v`.
+macro_rules! version_columns {
+    () => {
+        "SELECT v.dataset_id, v.key, v.version, v.deleted, v.blob, v.size, v.metadata, v.created_us, (v.content IS NOT NULL) AS inline"
+    };
+}
+
 /// Current version rows of the objects whose dataset and key parameter 1
 /// lists as JSON rows ([`JsonRows`]); an object without versions has no
 /// row. One text for any number of objects (one round trip); the listed
 /// objects drive the join (`CROSS JOIN` keeps SQLite from scanning
 /// `object_versions`), each found by two primary-key seeks.
-static HEADS_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "{SELECT_VERSION_COLUMNS} FROM (SELECT value->>0 AS ds, value->>1 AS key FROM jsonb_each(?)) k \
-         CROSS JOIN object_versions v ON v.dataset_id = k.ds AND v.key = k.key \
-         WHERE v.version = (SELECT MAX(n.version) FROM object_versions n \
-         WHERE n.dataset_id = k.ds AND n.key = k.key)"
-    )
-});
+const HEADS_SQL: &str = concat!(
+    version_columns!(),
+    " FROM (SELECT value->>0 AS ds, value->>1 AS key FROM jsonb_each(?)) k \
+     CROSS JOIN object_versions v ON v.dataset_id = k.ds AND v.key = k.key \
+     WHERE v.version = (SELECT MAX(n.version) FROM object_versions n \
+     WHERE n.dataset_id = k.ds AND n.key = k.key)"
+);
 
 /// The insert of the pending version rows ([`WriterHeads::deferred`]):
 /// parameter 1 is the inline contents end to end, 2 the rows as JSON
@@ -227,7 +233,7 @@ impl WriterHeads {
             objects.text(d.as_str());
             objects.text(k.as_str());
         }
-        for row in sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(HEADS_SQL.as_str()))
+        for row in sqlx::query_as::<_, VersionRow>(HEADS_SQL)
             .bind(objects.finish())
             .fetch_all(&mut *conn)
             .await
@@ -398,13 +404,6 @@ impl VersionRow {
 const BLOB_REFERENCED: &str =
     "SELECT 1 FROM object_versions WHERE blob = ? AND content IS NULL LIMIT 1";
 
-/// The columns of a [`VersionRow`] of `object_versions v`.
-macro_rules! version_columns {
-    () => {
-        "SELECT v.dataset_id, v.key, v.version, v.deleted, v.blob, v.size, v.metadata, v.created_us, (v.content IS NOT NULL) AS inline"
-    };
-}
-const SELECT_VERSION_COLUMNS: &str = version_columns!();
 const SELECT_VERSION: &str = concat!(version_columns!(), " FROM object_versions v");
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -1446,7 +1445,7 @@ mod tests {
         let db = Db::open(dir.path().join("hutch.db")).await.unwrap();
         let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "EXPLAIN QUERY PLAN {}",
-            HEADS_SQL.as_str()
+            HEADS_SQL
         )))
         .bind("[]")
         .fetch_all(db.pool())
