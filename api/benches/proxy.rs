@@ -16,6 +16,13 @@
 //! carrying 1 KiB that is appended to a file and answered after an
 //! `fdatasync` shared by the calls queued meanwhile (`DurableAppend`).
 //!
+//! Each cell also shows the whole process's CPU time per call (callers,
+//! server, store, SQLite's and the audit writer's threads: `getrusage`
+//! around the timed part) and the most calls/s that CPU cost allows on
+//! this machine's cores (cores x 1 s / CPU per call), as a ratio to (a)'s
+//! measured calls/s: a row cannot pass that ceiling however its waiting is
+//! arranged.
+//!
 //! Run: `cargo bench -p hutch-api --bench proxy` (BENCH_SECS=N per cell, default 2;
 //! BENCH_ROWS=ac measures only rows (a) and (c), for profiling: the letters
 //! a h g s b c p r name the rows in table order; BENCH_CONC=64 only that many
@@ -54,6 +61,8 @@ struct Cell {
     median_us: f64,
     p99_us: f64,
     per_sec: f64,
+    /// Process CPU time per call (all threads).
+    cpu_us: f64,
 }
 
 /// Latencies and time of one runner, accumulated over interleaved rounds.
@@ -61,12 +70,17 @@ struct Cell {
 struct Samples {
     lat_us: Vec<f64>,
     secs: f64,
+    cpu_secs: f64,
 }
 
+/// One round's latencies (µs), elapsed seconds and process CPU seconds.
+type Round = (Vec<f64>, f64, f64);
+
 impl Samples {
-    fn add(&mut self, (lat, secs): (Vec<f64>, f64)) {
+    fn add(&mut self, (lat, secs, cpu): Round) {
         self.lat_us.extend(lat);
         self.secs += secs;
+        self.cpu_secs += cpu;
     }
 
     fn cell(mut self) -> Cell {
@@ -77,6 +91,7 @@ impl Samples {
                 median_us: f64::NAN,
                 p99_us: f64::NAN,
                 per_sec: f64::NAN,
+                cpu_us: f64::NAN,
             };
         }
         all.sort_by(|a, b| a.total_cmp(b));
@@ -85,16 +100,26 @@ impl Samples {
             median_us: pick(0.5),
             p99_us: pick(0.99),
             per_sec: all.len() as f64 / self.secs,
+            cpu_us: self.cpu_secs * 1e6 / all.len() as f64,
         }
     }
 }
 
-/// One round of `conc` callers for `secs`: every latency (µs) and the elapsed time.
-async fn run(ch: &Channel, conc: usize, secs: f64, f: CallFn) -> Result<(Vec<f64>, f64)> {
+/// User plus system CPU time of the whole process so far, in seconds.
+fn process_cpu_secs() -> Result<f64> {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(secs(u.user_time()) + secs(u.system_time()))
+}
+
+/// One round of `conc` callers for `secs`: every latency (µs), the elapsed
+/// time and the process CPU time it took.
+async fn run(ch: &Channel, conc: usize, secs: f64, f: CallFn) -> Result<Round> {
     // Warm up.
     for i in 0..20 {
         f(ch.clone(), 0, 1_000_000 + i).await?;
     }
+    let cpu = process_cpu_secs()?;
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
@@ -117,7 +142,11 @@ async fn run(ch: &Channel, conc: usize, secs: f64, f: CallFn) -> Result<(Vec<f64
     for t in tasks {
         all.extend(t.await??);
     }
-    Ok((all, start.elapsed().as_secs_f64()))
+    Ok((
+        all,
+        start.elapsed().as_secs_f64(),
+        process_cpu_secs()? - cpu,
+    ))
 }
 
 fn main() -> Result {
@@ -322,9 +351,18 @@ async fn bench() -> Result {
         "\nplugin call round trip over a Unix socket ({secs} s per cell in 4 interleaved rounds, release build)\n"
     );
     println!(
-        "{:<44} {:>5} {:>11} {:>11} {:>11} {:>9} {:>9}",
-        "call", "conc", "median µs", "p99 µs", "calls/s", "med/(a)", "tput/(a)"
+        "{:<44} {:>5} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9}",
+        "call",
+        "conc",
+        "median µs",
+        "p99 µs",
+        "calls/s",
+        "med/(a)",
+        "tput/(a)",
+        "CPU µs",
+        "ceil/(a)"
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     // Each cell is measured in ROUNDS slices interleaved with the other rows,
     // so load drift on this shared machine hits every row alike.
     const ROUNDS: usize = 4;
@@ -367,14 +405,16 @@ async fn bench() -> Result {
             ("(r) ref: tonic + 1 KiB append, group fsync", &r),
         ] {
             println!(
-                "{:<44} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>8.2}x {:>8.2}x",
+                "{:<44} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>8.2}x {:>8.2}x {:>9.1} {:>8.2}x",
                 name,
                 conc,
                 cell.median_us,
                 cell.p99_us,
                 cell.per_sec,
                 cell.median_us / a.median_us,
-                cell.per_sec / a.per_sec
+                cell.per_sec / a.per_sec,
+                cell.cpu_us,
+                cores * 1e6 / cell.cpu_us / a.per_sec
             );
         }
         println!();
