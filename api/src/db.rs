@@ -33,7 +33,16 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections in the pool (SQLite has one writer; the rest serve readers).
-const MAX_CONNECTIONS: u32 = 8;
+pub(crate) const MAX_CONNECTIONS: u32 = 8;
+
+/// The pool's `cache_size` (KiB when negative), as a literal for the
+/// statement texts that restore it.
+macro_rules! pool_cache_size {
+    () => {
+        "-16384"
+    };
+}
+pub(crate) use pool_cache_size;
 
 /// Errors of [`Db::open`].
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +116,10 @@ impl Db {
             .pragma("temp_store", "memory")
             // 16 MiB of page cache per connection (default 2 MiB): the audit
             // indexes' hot pages stay cached instead of being re-read and
-            // spilled in the middle of a batch. Allocated only as used.
-            .pragma("cache_size", "-16384")
+            // spilled in the middle of a batch. Allocated only as used. The
+            // audit writer keeps a smaller one while it holds a connection
+            // (see `audit::writer`'s `HOLD_SQL`).
+            .pragma("cache_size", pool_cache_size!())
             // Checkpoint the WAL every ~16 MiB instead of 4 MiB: pages written
             // by many batches are copied back once.
             .pragma("wal_autocheckpoint", "4000");

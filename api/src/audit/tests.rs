@@ -662,3 +662,37 @@ async fn events_written_with_texts_in_their_rows_verify_and_query_after_the_dict
     );
     Ok(())
 }
+
+/// The writer keeps its own settings (a small page cache, no sync at
+/// COMMIT) only while it holds a pool connection: once it has been idle for
+/// `HOLD_IDLE` it gives the connection back with the pool's settings, so
+/// every connection the pool hands out afterwards has them.
+#[tokio::test]
+async fn the_writer_gives_its_connection_back_with_the_pools_settings() -> Result {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path().join("hutch.db")).await?;
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    fill(&audit, 4, 10).await?;
+    tokio::time::sleep(super::writer::HOLD_IDLE * 6).await;
+    // Every connection the pool may hold, so the writer's is among them.
+    let mut conns = Vec::new();
+    for _ in 0..crate::db::MAX_CONNECTIONS {
+        conns.push(db.pool().acquire().await?);
+    }
+    for c in &mut conns {
+        let mut settings = Vec::new();
+        for pragma in ["cache_size", "synchronous", "wal_autocheckpoint"] {
+            let sql = format!("PRAGMA {pragma}");
+            let v: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut **c)
+                .await?;
+            settings.push(v);
+        }
+        // FULL is 2.
+        let pool: i64 = crate::db::pool_cache_size!().parse()?;
+        assert_eq!(settings, [pool, 2, 4000]);
+    }
+    drop(conns);
+    db.close().await;
+    Ok(())
+}

@@ -104,7 +104,7 @@ const GATHER_TURNS: usize = 8;
 /// How long the writer keeps its connection without a job before giving
 /// it back to the pool. A connection that comes back after another one
 /// wrote must drop its whole page cache; the writer's own stays valid.
-const HOLD_IDLE: Duration = Duration::from_millis(50);
+pub(super) const HOLD_IDLE: Duration = Duration::from_millis(50);
 
 pub(crate) struct Writer {
     pub pool: SqlitePool,
@@ -125,8 +125,18 @@ pub(crate) struct Writer {
 /// No automatic checkpoint on this connection: the checkpointer task copies
 /// the WAL back on its own connection (see [`checkpointer`]), and the WAL
 /// file is cut back to [`WAL_RESTART_FRAMES`] pages when it starts over.
+///
+/// A page cache of 1 MiB instead of the pool's 16 MiB: when a B-tree page
+/// splits, SQLite (3.51) renumbers the new pages through a temporary page
+/// number beyond the file's end (the page after `PENDING_BYTE`), and the
+/// COMMIT after it drops cached pages beyond the end by walking the whole
+/// page cache. With a full 16 MiB cache that walk took ~240 µs per commit
+/// and a quarter of the connection thread's time under 1 KiB puts at 64
+/// callers (`perf`: `pcache1TruncateUnsafe`); with 1 MiB it is a few µs,
+/// and the pages the writer no longer keeps are read back from the
+/// operating system's cache (docs/api.md "Session 11").
 const HOLD_SQL: &str = "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
-     PRAGMA journal_size_limit = 67108864";
+     PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -1024";
 
 /// `BEGIN` and the chain head in one round trip.
 const BEGIN_SQL: &str =
@@ -134,8 +144,11 @@ const BEGIN_SQL: &str =
 
 /// The pool's settings (see `db.rs`), restored before the writer gives its
 /// connection back.
-const RELEASE_SQL: &str =
-    "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = -1";
+const RELEASE_SQL: &str = concat!(
+    "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = -1; \
+     PRAGMA cache_size = ",
+    crate::db::pool_cache_size!()
+);
 
 /// WAL pages not yet copied back into the database at which the checkpointer
 /// task runs a pass (16 MiB of 4 KiB pages, what SQLite's automatic checkpoint
