@@ -696,3 +696,64 @@ async fn the_writer_gives_its_connection_back_with_the_pools_settings() -> Resul
     db.close().await;
     Ok(())
 }
+
+/// Under a steady stream of events from concurrent writers the WAL starts
+/// over (once the checkpointer, or the writer's catch-up when the
+/// checkpointer cannot finish beside it, has copied all of it back, the
+/// writer's next transaction starts the WAL from its beginning), so the WAL
+/// file stays bounded however much is written; the chain verifies
+/// afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wal_starts_over_under_steady_writes() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hutch.db");
+    let db = Db::open(&path).await?;
+    let audit = AuditStore::open(&db, AuditConfig::default()).await?;
+    let shm = super::sibling(&path, "-shm");
+    let wal = super::sibling(&path, "-wal");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Events of four 4 KiB pages and more each (their details overflow).
+    let big = std::sync::Arc::new("x".repeat(16 * 1024));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (audit, done, big) = (audit.clone(), done.clone(), big.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && i < 20_000 {
+                let e = event(w, i).with_details(serde_json::json!({ "pad": *big }));
+                audit.record(e).await?;
+                i += 1;
+            }
+            Ok::<_, super::AuditError>(())
+        }));
+    }
+    let (mut restarts, mut last, mut longest) = (0, 0u32, 0u64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while restarts < 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let Some((frames, _)) = super::writer::wal_progress(&shm) else {
+            continue;
+        };
+        if frames < last {
+            restarts += 1;
+        }
+        last = frames;
+        longest = longest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await??;
+    }
+    assert!(restarts >= 1, "the WAL never started over");
+    // It started over before twice the length at which the writer catches
+    // up; frames are 4 KiB pages plus a 24-byte header.
+    let bound = u64::from(2 * super::writer::WAL_RESTART_FRAMES) * (4096 + 24);
+    assert!(
+        longest <= bound,
+        "WAL grew to {longest} bytes (bound {bound})"
+    );
+    let report = audit.verify().await?;
+    assert!(report.is_ok(), "{report:?}");
+    db.close().await;
+    Ok(())
+}

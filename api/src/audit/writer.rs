@@ -162,7 +162,7 @@ const CHECKPOINT_BACKLOG_FRAMES: u32 = 4000;
 /// catch-up copies only what the checkpointer has not yet copied, and the
 /// writer's next transaction starts the WAL over (64 MiB of 4 KiB pages,
 /// the `journal_size_limit` above).
-const WAL_RESTART_FRAMES: u32 = 16384;
+pub(super) const WAL_RESTART_FRAMES: u32 = 16384;
 
 /// A committed batch waiting for its WAL sync.
 struct Synced {
