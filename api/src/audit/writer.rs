@@ -132,9 +132,10 @@ pub(crate) struct Writer {
 /// COMMIT after it drops cached pages beyond the end by walking the whole
 /// page cache. With a full 16 MiB cache that walk took ~240 µs per commit
 /// and a quarter of the connection thread's time under 1 KiB puts at 64
-/// callers (`perf`: `pcache1TruncateUnsafe`); with 1 MiB it is a few µs,
-/// and the pages the writer no longer keeps are read back from the
-/// operating system's cache (docs/api.md "Session 11").
+/// callers (`perf`: `pcache1TruncateUnsafe`, 10 % of the process's
+/// samples); with 1 MiB it is under 1 %, and the pages the writer no
+/// longer keeps are read back from the operating system's cache
+/// (docs/api.md "Session 11").
 const HOLD_SQL: &str = "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
      PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -1024";
 
