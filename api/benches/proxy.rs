@@ -201,9 +201,7 @@ async fn bench() -> Result {
     let store = BuiltinStore::open(
         &db,
         audit.clone(),
-        StoreConfig {
-            blob_dir: dir.path().join("blobs"),
-        },
+        StoreConfig::new(dir.path().join("blobs")),
     )
     .await?;
     let store = Arc::new(store);

@@ -28,7 +28,7 @@
 //!
 //! let db = Db::open("/var/lib/hutch/hutch.db").await?;
 //! let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-//! let blobs = StoreConfig { blob_dir: "/var/lib/hutch/blobs".into() };
+//! let blobs = StoreConfig::new("/var/lib/hutch/blobs");
 //! let store = BuiltinStore::open(&db, audit.clone(), blobs).await?;
 //! let core = ApiCore::new(Arc::new(store), audit).await?;
 //! // core.serve_instance(InstanceSpec { .. }) per running plugin instance.

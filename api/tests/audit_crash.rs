@@ -34,9 +34,7 @@ impl Drop for ChildGuard {
 }
 
 fn store_config(dir: &std::path::Path) -> StoreConfig {
-    StoreConfig {
-        blob_dir: dir.join("blobs"),
-    }
+    StoreConfig::new(dir.join("blobs"))
 }
 
 /// The child: records events and writes objects as fast as it can, printing

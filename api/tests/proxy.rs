@@ -1493,3 +1493,135 @@ async fn authz_changes_apply_to_running_instances_immediately() -> Result {
     h.stop().await;
     Ok(())
 }
+
+/// A tmpfs of `size` on a fresh directory, for one test; lazily unmounted
+/// when dropped (also when the test fails).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs> {
+        use nix::mount::MsFlags;
+        let dir = tempfile::tempdir()?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(format!("size={size},mode=0711").as_str()),
+        )?;
+        Ok(Tmpfs(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Bytes an unprivileged writer could still use on `path`'s filesystem.
+fn free_bytes(path: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)?;
+    Ok(st.blocks_available() * st.fragment_size())
+}
+
+/// A hostile plugin streams more content than the disk holds: the store
+/// keeps its free-space reserve on a real (tmpfs) filesystem holding the
+/// database and the blobs. The put fails with RESOURCE_EXHAUSTED, the free
+/// space never drops more than one check interval into the reserve,
+/// nothing of the object stays on disk, the refusal is audited with its
+/// reason, and the plugin can still read and write small objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cannot_fill_the_disk_through_puts() -> Result {
+    if !privileged("a_plugin_cannot_fill_the_disk_through_puts") {
+        return Ok(());
+    }
+    const MIN_FREE: u64 = 24 << 20;
+    let fs = Tmpfs::mount("48m")?;
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let db = Db::open(fs.path().join("hutch.db")).await?;
+    let mut config = hutch_api::store::StoreConfig::new(fs.path().join("blobs"));
+    config.min_free_bytes = MIN_FREE;
+    let (audit, store) = common::stores_with(&db, config).await?;
+    let core = ApiCore::new(Arc::new(store), audit.clone()).await?;
+    core.authz().set_user(ADMIN, Role::Admin).await?;
+    let env = Env { dir, core, audit };
+    let scopes = [Scope::DataRead, Scope::DataWrite, Scope::DatasetsCreate];
+    let (h, ch) = env.serve("org.example.filler", "filler", &scopes).await?;
+    let mut d = data(&ch);
+    let ds = d
+        .create_dataset(pb::CreateDatasetRequest { name: "f".into() })
+        .await?
+        .into_inner();
+    client::put_bytes(&mut d, None, &ds.id, "small", None, b"fits").await?;
+    // The least free space seen while the hostile put streams.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (path, stop) = (fs.path().to_path_buf(), stop.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut least = u64::MAX;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                least = least.min(free_bytes(&path).map_err(|e| e.to_string())?);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok::<_, String>(least)
+        })
+    };
+    // 64 MiB: more than the whole filesystem.
+    let huge = vec![0x5a; 64 << 20];
+    let err = client::put_bytes(&mut d, None, &ds.id, "huge", None, &huge)
+        .await
+        .expect_err("a put beyond the reserve must fail");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let least = sampler.await??;
+    // The store checks every 4 MiB written; a chunk and the file buffer
+    // may come on top.
+    assert!(
+        least + (5 << 20) >= MIN_FREE,
+        "the put went {} bytes into the reserve",
+        MIN_FREE.saturating_sub(least)
+    );
+    assert!(
+        err.to_string().contains("storage is full"),
+        "expected RESOURCE_EXHAUSTED (storage is full), got {err}"
+    );
+    let free = free_bytes(fs.path())?;
+    assert!(free >= MIN_FREE, "{free} bytes free after the refusal");
+    assert_eq!(
+        std::fs::read_dir(fs.path().join("blobs/tmp"))?.count(),
+        0,
+        "the refused content's temp file must be removed"
+    );
+    let refused = env
+        .events_until(plugin_filter("org.example.filler"), |evs| {
+            evs.iter().any(|e| {
+                e.event.resource.ends_with("/huge")
+                    && e.event.outcome.to_stored().contains("free-space reserve")
+            })
+        })
+        .await?;
+    assert!(
+        !refused
+            .iter()
+            .any(|e| e.event.resource.ends_with("/huge") && e.event.outcome.is_ok()),
+        "{refused:#?}"
+    );
+    assert_eq!(
+        client::get_bytes(&mut d, None, &ds.id, "small").await?,
+        b"fits"
+    );
+    let e = client::get_bytes(&mut d, None, &ds.id, "huge")
+        .await
+        .expect_err("the refused object must not exist");
+    assert!(e.to_string().contains("not found"), "{e}");
+    client::put_bytes(&mut d, None, &ds.id, "small2", None, b"still fits").await?;
+    assert!(env.audit.verify().await?.is_ok());
+    h.stop().await;
+    db.close().await;
+    Ok(())
+}

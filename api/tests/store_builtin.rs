@@ -13,7 +13,7 @@ use hutch_api::audit::{Actor, AuditEvent, AuditFilter, AuditStore, Decision, Out
 use hutch_api::db::Db;
 use hutch_api::store::{
     Backend, BuiltinStore, ByteStream, DEFAULT_INLINE_MAX_BYTES, DatasetId, Expect, ListObjects,
-    Metadata, NewDataset, ObjectKey, RetentionPolicy, StoreError, Version,
+    Metadata, NewDataset, ObjectKey, RetentionPolicy, StoreConfig, StoreError, Version,
 };
 use sha2::Digest;
 
@@ -894,5 +894,68 @@ async fn writes_by_another_writer_on_the_same_file_are_seen() -> Result {
     assert_eq!(content(&e, "k", None).await?, b"a3");
     assert!(e.audit.verify().await?.is_ok());
     db2.close().await;
+    Ok(())
+}
+
+/// A reserve larger than any free space refuses every put, inline or blob,
+/// with `DiskReserve`: nothing is stored, no blob or temp file is left, and
+/// each refusal is an audited failure. Other calls still work. (The root
+/// test in `proxy.rs` fills a real small filesystem through the socket.)
+#[tokio::test]
+async fn puts_into_the_free_space_reserve_are_refused_audited_and_store_nothing() -> Result {
+    let dir = tempfile::tempdir()?;
+    let db = Db::open(dir.path().join("hutch.db")).await?;
+    let mut config = StoreConfig::new(dir.path().join("blobs"));
+    config.min_free_bytes = u64::MAX;
+    let (audit, store) = common::stores_with(&db, config).await?;
+    let ds = DatasetId::new("ds1")?;
+    store
+        .create_dataset(
+            ev(),
+            NewDataset {
+                id: Some(ds.clone()),
+                ..NewDataset::default()
+            },
+        )
+        .await?;
+    let k = key("x")?;
+    let big = vec![7u8; DEFAULT_INLINE_MAX_BYTES + 1];
+    for content in [b"small".to_vec(), big] {
+        let r = store
+            .put_object(ev(), &ds, &k, Expect::Any, None, bytes(&content))
+            .await;
+        match r {
+            Err(StoreError::DiskReserve { free, min_free, .. }) => {
+                assert!(free < min_free, "{free} {min_free}");
+            }
+            other => return Err(format!("expected DiskReserve, got {other:?}").into()),
+        }
+    }
+    assert!(matches!(
+        store.head_object(&ds, &k, None).await,
+        Err(StoreError::ObjectNotFound { .. })
+    ));
+    assert_eq!(std::fs::read_dir(dir.path().join("blobs/tmp"))?.count(), 0);
+    let mut blobs = std::fs::read_dir(dir.path().join("blobs"))?
+        .map(|d| Ok(d?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    blobs.sort();
+    assert_eq!(blobs, ["tmp"]);
+    let refused = audit
+        .query(&AuditFilter {
+            operation: Some(ops::OBJECT_PUT.into()),
+            ..AuditFilter::default()
+        })
+        .await?;
+    assert_eq!(refused.len(), 2);
+    for e in &refused {
+        match &e.event.outcome {
+            Outcome::Error(msg) => assert!(msg.contains("free-space reserve"), "{msg}"),
+            other => return Err(format!("expected an error outcome, got {other:?}").into()),
+        }
+    }
+    // Metadata changes need no new content.
+    store.list_datasets().await?;
+    assert!(audit.verify().await?.is_ok());
     Ok(())
 }

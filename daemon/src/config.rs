@@ -56,6 +56,8 @@ pub struct Config {
     pub logs: LogsConfig,
     /// `[retention]`: how long old object versions and audit events stay.
     pub retention: RetentionConfig,
+    /// `[store]`: the built-in store's free-space reserve.
+    pub store: StoreSection,
     /// `[tasks]`: task limits.
     pub tasks: TasksConfig,
 }
@@ -310,6 +312,25 @@ impl Default for RetentionConfig {
     }
 }
 
+/// `[store]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Bytes kept free on the filesystems of `blobs/` and `hutch.db`: a put
+    /// that would leave less is refused (`RESOURCE_EXHAUSTED`, audited) and
+    /// stores nothing (`"1G"`; `"0"` = no reserve).
+    #[serde(deserialize_with = "de_size_or_zero")]
+    pub min_free: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            min_free: hutch_api::store::DEFAULT_MIN_FREE_BYTES,
+        }
+    }
+}
+
 /// `[tasks]` section.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -335,30 +356,35 @@ impl Default for TasksConfig {
     }
 }
 
+/// A number, or a text with a unit (`"512M"`, `"1h"`), as config values come.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    N(u64),
+    S(String),
+}
+
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum V {
-        N(u64),
-        S(String),
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::N(0) => Err(serde::de::Error::custom("a size must not be zero")),
+        NumberOrText::N(n) => Ok(n),
+        NumberOrText::S(s) => crate::manifest::parse_size(&s).map_err(serde::de::Error::custom),
     }
-    match V::deserialize(d)? {
-        V::N(0) => Err(serde::de::Error::custom("a size must not be zero")),
-        V::N(n) => Ok(n),
-        V::S(s) => crate::manifest::parse_size(&s).map_err(serde::de::Error::custom),
+}
+
+/// A size as [`de_size`] takes it, or `0` / `"0"` (off).
+fn de_size_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::N(n) => Ok(n),
+        NumberOrText::S(s) if s.trim() == "0" => Ok(0),
+        NumberOrText::S(s) => crate::manifest::parse_size(&s).map_err(serde::de::Error::custom),
     }
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum V {
-        N(u64),
-        S(String),
-    }
-    match V::deserialize(d)? {
-        V::N(n) => Ok(Duration::from_secs(n)),
-        V::S(s) => crate::manifest::parse_duration(&s).map_err(serde::de::Error::custom),
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::N(n) => Ok(Duration::from_secs(n)),
+        NumberOrText::S(s) => crate::manifest::parse_duration(&s).map_err(serde::de::Error::custom),
     }
 }
 
@@ -566,5 +592,18 @@ mod tests {
         assert!(e.contains("sandbox.spawn_pool"), "{e}");
         let e = bad("[supervisor]\nrestart = \"sometimes\"\n");
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn the_store_reserve_takes_sizes_and_zero() {
+        let min_free = |t: &str| Config::parse(t, Path::new("h.toml")).map(|c| c.store.min_free);
+        assert_eq!(Config::default().store.min_free, 1 << 30);
+        assert_eq!(min_free("[store]\nmin_free = \"2G\"\n").unwrap(), 2 << 30);
+        assert_eq!(min_free("[store]\nmin_free = \"0\"\n").unwrap(), 0);
+        assert_eq!(min_free("[store]\nmin_free = 0\n").unwrap(), 0);
+        let e = min_free("[store]\nmin_free = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("lots"), "{e}");
     }
 }

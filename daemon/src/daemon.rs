@@ -291,6 +291,7 @@ impl Daemon {
             audit.clone(),
             hutch_api::store::StoreConfig {
                 blob_dir: paths.blobs_dir(),
+                min_free_bytes: config.store.min_free,
             },
         )
         .await
@@ -1226,9 +1227,10 @@ impl Daemon {
             || new.sandbox.uid_base != old.sandbox.uid_base
             || new.sandbox.uid_count != old.sandbox.uid_count
             || new.sandbox.spawn_pool != old.sandbox.spawn_pool
+            || new.store != old.store
         {
             return Err(DaemonError::Invalid(format!(
-                "{}: [paths], sandbox.cgroup_*, sandbox.uid_* and sandbox.spawn_pool need a daemon restart; keeping the running config",
+                "{}: [paths], [store], sandbox.cgroup_*, sandbox.uid_* and sandbox.spawn_pool need a daemon restart; keeping the running config",
                 path.display()
             )));
         }

@@ -39,6 +39,13 @@ fn status_of(e: &StoreError) -> Status {
         | StoreError::ObjectNotFound { .. }
         | StoreError::Purged { .. } => Status::not_found(e.to_string()),
         StoreError::DatasetExists(_) => Status::already_exists(e.to_string()),
+        // The host path stays in the audit event and the daemon log.
+        StoreError::DiskReserve { .. } => {
+            tracing::warn!(error = %e, "put refused: free-space reserve");
+            Status::resource_exhausted(
+                "storage is full: the store keeps a free-space reserve and this write would use it; nothing was stored",
+            )
+        }
         StoreError::Conflict { .. } => Status::failed_precondition(e.to_string()),
         StoreError::Audit(_) => Status::unavailable("audit store unavailable: nothing was changed"),
         StoreError::NotSupported(_) => Status::unimplemented(e.to_string()),

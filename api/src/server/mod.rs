@@ -109,7 +109,7 @@ pub struct InstanceSpec {
 ///
 /// let db = Db::open("/var/lib/hutch/hutch.db").await?;
 /// let audit = AuditStore::open(&db, AuditConfig::default()).await?;
-/// let store = BuiltinStore::open(&db, audit.clone(), StoreConfig { blob_dir: "/var/lib/hutch/blobs".into() }).await?;
+/// let store = BuiltinStore::open(&db, audit.clone(), StoreConfig::new("/var/lib/hutch/blobs")).await?;
 /// let core = ApiCore::new(Arc::new(store), audit).await?;
 /// let handle = core.serve_instance(InstanceSpec {
 ///     plugin_id: "org.example.threshold".into(),

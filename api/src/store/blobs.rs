@@ -3,7 +3,10 @@
 //!
 //! Writing a blob (steps, in order):
 //! 1. stream the chunks into `blobs/tmp/<random>`, hashing as they pass
-//!    (memory: one chunk plus tokio's file buffer);
+//!    (memory: one chunk plus tokio's file buffer), and stop with
+//!    [`StoreError::DiskReserve`] as soon as the free-space reserve is
+//!    reached (checked before the first chunk and after every
+//!    [`CHECK_EVERY_BYTES`]; see `reserve.rs`);
 //! 2. `fsync` the temp file;
 //! 3. register the hash as *pending* (so GC leaves it alone until the
 //!    caller's transaction referencing it has committed or failed);
@@ -23,6 +26,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::reserve::{CHECK_EVERY_BYTES, Reserve};
 use super::{ByteStream, StoreError};
 
 /// Read chunk size for streaming content out.
@@ -32,6 +36,7 @@ pub(crate) const READ_CHUNK: usize = 256 * 1024;
 pub(crate) struct Blobs {
     root: PathBuf,
     pending: Arc<Mutex<HashMap<String, usize>>>,
+    reserve: Reserve,
 }
 
 /// Keeps a blob safe from GC while alive.
@@ -75,20 +80,29 @@ async fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl Blobs {
-    /// Creates `root` and `root/tmp` if missing.
-    pub async fn open(root: PathBuf) -> Result<Blobs, StoreError> {
+    /// Creates `root` and `root/tmp` if missing; new content keeps
+    /// `min_free` bytes free on the filesystems of `root` and of `also`
+    /// (see `reserve.rs`).
+    pub async fn open(root: PathBuf, min_free: u64, also: PathBuf) -> Result<Blobs, StoreError> {
         let tmp = root.join("tmp");
         tokio::fs::create_dir_all(&tmp)
             .await
             .map_err(io("create directory", &tmp))?;
+        let reserve = Reserve::new(min_free, vec![root.clone(), also]);
         Ok(Blobs {
             root,
             pending: Arc::new(Mutex::new(HashMap::new())),
+            reserve,
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The free-space reserve new content keeps.
+    pub fn reserve(&self) -> &Reserve {
+        &self.reserve
     }
 
     pub fn path_of(&self, hash: &str) -> PathBuf {
@@ -108,11 +122,19 @@ impl Blobs {
                 .map_err(io("create", &tmp))?;
             let mut hasher = Sha256::new();
             let mut size = 0u64;
+            let mut checked = 0u64;
+            self.reserve.check(0)?;
             while let Some(chunk) = content.next().await {
                 let chunk = chunk?;
                 hasher.update(&chunk);
                 size += chunk.len() as u64;
                 file.write_all(&chunk).await.map_err(io("write", &tmp))?;
+                if size - checked >= CHECK_EVERY_BYTES {
+                    // What was written must count in the free space.
+                    file.flush().await.map_err(io("write", &tmp))?;
+                    self.reserve.check(0)?;
+                    checked = size;
+                }
             }
             file.flush().await.map_err(io("write", &tmp))?;
             file.sync_all().await.map_err(io("fsync", &tmp))?;

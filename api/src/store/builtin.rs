@@ -24,7 +24,7 @@
 //! older than the last commit.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -46,11 +46,40 @@ use crate::audit::{
 };
 use crate::db::Db;
 
-/// Where the built-in store keeps content.
+/// Where the built-in store keeps content, and how much room it leaves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoreConfig {
     /// The blob directory (`/var/lib/hutch/blobs`).
     pub blob_dir: PathBuf,
+    /// Bytes that must stay free on the filesystems of the blob directory
+    /// and of the database: a put that would leave less is refused
+    /// ([`StoreError::DiskReserve`], audited) and stores nothing. 0 turns
+    /// the reserve off. Default [`DEFAULT_MIN_FREE_BYTES`].
+    #[serde(default = "default_min_free")]
+    pub min_free_bytes: u64,
+}
+
+/// The default free-space reserve: 1 GiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
+
+fn default_min_free() -> u64 {
+    DEFAULT_MIN_FREE_BYTES
+}
+
+impl StoreConfig {
+    /// Blobs in `blob_dir`, the default reserve.
+    ///
+    /// ```
+    /// use hutch_api::store::StoreConfig;
+    /// let config = StoreConfig::new("/var/lib/hutch/blobs");
+    /// assert_eq!(config.min_free_bytes, 1 << 30);
+    /// ```
+    pub fn new(blob_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            blob_dir: blob_dir.into(),
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+        }
+    }
 }
 
 /// How long old object versions stay retrievable (and revertable).
@@ -711,7 +740,12 @@ impl BuiltinStore {
         audit: AuditStore,
         config: StoreConfig,
     ) -> Result<BuiltinStore, StoreError> {
-        let blobs = Blobs::open(config.blob_dir).await?;
+        let db_dir = db
+            .path()
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let blobs = Blobs::open(config.blob_dir, config.min_free_bytes, db_dir).await?;
         let writer = audit
             .writer_state(|| {
                 let heads = Arc::new(WriterHeads::default());
@@ -1096,6 +1130,9 @@ impl Backend for BuiltinStore {
         };
         let (blob, hash, size, inline) = match spilled {
             None => {
+                if let Err(e) = self.blobs.reserve().check(buf.len() as u64) {
+                    return Err(self.record_failure(event, e).await);
+                }
                 let hash = hex::encode(Sha256::digest(&buf));
                 let size = i64::try_from(buf.len()).unwrap_or(i64::MAX);
                 (None, hash, size, Inline::Bytes(buf))

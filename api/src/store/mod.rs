@@ -11,6 +11,7 @@
 
 mod blobs;
 mod builtin;
+mod reserve;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{AuditError, AuditEvent, EventId};
 
 pub use builtin::{
-    BuiltinStore, DEFAULT_INLINE_MAX_BYTES, GcReport, RetentionPolicy, RetentionReport, StoreConfig,
+    BuiltinStore, DEFAULT_INLINE_MAX_BYTES, DEFAULT_MIN_FREE_BYTES, GcReport, RetentionPolicy,
+    RetentionReport, StoreConfig,
 };
 
 /// A dataset id: 1-64 characters of `[A-Za-z0-9_-]`.
@@ -298,6 +300,19 @@ pub enum StoreError {
     /// The caller's content stream failed.
     #[error("content stream: {0}")]
     Input(String),
+    /// Writing the content would eat into the free-space reserve
+    /// ([`StoreConfig::min_free_bytes`]); nothing was stored.
+    #[error(
+        "free-space reserve: {path} has {free} bytes free and the store keeps {min_free} free; the write was refused"
+    )]
+    DiskReserve {
+        /// A directory on the filesystem that is short.
+        path: PathBuf,
+        /// Bytes free there when refused.
+        free: u64,
+        /// The reserve.
+        min_free: u64,
+    },
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
