@@ -33,9 +33,20 @@ async fn env() -> Result<Env> {
 /// A store keeping objects up to `inline_max` bytes inline (0: every
 /// non-empty object in a blob file).
 async fn env_with(inline_max: usize) -> Result<Env> {
+    env_configured(inline_max, |_| {}).await
+}
+
+/// [`env_with`], the store's config (blobs in `dir/blobs`, the default
+/// reserve) changed by `configure` first.
+async fn env_configured(
+    inline_max: usize,
+    configure: impl FnOnce(&mut StoreConfig),
+) -> Result<Env> {
     let dir = tempfile::tempdir()?;
     let db = Db::open(dir.path().join("hutch.db")).await?;
-    let (audit, store) = common::stores(&db, dir.path()).await?;
+    let mut config = StoreConfig::new(dir.path().join("blobs"));
+    configure(&mut config);
+    let (audit, store) = common::stores_with(&db, config).await?;
     let store = store.with_inline_max(inline_max);
     let ds = DatasetId::new("ds1")?;
     store
@@ -903,26 +914,13 @@ async fn writes_by_another_writer_on_the_same_file_are_seen() -> Result {
 /// test in `proxy.rs` fills a real small filesystem through the socket.)
 #[tokio::test]
 async fn puts_into_the_free_space_reserve_are_refused_audited_and_store_nothing() -> Result {
-    let dir = tempfile::tempdir()?;
-    let db = Db::open(dir.path().join("hutch.db")).await?;
-    let mut config = StoreConfig::new(dir.path().join("blobs"));
-    config.min_free_bytes = u64::MAX;
-    let (audit, store) = common::stores_with(&db, config).await?;
-    let ds = DatasetId::new("ds1")?;
-    store
-        .create_dataset(
-            ev(),
-            NewDataset {
-                id: Some(ds.clone()),
-                ..NewDataset::default()
-            },
-        )
-        .await?;
+    let e = env_configured(DEFAULT_INLINE_MAX_BYTES, |c| c.min_free_bytes = u64::MAX).await?;
+    let (dir, audit, store, ds) = (e.dir.path(), &e.audit, &e.store, &e.ds);
     let k = key("x")?;
     let big = vec![7u8; DEFAULT_INLINE_MAX_BYTES + 1];
     for content in [b"small".to_vec(), big] {
         let r = store
-            .put_object(ev(), &ds, &k, Expect::Any, None, bytes(&content))
+            .put_object(ev(), ds, &k, Expect::Any, None, bytes(&content))
             .await;
         match r {
             Err(StoreError::DiskReserve { free, min_free, .. }) => {
@@ -932,11 +930,11 @@ async fn puts_into_the_free_space_reserve_are_refused_audited_and_store_nothing(
         }
     }
     assert!(matches!(
-        store.head_object(&ds, &k, None).await,
+        store.head_object(ds, &k, None).await,
         Err(StoreError::ObjectNotFound { .. })
     ));
-    assert_eq!(std::fs::read_dir(dir.path().join("blobs/tmp"))?.count(), 0);
-    let mut blobs = std::fs::read_dir(dir.path().join("blobs"))?
+    assert_eq!(std::fs::read_dir(dir.join("blobs/tmp"))?.count(), 0);
+    let mut blobs = std::fs::read_dir(dir.join("blobs"))?
         .map(|d| Ok(d?.file_name().to_string_lossy().into_owned()))
         .collect::<Result<Vec<_>>>()?;
     blobs.sort();
