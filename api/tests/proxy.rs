@@ -1534,7 +1534,10 @@ fn free_bytes(path: &Path) -> Result<u64> {
 /// database and the blobs. The put fails with RESOURCE_EXHAUSTED, the free
 /// space never drops more than one check interval into the reserve,
 /// nothing of the object stays on disk, the refusal is audited with its
-/// reason, and the plugin can still read and write small objects.
+/// reason, and the plugin can still read and write small objects. Then the
+/// host's own files take the filesystem below the reserve: puts, metadata
+/// changes and new datasets are refused, reads work, and writes work again
+/// once the space is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_cannot_fill_the_disk_through_puts() -> Result {
     if !privileged("a_plugin_cannot_fill_the_disk_through_puts") {
@@ -1620,6 +1623,46 @@ async fn a_plugin_cannot_fill_the_disk_through_puts() -> Result {
         .expect_err("the refused object must not exist");
     assert!(e.to_string().contains("not found"), "{e}");
     client::put_bytes(&mut d, None, &ds.id, "small2", None, b"still fits").await?;
+
+    // The host's own files take the filesystem below the reserve: every
+    // call that writes new bytes is refused, reads still work, and freeing
+    // the space lets writes through again.
+    let filler = fs.path().join("host-file");
+    let over = free_bytes(fs.path())? - MIN_FREE + (1 << 20);
+    std::fs::write(&filler, vec![1u8; usize::try_from(over)?])?;
+    let full = |r: std::result::Result<(), tonic::Status>, what: &str| match r {
+        Err(s) if s.code() == Code::ResourceExhausted => Ok(()),
+        other => Err(format!(
+            "{what}: expected RESOURCE_EXHAUSTED, got {other:?}"
+        )),
+    };
+    let e = client::put_bytes(&mut d, None, &ds.id, "small3", None, b"x")
+        .await
+        .expect_err("a put below the reserve must fail");
+    assert!(e.to_string().contains("storage is full"), "{e}");
+    full(
+        d.set_metadata(pb::SetMetadataRequest {
+            dataset_id: ds.id.clone(),
+            key: "small".into(),
+            metadata: HashMap::from([("k".into(), "v".into())]),
+            expected_version: None,
+        })
+        .await
+        .map(|_| ()),
+        "set metadata",
+    )?;
+    full(
+        d.create_dataset(pb::CreateDatasetRequest { name: "g".into() })
+            .await
+            .map(|_| ()),
+        "create dataset",
+    )?;
+    assert_eq!(
+        client::get_bytes(&mut d, None, &ds.id, "small").await?,
+        b"fits"
+    );
+    std::fs::remove_file(&filler)?;
+    client::put_bytes(&mut d, None, &ds.id, "small3", None, b"fits again").await?;
     assert!(env.audit.verify().await?.is_ok());
     h.stop().await;
     db.close().await;

@@ -33,20 +33,9 @@ async fn env() -> Result<Env> {
 /// A store keeping objects up to `inline_max` bytes inline (0: every
 /// non-empty object in a blob file).
 async fn env_with(inline_max: usize) -> Result<Env> {
-    env_configured(inline_max, |_| {}).await
-}
-
-/// [`env_with`], the store's config (blobs in `dir/blobs`, the default
-/// reserve) changed by `configure` first.
-async fn env_configured(
-    inline_max: usize,
-    configure: impl FnOnce(&mut StoreConfig),
-) -> Result<Env> {
     let dir = tempfile::tempdir()?;
     let db = Db::open(dir.path().join("hutch.db")).await?;
-    let mut config = StoreConfig::new(dir.path().join("blobs"));
-    configure(&mut config);
-    let (audit, store) = common::stores_with(&db, config).await?;
+    let (audit, store) = common::stores(&db, dir.path()).await?;
     let store = store.with_inline_max(inline_max);
     let ds = DatasetId::new("ds1")?;
     store
@@ -908,52 +897,67 @@ async fn writes_by_another_writer_on_the_same_file_are_seen() -> Result {
     Ok(())
 }
 
-/// A reserve larger than any free space refuses every put, inline or blob,
-/// with `DiskReserve`: nothing is stored, no blob or temp file is left, and
-/// each refusal is an audited failure. Other calls still work. (The root
+/// A reserve larger than any free space refuses every call that writes new
+/// bytes (puts inline or to a blob, metadata, a new dataset) with
+/// `DiskReserve`: nothing is stored or changed, no blob or temp file is
+/// left, and each refusal is an audited failure. Reads still work. (The root
 /// test in `proxy.rs` fills a real small filesystem through the socket.)
 #[tokio::test]
-async fn puts_into_the_free_space_reserve_are_refused_audited_and_store_nothing() -> Result {
-    let e = env_configured(DEFAULT_INLINE_MAX_BYTES, |c| c.min_free_bytes = u64::MAX).await?;
-    let (dir, audit, store, ds) = (e.dir.path(), &e.audit, &e.store, &e.ds);
+async fn writes_into_the_free_space_reserve_are_refused_audited_and_store_nothing() -> Result {
+    let e = env().await?;
     let k = key("x")?;
+    e.store
+        .put_object(ev(), &e.ds, &k, Expect::Any, None, bytes(b"before"))
+        .await?;
+    // The same database and blobs, through a store whose reserve no
+    // filesystem can keep.
+    let db = Db::open(e.dir.path().join("hutch.db")).await?;
+    let mut config = StoreConfig::new(e.dir.path().join("blobs"));
+    config.min_free_bytes = u64::MAX;
+    let full = BuiltinStore::open(&db, e.audit.clone(), config).await?;
+    let refused = |r: std::result::Result<_, StoreError>| match r {
+        Err(StoreError::DiskReserve { free, min_free, .. }) if free < min_free => Ok(()),
+        other => Err(format!("expected DiskReserve, got {other:?}")),
+    };
     let big = vec![7u8; DEFAULT_INLINE_MAX_BYTES + 1];
     for content in [b"small".to_vec(), big] {
-        let r = store
-            .put_object(ev(), ds, &k, Expect::Any, None, bytes(&content))
-            .await;
-        match r {
-            Err(StoreError::DiskReserve { free, min_free, .. }) => {
-                assert!(free < min_free, "{free} {min_free}");
-            }
-            other => return Err(format!("expected DiskReserve, got {other:?}").into()),
-        }
+        refused(
+            full.put_object(ev(), &e.ds, &k, Expect::Any, None, bytes(&content))
+                .await
+                .map(|_| ()),
+        )?;
     }
-    assert!(matches!(
-        store.head_object(ds, &k, None).await,
-        Err(StoreError::ObjectNotFound { .. })
-    ));
-    assert_eq!(std::fs::read_dir(dir.join("blobs/tmp"))?.count(), 0);
-    let mut blobs = std::fs::read_dir(dir.join("blobs"))?
-        .map(|d| Ok(d?.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<Vec<_>>>()?;
-    blobs.sort();
-    assert_eq!(blobs, ["tmp"]);
-    let refused = audit
-        .query(&AuditFilter {
-            operation: Some(ops::OBJECT_PUT.into()),
-            ..AuditFilter::default()
+    refused(
+        full.set_metadata(ev(), &e.ds, &k, Expect::Any, md(&[("a", "b")]))
+            .await
+            .map(|_| ()),
+    )?;
+    refused(
+        full.create_dataset(ev(), NewDataset::default())
+            .await
+            .map(|_| ()),
+    )?;
+    assert_eq!(content(&e, "x", None).await?, b"before");
+    let head = full.head_object(&e.ds, &k, None).await?;
+    assert_eq!((head.version, head.metadata.len()), (Version(1), 0));
+    assert_eq!(full.list_datasets().await?.len(), 1);
+    assert_eq!(
+        std::fs::read_dir(e.dir.path().join("blobs/tmp"))?.count(),
+        0
+    );
+    assert!(blob_files(&e)?.is_empty(), "{:?}", blob_files(&e)?);
+    let failed = e.audit.query(&AuditFilter::default()).await?;
+    let reasons: Vec<_> = failed
+        .iter()
+        .filter_map(|s| match &s.event.outcome {
+            Outcome::Error(msg) => Some((s.event.operation.as_str(), msg.as_str())),
+            Outcome::Ok => None,
         })
-        .await?;
-    assert_eq!(refused.len(), 2);
-    for e in &refused {
-        match &e.event.outcome {
-            Outcome::Error(msg) => assert!(msg.contains("free-space reserve"), "{msg}"),
-            other => return Err(format!("expected an error outcome, got {other:?}").into()),
-        }
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:#?}");
+    for (op, msg) in &reasons {
+        assert!(msg.contains("free-space reserve"), "{op}: {msg}");
     }
-    // Metadata changes need no new content.
-    store.list_datasets().await?;
-    assert!(audit.verify().await?.is_ok());
+    assert!(e.audit.verify().await?.is_ok());
     Ok(())
 }

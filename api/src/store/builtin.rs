@@ -52,9 +52,10 @@ pub struct StoreConfig {
     /// The blob directory (`/var/lib/hutch/blobs`).
     pub blob_dir: PathBuf,
     /// Bytes that must stay free on the filesystems of the blob directory
-    /// and of the database: a put that would leave less is refused
-    /// ([`StoreError::DiskReserve`], audited) and stores nothing. 0 turns
-    /// the reserve off. Default [`DEFAULT_MIN_FREE_BYTES`].
+    /// and of the database: a put, metadata change or new dataset that
+    /// would leave less is refused ([`StoreError::DiskReserve`], audited)
+    /// and changes nothing. 0 turns the reserve off. Default
+    /// [`DEFAULT_MIN_FREE_BYTES`].
     #[serde(default = "default_min_free")]
     pub min_free_bytes: u64,
 }
@@ -437,6 +438,11 @@ const SELECT_VERSION: &str = concat!(version_columns!(), " FROM object_versions 
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
+}
+
+/// About the bytes `m` takes stored (its texts), without encoding it.
+fn metadata_bytes(m: &Metadata) -> usize {
+    m.iter().map(|(k, v)| k.len() + v.len() + 6).sum()
 }
 
 fn metadata_text(m: &Metadata) -> String {
@@ -1040,6 +1046,11 @@ impl Backend for BuiltinStore {
             None => DatasetId::new(format!("ds_{}", random_hex(12)?))?,
         };
         let event = Self::prepare(event, ops::DATASET_CREATE, dataset_resource(&id));
+        // Its name and metadata are new bytes, bounded by the message size.
+        let bytes = new.name.len() + metadata_bytes(&new.metadata);
+        if let Err(e) = self.blobs.reserve().check(bytes as u64) {
+            return Err(self.record_failure(event, e).await);
+        }
         let info = DatasetInfo {
             id,
             name: new.name,
@@ -1324,6 +1335,12 @@ impl Backend for BuiltinStore {
             ops::OBJECT_SET_METADATA,
             object_resource(dataset, key),
         );
+        // A new version row: the metadata (bounded by the message size) and
+        // a copy of inline content.
+        let bytes = metadata_bytes(&metadata) + self.inline_max;
+        if let Err(e) = self.blobs.reserve().check(bytes as u64) {
+            return Err(self.record_failure(event, e).await);
+        }
         let (ds, k) = (dataset.clone(), key.clone());
         let caches = self.caches.clone();
         self.commit(event, dataset, key, move |conn, w| {

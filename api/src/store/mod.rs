@@ -301,7 +301,7 @@ pub enum StoreError {
     #[error("content stream: {0}")]
     Input(String),
     /// Writing the content would eat into the free-space reserve
-    /// ([`StoreConfig::min_free_bytes`]); nothing was stored.
+    /// ([`StoreConfig::min_free_bytes`]); nothing was changed.
     #[error(
         "free-space reserve: {path} has {free} bytes free and the store keeps {min_free} free; the write was refused"
     )]

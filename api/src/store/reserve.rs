@@ -1,16 +1,19 @@
-//! The built-in store's free-space reserve: new content is refused while
-//! writing it would leave less than `min_free` bytes free on the
-//! filesystem of the blob directory or of the database, so a plugin that
-//! writes without end fills neither the host's disk nor the room the audit
-//! store needs to record that it was refused (SPEC §1.5, "exhaust the
-//! host: disk").
+//! The built-in store's free-space reserve: a call that writes new bytes
+//! (a put, a metadata change, a new dataset) is refused while writing them
+//! would leave less than `min_free` bytes free on the filesystem of the blob
+//! directory or of the database, so a plugin that writes without end fills
+//! neither the host's disk nor the room the audit store needs to record
+//! that it was refused (SPEC §1.5, "exhaust the host: disk"). Deletes and
+//! an admin's revert are never refused: they are how room is made again.
 //!
 //! The free space is what an unprivileged writer could still use
-//! (`statvfs`: available blocks x fragment size), read when a put starts
+//! (`statvfs`: available blocks x fragment size), read when a call starts
 //! and again after every [`CHECK_EVERY_BYTES`] of a streamed blob: written
 //! content counts at once on tmpfs and on ext4 (delayed allocation reserves
 //! its blocks), so a refused stream stops within that many bytes of the
-//! reserve, and its temporary file is removed.
+//! reserve, and its temporary file is removed. Calls running at once each
+//! see the same free space: together they can go at most
+//! `max_concurrent_calls` x (4 MiB or one message) into the reserve.
 
 use std::path::PathBuf;
 
