@@ -316,9 +316,10 @@ impl Default for RetentionConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
-    /// Bytes kept free on the filesystems of `blobs/` and `hutch.db`: a put
-    /// that would leave less is refused (`RESOURCE_EXHAUSTED`, audited) and
-    /// stores nothing (`"1G"`; `"0"` = no reserve).
+    /// Bytes kept free on the filesystems of `blobs/` and `hutch.db`: a put,
+    /// metadata change or new dataset that would leave less is refused
+    /// (`RESOURCE_EXHAUSTED`, audited) and changes nothing (`"1G"`; `"0"` =
+    /// no reserve).
     #[serde(deserialize_with = "de_size_or_zero")]
     pub min_free: u64,
 }

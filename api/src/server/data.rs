@@ -41,9 +41,9 @@ fn status_of(e: &StoreError) -> Status {
         StoreError::DatasetExists(_) => Status::already_exists(e.to_string()),
         // The host path stays in the audit event and the daemon log.
         StoreError::DiskReserve { .. } => {
-            tracing::warn!(error = %e, "put refused: free-space reserve");
+            tracing::warn!(error = %e, "write refused: free-space reserve");
             Status::resource_exhausted(
-                "storage is full: the store keeps a free-space reserve and this write would use it; nothing was stored",
+                "storage is full: the store keeps a free-space reserve and this write would use it; nothing was changed",
             )
         }
         StoreError::Conflict { .. } => Status::failed_precondition(e.to_string()),
