@@ -41,11 +41,20 @@ struct Env {
 }
 
 async fn env() -> Result<Env> {
+    env_storing_in(None, hutch_api::store::DEFAULT_MIN_FREE_BYTES).await
+}
+
+/// [`env`] with the database and blobs in `state` (default: beside the
+/// sockets) and a free-space reserve of `min_free` bytes.
+async fn env_storing_in(state: Option<&Path>, min_free: u64) -> Result<Env> {
     let dir = tempfile::tempdir()?;
     // Traversable by a plugin uid (the sockets below have their own 0600).
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
-    let db = Db::open(dir.path().join("hutch.db")).await?;
-    let (audit, store) = common::stores(&db, dir.path()).await?;
+    let state = state.unwrap_or(dir.path());
+    let db = Db::open(state.join("hutch.db")).await?;
+    let mut config = hutch_api::store::StoreConfig::new(state.join("blobs"));
+    config.min_free_bytes = min_free;
+    let (audit, store) = common::stores_with(&db, config).await?;
     let core = ApiCore::new(Arc::new(store), audit.clone()).await?;
     let a = core.authz();
     a.set_user(ADMIN, Role::Admin).await?;
@@ -140,6 +149,17 @@ fn data(ch: &Channel) -> pb::data_client::DataClient<Channel> {
     client::data_client(ch.clone())
 }
 
+/// Creates a dataset named `name` through `d`.
+async fn new_dataset(
+    d: &mut pb::data_client::DataClient<Channel>,
+    name: &str,
+) -> Result<pb::Dataset> {
+    let r = d
+        .create_dataset(pb::CreateDatasetRequest { name: name.into() })
+        .await?;
+    Ok(r.into_inner())
+}
+
 /// Creates dataset + objects as the installing admin through an all-scope
 /// instance; returns the dataset id.
 async fn seed(env: &Env, keys: &[&str]) -> Result<String> {
@@ -151,12 +171,7 @@ async fn seed(env: &Env, keys: &[&str]) -> Result<String> {
     ];
     let (h, ch) = env.serve("org.hutch.seed", "seed", &all).await?;
     let mut d = data(&ch);
-    let ds = d
-        .create_dataset(pb::CreateDatasetRequest {
-            name: "seed".into(),
-        })
-        .await?
-        .into_inner();
+    let ds = new_dataset(&mut d, "seed").await?;
     for k in keys {
         client::put_bytes(&mut d, None, &ds.id, k, None, b"hello").await?;
     }
@@ -1188,10 +1203,7 @@ async fn objects_stream_in_chunks_and_conditional_writes_hold() -> Result {
     ];
     let (h, ch) = env.serve("org.example.io", "io", &all).await?;
     let mut d = data(&ch);
-    let ds = d
-        .create_dataset(pb::CreateDatasetRequest { name: "io".into() })
-        .await?
-        .into_inner();
+    let ds = new_dataset(&mut d, "io").await?;
     assert_eq!(ds.owner_user, ADMIN);
     // 5 MiB + 3 bytes: several chunks each way.
     let content: Vec<u8> = (0..5 * 1024 * 1024 + 3).map(|i| (i % 251) as u8).collect();
@@ -1545,22 +1557,11 @@ async fn a_plugin_cannot_fill_the_disk_through_puts() -> Result {
     }
     const MIN_FREE: u64 = 24 << 20;
     let fs = Tmpfs::mount("48m")?;
-    let dir = tempfile::tempdir()?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
-    let db = Db::open(fs.path().join("hutch.db")).await?;
-    let mut config = hutch_api::store::StoreConfig::new(fs.path().join("blobs"));
-    config.min_free_bytes = MIN_FREE;
-    let (audit, store) = common::stores_with(&db, config).await?;
-    let core = ApiCore::new(Arc::new(store), audit.clone()).await?;
-    core.authz().set_user(ADMIN, Role::Admin).await?;
-    let env = Env { dir, core, audit };
+    let env = env_storing_in(Some(fs.path()), MIN_FREE).await?;
     let scopes = [Scope::DataRead, Scope::DataWrite, Scope::DatasetsCreate];
     let (h, ch) = env.serve("org.example.filler", "filler", &scopes).await?;
     let mut d = data(&ch);
-    let ds = d
-        .create_dataset(pb::CreateDatasetRequest { name: "f".into() })
-        .await?
-        .into_inner();
+    let ds = new_dataset(&mut d, "f").await?;
     client::put_bytes(&mut d, None, &ds.id, "small", None, b"fits").await?;
     // The least free space seen while the hostile put streams.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1665,6 +1666,5 @@ async fn a_plugin_cannot_fill_the_disk_through_puts() -> Result {
     client::put_bytes(&mut d, None, &ds.id, "small3", None, b"fits again").await?;
     assert!(env.audit.verify().await?.is_ok());
     h.stop().await;
-    db.close().await;
     Ok(())
 }

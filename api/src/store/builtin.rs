@@ -796,6 +796,16 @@ impl BuiltinStore {
         }
     }
 
+    /// Hands `event` back if `bytes` more fit above the free-space reserve;
+    /// otherwise records it as failed and returns the refusal
+    /// ([`StoreError::DiskReserve`]).
+    async fn room_for(&self, event: AuditEvent, bytes: usize) -> Result<AuditEvent, StoreError> {
+        match self.blobs.reserve().check(bytes as u64) {
+            Ok(()) => Ok(event),
+            Err(e) => Err(self.record_failure(event, e).await),
+        }
+    }
+
     /// Runs `change` of object `ds`/`key` with its event through the audit
     /// writer (no savepoint: [`write_version`] writes only after its checks);
     /// the writer drops the object's cached head once the batch ended.
@@ -1047,10 +1057,9 @@ impl Backend for BuiltinStore {
         };
         let event = Self::prepare(event, ops::DATASET_CREATE, dataset_resource(&id));
         // Its name and metadata are new bytes, bounded by the message size.
-        let bytes = new.name.len() + metadata_bytes(&new.metadata);
-        if let Err(e) = self.blobs.reserve().check(bytes as u64) {
-            return Err(self.record_failure(event, e).await);
-        }
+        let event = self
+            .room_for(event, new.name.len() + metadata_bytes(&new.metadata))
+            .await?;
         let info = DatasetInfo {
             id,
             name: new.name,
@@ -1139,11 +1148,14 @@ impl Backend for BuiltinStore {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
             }
         };
+        // Inline content must fit above the free-space reserve (a blob is
+        // checked as it streams, in `Blobs::write`).
+        let event = match spilled {
+            None => self.room_for(event, buf.len()).await?,
+            Some(_) => event,
+        };
         let (blob, hash, size, inline) = match spilled {
             None => {
-                if let Err(e) = self.blobs.reserve().check(buf.len() as u64) {
-                    return Err(self.record_failure(event, e).await);
-                }
                 let hash = hex::encode(Sha256::digest(&buf));
                 let size = i64::try_from(buf.len()).unwrap_or(i64::MAX);
                 (None, hash, size, Inline::Bytes(buf))
@@ -1337,10 +1349,9 @@ impl Backend for BuiltinStore {
         );
         // A new version row: the metadata (bounded by the message size) and
         // a copy of inline content.
-        let bytes = metadata_bytes(&metadata) + self.inline_max;
-        if let Err(e) = self.blobs.reserve().check(bytes as u64) {
-            return Err(self.record_failure(event, e).await);
-        }
+        let event = self
+            .room_for(event, metadata_bytes(&metadata) + self.inline_max)
+            .await?;
         let (ds, k) = (dataset.clone(), key.clone());
         let caches = self.caches.clone();
         self.commit(event, dataset, key, move |conn, w| {

@@ -23,7 +23,7 @@ use super::StoreError;
 pub(crate) const CHECK_EVERY_BYTES: u64 = 4 << 20;
 
 /// The reserve and the directories whose filesystems it guards.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Reserve {
     min_free: u64,
     paths: Vec<PathBuf>,

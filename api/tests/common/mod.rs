@@ -1,6 +1,9 @@
 //! Setup shared by the api integration tests: the audit store and the
 //! built-in store on a real SQLite file.
 
+// Each test binary uses the part it needs.
+#![allow(dead_code)]
+
 use std::io;
 use std::path::Path;
 
@@ -17,7 +20,6 @@ pub async fn stores(db: &Db, dir: &Path) -> io::Result<(AuditStore, BuiltinStore
 }
 
 /// [`stores`] with the store's config given.
-#[allow(dead_code)]
 pub async fn stores_with(db: &Db, config: StoreConfig) -> io::Result<(AuditStore, BuiltinStore)> {
     let audit = AuditStore::open(db, AuditConfig::default())
         .await
