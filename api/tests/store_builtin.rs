@@ -900,7 +900,8 @@ async fn writes_by_another_writer_on_the_same_file_are_seen() -> Result {
 /// A reserve larger than any free space refuses every call that writes new
 /// bytes (puts inline or to a blob, metadata, a new dataset) with
 /// `DiskReserve`: nothing is stored or changed, no blob or temp file is
-/// left, and each refusal is an audited failure. Reads still work. (The root
+/// left, and each refusal is an audited failure. Reads and deletes still
+/// work. (The root
 /// test in `proxy.rs` fills a real small filesystem through the socket.)
 #[tokio::test]
 async fn writes_into_the_free_space_reserve_are_refused_audited_and_store_nothing() -> Result {
@@ -958,6 +959,13 @@ async fn writes_into_the_free_space_reserve_are_refused_audited_and_store_nothin
     for (op, msg) in &reasons {
         assert!(msg.contains("free-space reserve"), "{op}: {msg}");
     }
+    // A delete is how room is made again: never refused.
+    full.delete_object(ev(), &e.ds, &k, Expect::Version(Version(1)))
+        .await?;
+    assert!(matches!(
+        full.head_object(&e.ds, &k, None).await,
+        Err(StoreError::ObjectNotFound { .. })
+    ));
     assert!(e.audit.verify().await?.is_ok());
     Ok(())
 }
